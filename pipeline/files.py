@@ -1,0 +1,31 @@
+"""Atomic writes: a reader (or a rerun after a crash) never sees a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def write_png_atomic(path: Path, rgb: np.ndarray) -> None:
+    """Save an RGB uint8 array as PNG (OpenCV wants BGR)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise OSError(f"could not encode {path.name} as PNG")
+    write_bytes_atomic(path, buf.tobytes())

@@ -1,0 +1,43 @@
+"""The closed set of states an input record can end in, shared by every stage's manifest.
+
+Each input record gets exactly one of these in `manifest.jsonl`; `summary.json` counts them and
+the counts add up to the number of input records.
+"""
+
+# Produced a training sample.
+KEPT = "kept"
+# Listed in --exclude (e.g. a duplicate found by `pipeline dedup`).
+EXCLUDED = "excluded"
+# The source could not hand over the bytes (permission denied, file vanished, I/O error).
+UNREADABLE = "unreadable"
+# Decoder rejections (pipeline.decode).
+EMPTY = "empty"  # zero-byte file
+NOT_IMAGE = "not_image"  # HTML, text, or an unknown format
+CORRUPT = "corrupt"  # truncated or damaged data
+TOO_LARGE = "too_large"  # header claims more pixels than the limit (decompression bomb guard)
+TOO_SMALL = "too_small"  # shorter side below what the stage needs
+# Faces stage.
+FACES = "faces"  # one or more faces kept (the manifest line holds the count)
+NO_FACE = "no_face"
+FACES_TOO_SMALL = "faces_too_small"  # faces found, all below --min-size
+# Dedup stage.
+UNIQUE = "unique"
+DUPLICATE = "duplicate"
+
+DECODER_REJECTIONS = (EMPTY, NOT_IMAGE, CORRUPT, TOO_LARGE, TOO_SMALL)
+
+DESCRIPTIONS = {
+    KEPT: "written to the shards",
+    EXCLUDED: "key listed in --exclude",
+    UNREADABLE: "source could not read the bytes",
+    EMPTY: "zero-byte file",
+    NOT_IMAGE: "not an image (HTML, text, unknown format)",
+    CORRUPT: "truncated or damaged image data",
+    TOO_LARGE: "header over the pixel limit (decompression bomb guard)",
+    TOO_SMALL: "smaller than the requested size",
+    FACES: "at least one face kept",
+    NO_FACE: "no face detected",
+    FACES_TOO_SMALL: "faces detected, all below --min-size",
+    UNIQUE: "no duplicate, or the member kept from its group",
+    DUPLICATE: "near duplicate of a kept image (listed in duplicates.txt)",
+}
