@@ -91,6 +91,61 @@ def shards(src, out, size, fmt, maxcount, exclude, max_pixels, workers, resume, 
     click.echo(summary["line"])
 
 
+@main.command(epilog=SOURCES_HELP)
+@click.argument("src", nargs=-1, required=True)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder for face-crop shards, manifest.jsonl, summary.json, "
+                   "index.json, contact_sheet.png.")
+@click.option("--min-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Keep faces whose box is at least this many pixels in the original photo; "
+                   "photos with only smaller faces are recorded as faces_too_small.")
+@click.option("--margin", type=click.FloatRange(min=0), default=0.25, show_default=True,
+              help="Enlarge the square crop by this fraction of the box side on every side.")
+@click.option("--size", type=click.IntRange(min=8), default=64, show_default=True,
+              help="Side of the square face crops written to the shards.")
+@click.option("--detector", type=click.Choice(["haar", "yunet"]), default="haar",
+              show_default=True,
+              help="OpenCV Haar cascade, or YuNet (FaceDetectorYN; needs --model).")
+@click.option("--cascade", default="haarcascade_frontalface_alt2", show_default=True,
+              help="A cascade bundled with OpenCV (by name) or a cascade XML file.")
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path),
+              help="YuNet ONNX file for --detector yunet (never downloaded).")
+@click.option("--scale-factor", type=click.FloatRange(min=1, min_open=True), default=1.1,
+              show_default=True, help="Haar: size step between detection scales.")
+@click.option("--min-neighbors", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Haar: overlapping detections needed to accept a face (fewer = more "
+                   "faces and more false boxes).")
+@click.option("--max-side", type=click.IntRange(min=32), default=1024, show_default=True,
+              help="Shrink larger photos to this longer side for detection (crops still use "
+                   "full resolution).")
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg"]), default="png",
+              show_default=True, help="Image encoding inside the shards (png is lossless).")
+@click.option("--maxcount", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Samples (faces) per shard.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
+              show_default=True, help="Refuse images whose header claims more pixels.")
+@click.option("--debug-boxes", is_flag=True,
+              help="Also write OUT/debug_boxes.png: the first photos with detections, boxes "
+                   "drawn (green kept, red too small, yellow crop).")
+@workers_option
+@restart_options
+@user_errors
+def faces(src, out, min_size, margin, size, detector, cascade, model, scale_factor,
+          min_neighbors, max_side, fmt, maxcount, max_pixels, debug_boxes, workers, resume,
+          overwrite):
+    """Detect faces in every photo in SRC (OpenCV) and write one square crop per face of at
+    least --min-size pixels, resized to --size, to WebDataset training shards in --out."""
+    from pipeline.faces import detect_faces
+
+    summary = detect_faces(list(src), out, min_size=min_size, margin=margin, size=size,
+                           detector=detector, cascade=cascade, model=model,
+                           scale_factor=scale_factor, min_neighbors=min_neighbors,
+                           max_side=max_side, fmt=fmt, maxcount=maxcount,
+                           max_pixels=max_pixels, debug_boxes=debug_boxes, workers=workers,
+                           resume=resume, overwrite=overwrite)
+    click.echo(summary["line"])
+
+
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--copies", type=click.IntRange(min=1), default=12, show_default=True,

@@ -58,6 +58,8 @@ class Stage:
     main_status: str  # the status that means "produced samples"
     extra_outputs: tuple[str, ...] = ()  # other files the stage writes into OUT
     index_info: dict = field(default_factory=dict)  # extra fields for index.json
+    # extra summary.json fields computed from the finished OUT (e.g. read back from the manifest)
+    summarize: Callable[[Path], dict] | None = None
 
 
 def run_stage(
@@ -119,6 +121,8 @@ def run_stage(
     if preview:
         write_png_atomic(out / SHEET_NAME, contact_sheet([decode_encoded(b) for b in preview]))
     summary = _summary(stage, manifest, shards, seconds, total, state)
+    if stage.summarize is not None:
+        summary.update(stage.summarize(out))
     write_json_atomic(out / SUMMARY_NAME, summary)
     (out / PROGRESS_NAME).unlink(missing_ok=True)
     summary["line"] = summary_line(stage.name, summary["counts"], stage.main_status,
