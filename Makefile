@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(if $(and $(FACES),$(LSUN)),@echo "real data configured: no demo corpus needed",$(BIN)/pipeline demo $(DEMO))
 
 shards: $(STAMP) demo
-	$(BIN)/pipeline shards $(FACES_SRC) --out $(DATA)/shards/faces --size $(SIZE) --overwrite $(WORKERS_OPT)
+	$(BIN)/pipeline faces $(FACES_SRC) --out $(DATA)/shards/faces --size $(SIZE) --overwrite $(WORKERS_OPT)
 	$(BIN)/pipeline shards $(LSUN_SRC) --out $(DATA)/shards/lsun --size $(SIZE) --overwrite $(WORKERS_OPT)
 	@echo "training shards: $(DATA)/shards/faces  $(DATA)/shards/lsun"
 
