@@ -25,6 +25,7 @@ from pipeline.statuses import CORRUPT, EMPTY, NOT_IMAGE, TOO_LARGE, TOO_SMALL
 
 DEFAULT_MAX_PIXELS = 64_000_000
 
+EXIF_ORIENTATION = 0x0112
 # Formats a scraped corpus realistically holds. Restricting Pillow to these keeps it from
 # "succeeding" on text that happens to parse as an obscure format (e.g. XBM, which is C source).
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "ICO")
@@ -72,7 +73,8 @@ def decode_image(
         img.draft("RGB", _draft_request(img, draft_side))
     try:
         img.load()
-        img = ImageOps.exif_transpose(img)
+        if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            img = ImageOps.exif_transpose(img)  # copies: only pay for it when needed
         rgb = _to_rgb(img)
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise DecodeError(CORRUPT, f"damaged or truncated image data ({err})") from None

@@ -22,10 +22,13 @@ def resize_area(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def encode_image(rgb: np.ndarray, fmt: str, jpeg_quality: int = 95) -> bytes:
-    """RGB uint8 -> PNG (lossless, the default for training crops) or JPEG bytes."""
+    """RGB uint8 -> PNG (lossless, the default for training crops) or JPEG bytes.
+
+    PNG level 1: at 64x64 it is within 1% of level 3's size and noticeably faster.
+    """
     bgr = np.ascontiguousarray(rgb[..., ::-1])
     if fmt == "png":
-        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     elif fmt == "jpg":
         ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
     else:

@@ -3,18 +3,21 @@
 A shard is written under a `.tmp` name and renamed only once it is complete, so a crashed run
 never leaves a truncated `.tar` that a training job would happily read. The runner decides when
 a shard ends (always at an input record boundary, so one photo's faces never straddle two
-shards); that is why this uses webdataset's TarWriter per shard rather than ShardWriter,
-whose size/count rollover can split a record's samples.
+shards), so this does not use webdataset's ShardWriter, whose size/count rollover can split a
+record's samples. A WebDataset shard is a plain tar of `<key>.<ext>` members; the standard
+library writes it directly: webdataset's TarWriter would import torch (~1 s in every process)
+and add a PAX header to every member. Members have fixed metadata (mtime 0, GNU format) so
+the same samples always give byte-identical shards.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import webdataset as wds
 
 from pipeline.files import write_json_atomic
 
@@ -39,7 +42,7 @@ class ShardSink:
         self.prefix = prefix
         self.next_shard = start_shard
         self.count = 0  # samples in the open shard
-        self._writer: wds.TarWriter | None = None
+        self._writer: tarfile.TarFile | None = None
         self._tmp: Path | None = None
 
     def shard_name(self, number: int) -> str:
@@ -48,16 +51,16 @@ class ShardSink:
     def write(self, sample: Sample) -> None:
         if self._writer is None:
             self._tmp = self.out / (self.shard_name(self.next_shard) + ".tmp")
-            # mtime fixed so that the same samples always give byte-identical shards.
-            self._writer = wds.TarWriter(str(self._tmp), encoder=False, mtime=0.0)
-        self._writer.write(
-            {
-                "__key__": sample.key,
-                sample.ext: sample.image,
-                "json": json.dumps(sample.meta, sort_keys=True).encode("utf-8"),
-            }
-        )
+            self._writer = tarfile.open(self._tmp, "w", format=tarfile.GNU_FORMAT)
+        meta = json.dumps(sample.meta, sort_keys=True).encode("utf-8")
+        for ext, data in sorted({sample.ext: sample.image, "json": meta}.items()):
+            self._add_member(f"{sample.key}.{ext}", data)
         self.count += 1
+
+    def _add_member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o444
+        self._writer.addfile(info, io.BytesIO(data))
 
     def close_shard(self) -> dict | None:
         """Finish the open shard (if any) and return its index entry."""

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lmdb
-import webdataset as wds
 
 # Sample members that hold the image when reading WebDataset shards, in order of preference.
 SHARD_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "ppm", "tif", "tiff", "gif")
@@ -111,6 +110,8 @@ class ShardSource:
         return sum(self.counts) if self.counts is not None else None
 
     def __iter__(self) -> Iterator[Record]:
+        import webdataset as wds  # imports torch (~1 s): keep it out of worker processes
+
         dataset = wds.WebDataset(self.urls, shardshuffle=False, empty_check=False)
         for sample in dataset:
             key = sample["__key__"]
