@@ -51,7 +51,8 @@ class ShardSink:
     def write(self, sample: Sample) -> None:
         if self._writer is None:
             self._tmp = self.out / (self.shard_name(self.next_shard) + ".tmp")
-            self._writer = tarfile.open(self._tmp, "w", format=tarfile.GNU_FORMAT)
+            self._writer = tarfile.open(  # noqa: SIM115 - closed in close_shard()
+                self._tmp, "w", format=tarfile.GNU_FORMAT)
         meta = json.dumps(sample.meta, sort_keys=True).encode("utf-8")
         for ext, data in sorted({sample.ext: sample.image, "json": meta}.items()):
             self._add_member(f"{sample.key}.{ext}", data)
