@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import demo
 from pipeline.cli import main as cli
@@ -63,6 +65,18 @@ def test_center_crop_takes_the_middle_square():
     assert crop.shape == (100, 100, 3) and (crop == 255).all()
     tall = np.arange(300 * 50 * 3, dtype=np.uint32).reshape(300, 50, 3).astype(np.uint8)
     assert np.array_equal(center_crop(tall), tall[125:175])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 400), st.integers(1, 400))
+def test_center_crop_is_the_largest_centred_square(height, width):
+    img = np.zeros((height, width, 3), np.uint8)
+    crop = center_crop(img)
+    side = min(height, width)
+    assert crop.shape == (side, side, 3)
+    assert np.shares_memory(crop, img)  # a view: no copy before the resize
+    top, left = (height - side) // 2, (width - side) // 2
+    assert abs(top - (height - side - top)) <= 1 and abs(left - (width - side - left)) <= 1
 
 
 def test_area_resize_averages_blocks():

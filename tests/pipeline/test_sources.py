@@ -9,6 +9,8 @@ import lmdb
 import numpy as np
 import pytest
 import webdataset as wds
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline import demo
 from pipeline.sources import (
@@ -156,3 +158,12 @@ def test_safe_key_keeps_odd_keys_distinct_and_tar_safe(tmp_path):
         assert len(tar.getnames()) == len(keys)
     assert [s["__key__"] for s in wds.WebDataset(str(tmp_path / "t.tar"), shardshuffle=False)] \
         == keys
+
+
+@given(st.text(min_size=1, max_size=60))
+def test_safe_key_is_always_a_valid_webdataset_key(key):
+    safe = safe_key(key)
+    assert safe and "." not in safe and not safe.startswith("/")
+    assert all(part not in ("", "..") for part in safe.split("/"))
+    assert safe == safe_key(key)  # deterministic: reruns and resumes agree
+    assert safe.isascii()
