@@ -1,0 +1,250 @@
+"""`gan`: train the paper's DCGAN on shards and draw from it (grids, walks, vector arithmetic).
+
+Parse, call the Python function with the same defaults, print one summary line. User errors
+(missing shards, a wrong image size, a bad checkpoint, divergence) end with a one-line message
+and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from gan.checkpoint import CheckpointError, load_models
+from gan.data import CACHES, DataError
+from gan.models import ARCHS, IMAGE_SIZES
+from gan.sample import BN_MODES, PRIORS, arithmetic, arithmetic_sheet, interpolate, sample_z
+from gan.train import TrainConfig, TrainingError
+from pipeline.files import write_bytes_atomic, write_png_atomic
+
+BN_HELP = ("BatchNorm statistics when sampling: 'batch' = statistics of the batch being drawn "
+           "(the authors' Theano code, so each figure is drawn as one batch), 'running' = "
+           "running averages from training (PyTorch eval()).")
+
+
+def user_errors(fn):
+    """Turn the errors a user can cause into click's one-line 'Error: ...' and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (DataError, TrainingError, CheckpointError, ValueError, IndexError) as err:
+            raise click.ClickException(str(err)) from None
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+            raise click.ClickException(f"{err.filename}: {err.strerror}") from None
+
+    return wrapper
+
+
+def ckpt_option(fn):
+    return click.option("--ckpt", required=True,
+                        type=click.Path(dir_okay=False, path_type=Path),
+                        help="Checkpoint from `gan train` (e.g. RUN/checkpoints/last.pt).")(fn)
+
+
+def out_option(default: str):
+    return click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+                        default=default, show_default=True, help="PNG file to write.")
+
+
+def bn_option(fn):
+    return click.option("--bn", type=click.Choice(BN_MODES), default="batch", show_default=True,
+                        help=BN_HELP)(fn)
+
+
+def device_option(fn):
+    return click.option("--device", default="auto", show_default=True,
+                        help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")(fn)
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """DCGAN (Radford et al. 2015): train on WebDataset shards, then sample, walk and do
+    vector arithmetic in the latent space."""
+
+
+DEFAULTS = TrainConfig.__dataclass_fields__  # --help shows the Python API's defaults
+
+
+@main.command()
+@click.option("--data", required=True, help="Training shards: a `pipeline shards` output folder, "
+              "a .tar, a glob or a {000000..000009} brace pattern.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: metrics.jsonl, samples/, checkpoints/, loss_curve.png.")
+@click.option("--image-size", type=click.Choice([str(s) for s in IMAGE_SIZES]), default="64",
+              show_default=True, help="Side of the training images (the shards must match).")
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True,
+              help="Images per step per process (the paper's 128; BatchNorm sees this batch).")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="Passes over the shards (default: 1 when --steps is not given).")
+@click.option("--steps", type=click.IntRange(min=1),
+              help="Total optimizer steps (with --resume: the total, counting the steps done).")
+@click.option("--lr", type=float, default=DEFAULTS["lr"].default, show_default=True,
+              help="Adam learning rate (paper).")
+@click.option("--beta1", type=float, default=DEFAULTS["beta1"].default, show_default=True,
+              help="Adam beta1 (paper; beta2 0.999).")
+@click.option("--nz", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Dimension of z.")
+@click.option("--arch", type=click.Choice(ARCHS), default="paper", show_default=True,
+              help="'paper': the authors' released code (z -> linear -> 4x4x1024 + BN, 5x5 "
+                   "stride-2 kernels, D ends in a linear layer; 18.9M/17.2M params, ~15 GFLOP "
+                   "per training image at 64x64). 'compact': the common PyTorch version (4x4 "
+                   "kernels, 512 maps at 4x4; 3.6M/2.8M params, ~2.5 GFLOP).")
+@click.option("--width", type=click.IntRange(min=2),
+              help="Feature maps at 4x4 in G and D, halved at each doubling "
+                   "(default: 1024 for paper, 512 for compact).")
+@click.option("--prior", type=click.Choice(PRIORS), default="uniform", show_default=True,
+              help="z prior: 'uniform' in [-1, 1] (paper) or 'normal' (reimplementations).")
+@click.option("--workers", type=click.IntRange(min=0),
+              default=DEFAULTS["workers"].default_factory(), show_default=True,
+              help="Loader processes decoding shards (0: in the main process). Part of the "
+                   "data order, so --resume keeps the stored value.")
+@click.option("--cache", type=click.Choice(CACHES), default="none", show_default=True,
+              help="'none': stream and decode every epoch. 'ram': decode once into a uint8 "
+                   "memory-mapped file (RUN/cache/). 'gpu': decode once into a uint8 tensor on "
+                   "the GPU (64x64: ~12 KB per image). Caches shuffle by index per epoch.")
+@click.option("--device", default="auto", show_default=True,
+              help="'auto' (CUDA if present, else CPU), 'cpu' or 'cuda'. Under torchrun each "
+                   "process takes cuda:LOCAL_RANK.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sample-every", type=click.IntRange(min=1),
+              default=DEFAULTS["sample_every"].default, show_default=True,
+              help="Steps between sample grids (the same 64 z all run).")
+@click.option("--ckpt-every", type=click.IntRange(min=1),
+              default=DEFAULTS["ckpt_every"].default, show_default=True,
+              help="Steps between periodic checkpoints (last.pt too).")
+@click.option("--log-every", type=click.IntRange(min=1),
+              default=DEFAULTS["log_every"].default, show_default=True,
+              help="Steps between copies of the statistics to the host "
+                   "(every step still gets its own line in metrics.jsonl).")
+@bn_option
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile G and D (slow start; worth it on GPUs for long runs).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from checkpoints/last.pt, exactly (model, data "
+                   "and optimizer settings come from the checkpoint).")
+@user_errors
+def train(data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch, width, prior,
+          workers, cache, device, seed, sample_every, ckpt_every, log_every, bn, compile_,
+          resume):
+    """Train the paper's DCGAN (Adam 2e-4/0.5, batch 128, N(0, 0.02) init) on shards.
+
+    Multi-GPU or multi-node: `torchrun --nproc_per_node N $(which gan) train ...`; shards are
+    split across processes and only rank 0 writes files.
+    """
+    from gan.train import train as run_training
+
+    summary = run_training(
+        data, out, image_size=int(image_size), batch_size=batch_size, epochs=epochs,
+        steps=steps, lr=lr, beta1=beta1, nz=nz, arch=arch, width=width, prior=prior,
+        workers=workers, cache=cache, device=device, seed=seed, sample_every=sample_every,
+        ckpt_every=ckpt_every, log_every=log_every, bn=bn, compile=compile_, resume=resume)
+    if summary.get("line"):
+        click.echo(summary["line"])
+
+
+@main.command()
+@ckpt_option
+@click.option("--n", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Samples to draw.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@out_option("samples.png")
+@click.option("--save-z", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also save the z's as a .npy (row i = sample i) for `gan arithmetic`.")
+@click.option("--nrow", type=click.IntRange(min=1), default=8, show_default=True)
+@bn_option
+@device_option
+@user_errors
+def sample(ckpt, n, seed, out, save_z, nrow, bn, device):
+    """A numbered grid of samples, so exemplars can be picked by number."""
+    from gan.sample import generate, save_grid
+
+    G, _, config = load_models(ckpt, pick_device(device))
+    z = sample_z(n, config["nz"], config["prior"], torch.Generator().manual_seed(seed))
+    save_grid(generate(G, z, bn), out, nrow=nrow, numbered=True)
+    if save_z:
+        write_bytes_atomic(save_z, _npy_bytes(z.numpy()))
+    click.echo(f"{n} samples -> {out}" + (f", z -> {save_z}" if save_z else ""))
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+@main.command(name="interpolate")
+@ckpt_option
+@click.option("--points", type=click.IntRange(min=2), default=9, show_default=True,
+              help="Random points in Z chained together (one row per consecutive pair).")
+@click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True,
+              help="Images per row, both ends included.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--slerp", is_flag=True, help="Spherical instead of linear interpolation.")
+@out_option("walk.png")
+@bn_option
+@device_option
+@user_errors
+def interpolate_cmd(ckpt, points, steps, seed, slerp, out, bn, device):
+    """Latent walks (paper Fig. 4): smooth transitions argue against memorization."""
+    from gan.sample import save_grid
+
+    G, _, config = load_models(ckpt, pick_device(device))
+    images = interpolate(G, config["prior"], points, steps, seed, slerp, bn)
+    save_grid(images, out, nrow=steps)
+    click.echo(f"{points - 1} walks of {steps} steps -> {out}")
+
+
+def index_list(ctx, param, value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter("expected sample numbers like 3,17,42") from None
+
+
+@main.command(name="arithmetic")
+@ckpt_option
+@click.option("--z", "z_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="z's saved by `gan sample --save-z` (numbers refer to that grid).")
+@click.option("--a", required=True, callback=index_list, help="Exemplars of A, e.g. 3,17,42.")
+@click.option("--b", required=True, callback=index_list, help="Exemplars of B (subtracted).")
+@click.option("--c", required=True, callback=index_list, help="Exemplars of C (added).")
+@click.option("--noise", type=float, default=0.25, show_default=True,
+              help="Uniform noise added to Y for the extra samples (paper: +-0.25).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@out_option("arithmetic.png")
+@bn_option
+@device_option
+@user_errors
+def arithmetic_cmd(ckpt, z_path, a, b, c, noise, seed, out, bn, device):
+    """Vector arithmetic (paper Fig. 7): Y = mean(z[A]) - mean(z[B]) + mean(z[C]).
+
+    Rows: A's exemplars and G(mean z[A]); the same for B and C; G(Y) followed by 8 samples of
+    Y + U(-noise, noise); last, the same arithmetic done on pixels, for contrast.
+    """
+    G, _, config = load_models(ckpt, pick_device(device))
+    if not z_path.is_file():
+        raise click.ClickException(f"{z_path}: no such file")
+    z = torch.from_numpy(np.load(z_path, allow_pickle=False)).float()
+    if z.ndim != 2 or z.shape[1] != config["nz"]:
+        raise click.ClickException(f"{z_path}: expected an (N, {config['nz']}) array of z's, "
+                                   f"found shape {tuple(z.shape)}")
+    result = arithmetic(G, z, a, b, c, noise=noise, seed=seed, bn=bn)
+    write_png_atomic(out, arithmetic_sheet(result))
+    click.echo(f"A - B + C from {len(a)}/{len(b)}/{len(c)} exemplars -> {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Tiny synthetic training shards: solid-ish orange images, so learning is easy to check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.sinks import Sample, ShardSink, write_index
+
+# The colour every training image is close to (RGB); G's samples should drift towards it.
+TARGET_RGB = (220, 120, 30)
+
+
+def write_shards(out: Path, shards: int = 2, per_shard: int = 32, size: int = 32,
+                 seed: int = 0) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sink = ShardSink(out, "train")
+    entries = []
+    for s in range(shards):
+        for i in range(per_shard):
+            rgb = np.clip(np.array(TARGET_RGB) + rng.normal(0, 12, (size, size, 3)), 0, 255)
+            ok, png = cv2.imencode(".png", rgb.astype(np.uint8)[..., ::-1])
+            assert ok
+            sink.write(Sample(f"img{s:02d}{i:04d}", "png", png.tobytes()))
+        entries.append(sink.close_shard())
+    write_index(out, entries, image_size=size, format="png")
+    return out
+
+
+@pytest.fixture
+def make_shards(tmp_path: Path) -> Callable[..., Path]:
+    def make(name: str = "shards", **kwargs) -> Path:
+        return write_shards(tmp_path / name, **kwargs)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine is shared: one intra-op thread keeps these tiny models fast and steady."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# A model small enough to train in a fraction of a second per step.
+TINY = {"image_size": 32, "batch_size": 8, "nz": 16, "width": 32, "arch": "compact",
+        "workers": 0, "log_every": 2, "progress": False}

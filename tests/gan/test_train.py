@@ -1,0 +1,133 @@
+"""`gan train` in Python: learning, files, exact resume, divergence guard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import gan.train as train_module
+from gan.checkpoint import load_checkpoint, load_models
+from gan.sample import generate, sample_z, to_uint8
+from gan.train import TrainingError, read_metrics, train
+from tests.gan.conftest import TARGET_RGB, TINY
+
+
+def _color_error(G, seed: int = 5) -> float:
+    z = sample_z(64, G.nz, "uniform", torch.Generator().manual_seed(seed))
+    mean_rgb = to_uint8(generate(G, z)).reshape(-1, 3).mean(0)
+    return float(np.abs(mean_rgb - np.array(TARGET_RGB)).mean())
+
+
+@pytest.mark.slow
+def test_short_run_learns_and_writes_its_files(make_shards, tmp_path: Path) -> None:
+    shards = make_shards(shards=2, per_shard=64)
+    run = tmp_path / "run"
+    summary = train(shards, run, **{**TINY, "batch_size": 16}, steps=60, lr=1e-3,
+                    sample_every=30, ckpt_every=30, seed=3)
+    assert summary["steps"] == 60
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 61))
+    assert {"loss_D", "loss_G", "D_x", "D_G_z", "images_per_s", "data_wait"} <= set(rows[0])
+    # D separates real from fake early on ...
+    late = rows[10:]
+    assert np.mean([r["D_x"] for r in late]) > np.mean([r["D_G_z"] for r in late]) + 0.2
+    # ... and G's samples move toward the (orange) training images.
+    torch.manual_seed(3)
+    G0, _ = train_module.build_models({**TINY, "prior": "uniform"})
+    G, _, config = load_models(run / "checkpoints" / "last.pt")
+    assert config["arch"] == "compact" and config["width"] == 32
+    assert _color_error(G) < 0.7 * _color_error(G0)
+    for name in ("samples/step-0000030.png", "samples/step-0000060.png", "loss_curve.png",
+                 "checkpoints/step-0000030.pt", "checkpoints/step-0000060.pt", "config.json"):
+        assert (run / name).is_file(), name
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 60 and set(ckpt) >= {"G", "D", "opt_G", "opt_D", "rng", "config"}
+
+
+@pytest.mark.parametrize(("cache", "workers"), [("none", 2), ("ram", 0)])
+def test_resume_is_exact(make_shards, tmp_path: Path, cache: str, workers: int) -> None:
+    """6 steps/epoch; stop at step 4 (mid-epoch), resume to 9 (across an epoch boundary)."""
+    shards = make_shards(shards=2, per_shard=24)
+    options = {**TINY, "workers": workers, "cache": cache, "sample_every": 100, "seed": 1}
+    train(shards, tmp_path / "whole", **options, steps=9, ckpt_every=100)
+    train(shards, tmp_path / "split", **options, steps=4, ckpt_every=100)
+    summary = train(shards, tmp_path / "split", **options, steps=9, ckpt_every=100, resume=True)
+    assert summary["steps"] == 9
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    split = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
+    for part in ("G", "D"):
+        for key, value in whole[part].items():
+            assert torch.equal(value, split[part][key]), (part, key)
+    for part in ("opt_G", "opt_D"):
+        for idx, state in whole[part]["state"].items():
+            for key, value in state.items():
+                assert torch.equal(value, split[part]["state"][idx][key]), (part, idx, key)
+    assert (whole["epoch"], whole["batch_in_epoch"]) == (split["epoch"], split["batch_in_epoch"])
+    losses = [[r["loss_D"], r["loss_G"]] for r in read_metrics(tmp_path / "whole/metrics.jsonl")]
+    again = [[r["loss_D"], r["loss_G"]] for r in read_metrics(tmp_path / "split/metrics.jsonl")]
+    assert losses == again
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(make_shards, tmp_path: Path) -> None:
+    shards = make_shards(shards=1, per_shard=32)
+    run = tmp_path / "run"
+    train(shards, run, **TINY, steps=3, sample_every=100, ckpt_every=100)
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:  # a crash after step 3
+        f.write(json.dumps({"step": 4, "loss_D": 0.0}) + "\n")
+    train(shards, run, **TINY, steps=5, sample_every=100, ckpt_every=100, resume=True)
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_run(make_shards, tmp_path: Path) -> None:
+    shards = make_shards(shards=1, per_shard=16)
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        train(shards, tmp_path / "run", **TINY, steps=1, resume=True)
+    train(shards, tmp_path / "run", **TINY, steps=1, sample_every=100)
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(shards, tmp_path / "run", **TINY, steps=1)
+
+
+def test_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(
+    make_shards, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shards = make_shards(shards=1, per_shard=64)
+    real_step = train_module.gan_step
+    calls = []
+
+    def step_that_diverges(*args, **kwargs):
+        stats = real_step(*args, **kwargs)
+        calls.append(1)
+        return stats * float("nan") if len(calls) >= 5 else stats
+
+    monkeypatch.setattr(train_module, "gan_step", step_that_diverges)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"non-finite at step 5.*checkpoint .*\(step 4\)"):
+        train(shards, run, **TINY, steps=8, ckpt_every=2, sample_every=100)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+
+
+def test_exploding_weights_are_never_checkpointed(make_shards, tmp_path: Path) -> None:
+    shards = make_shards(shards=1, per_shard=16)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match="non-finite.*no checkpoint had been written"):
+        train(shards, run, **TINY, steps=2, ckpt_every=1, lr=float("inf"))
+    assert not (run / "checkpoints" / "last.pt").exists()
+
+
+def test_epochs_and_steps_are_exclusive(make_shards, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        train(make_shards(shards=1, per_shard=8), tmp_path / "run", **TINY, epochs=1, steps=1)
+
+
+def test_epochs_count_full_batches(make_shards, tmp_path: Path) -> None:
+    # Two loader workers each read one shard: 2 full batches of 8 each, the rest dropped.
+    shards = make_shards(shards=2, per_shard=20)
+    summary = train(shards, tmp_path / "run", **{**TINY, "workers": 2}, epochs=2,
+                    sample_every=100)
+    assert summary["steps"] == 8
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [0] * 4 + [1] * 4
