@@ -97,8 +97,9 @@ def shards(src, out, size, fmt, maxcount, exclude, max_pixels, workers, resume, 
               help="Output folder for face-crop shards, manifest.jsonl, summary.json, "
                    "index.json, contact_sheet.png.")
 @click.option("--min-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Keep faces whose box is at least this many pixels in the original photo; "
-                   "photos with only smaller faces are recorded as faces_too_small.")
+              help="Keep faces whose box is at least this many pixels in the original photo. "
+                   "Faces down to 3/4 of it are searched for too, so that photos with only "
+                   "smaller faces are recorded as faces_too_small rather than no_face.")
 @click.option("--margin", type=click.FloatRange(min=0), default=0.25, show_default=True,
               help="Enlarge the square crop by this fraction of the box side on every side.")
 @click.option("--size", type=click.IntRange(min=8), default=64, show_default=True,
@@ -117,7 +118,8 @@ def shards(src, out, size, fmt, maxcount, exclude, max_pixels, workers, resume, 
                    "faces and more false boxes).")
 @click.option("--max-side", type=click.IntRange(min=32), default=1024, show_default=True,
               help="Shrink larger photos to this longer side for detection (crops still use "
-                   "full resolution).")
+                   "full resolution); never so far that a face of 3/4 --min-size would drop "
+                   "below the detector's window.")
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg"]), default="png",
               show_default=True, help="Image encoding inside the shards (png is lossless).")
 @click.option("--maxcount", type=click.IntRange(min=1), default=10_000, show_default=True,

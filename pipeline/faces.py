@@ -187,7 +187,11 @@ def write_debug_boxes(sources: list[str | os.PathLike], out: Path, params: FaceP
     tiles = []
     for rec in takewhile(lambda _: len(tiles) < len(wanted), open_sources(list(sources))):
         if rec.key in wanted:
-            rgb = decode_image(rec.read(), max_pixels=params.max_pixels)
+            try:
+                rgb = decode_image(rec.read(), max_pixels=params.max_pixels)
+            except (OSError, DecodeError):  # changed since the run; the manifest stands
+                wanted.pop(rec.key)
+                continue
             tiles.append(_debug_tile(rgb, wanted[rec.key], params.margin))
     if tiles:
         write_png_atomic(out / DEBUG_NAME, contact_sheet(tiles, cols=4))
