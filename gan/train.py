@@ -521,7 +521,8 @@ def _run(config: TrainConfig, rt: Runtime, out: Path, state: dict | None) -> dic
         "checkpoint": str(out / "checkpoints" / "last.pt"),
         "loss_curve": str(curve) if curve else None,
     }
-    summary["line"] = (f"trained {step} steps ({summary['epochs']:.2f} epochs) on {rt.world} x "
-                       f"{rt.device.type}: loss_D {last.get('loss_D', float('nan')):.3f}, "
-                       f"loss_G {last.get('loss_G', float('nan')):.3f}; run in {out}")
+    if rt.is_main:  # one line per run, not per process
+        summary["line"] = (f"trained {step} steps ({summary['epochs']:.2f} epochs) on "
+                           f"{rt.world} x {rt.device.type}: loss_D {last['loss_D']:.3f}, "
+                           f"loss_G {last['loss_G']:.3f}; run in {out}")
     return summary

@@ -1,0 +1,139 @@
+"""The `gan` commands: one-line errors for user mistakes, PNGs for people, DDP via torchrun."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gan.cli import main
+from gan.train import read_metrics, train
+from tests.gan.conftest import TINY
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_user_error(result, text: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    assert text in result.output
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from tests.gan.conftest import write_shards
+
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.set_num_threads(1)
+    train(write_shards(root / "shards", shards=1, per_shard=16), root / "run", **TINY, steps=2,
+          sample_every=100)
+    return root / "run" / "checkpoints" / "last.pt"
+
+
+def test_help_explains_the_options() -> None:
+    result = invoke("train", "--help")
+    assert result.exit_code == 0
+    for text in ("--cache", "--arch", "compact", "uniform", "[default: 0.0002]", "--resume"):
+        assert text in result.output
+    for command in ("sample", "interpolate", "arithmetic"):
+        assert "--bn" in invoke(command, "--help").output
+
+
+def test_missing_shards(tmp_path: Path) -> None:
+    assert_user_error(invoke("train", "--data", tmp_path / "nope", "--out", tmp_path / "run"),
+                      "nope")
+
+
+def test_wrong_image_size(make_shards, tmp_path: Path) -> None:
+    shards = make_shards(shards=1, per_shard=8, size=32)
+    result = invoke("train", "--data", shards, "--out", tmp_path / "run", "--image-size", "64")
+    assert_user_error(result, "--size 64")
+
+
+def test_gpu_cache_without_gpu(make_shards, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = invoke("train", "--data", make_shards(shards=1, per_shard=8), "--out",
+                    tmp_path / "run", "--image-size", "32", "--cache", "gpu", "--batch-size", "4")
+    assert_user_error(result, "needs a CUDA device")
+
+
+def test_sample_writes_a_numbered_grid_and_z(checkpoint: Path, tmp_path: Path) -> None:
+    result = invoke("sample", "--ckpt", checkpoint, "--n", 12, "--nrow", 6, "--out",
+                    tmp_path / "grid.png", "--save-z", tmp_path / "z.npy")
+    assert result.exit_code == 0, result.output
+    grid = cv2.imread(str(tmp_path / "grid.png"))
+    assert grid.shape[1] == 6 * 34 + 2 and grid.shape[0] > 2 * 34 + 2  # number strips added
+    z = np.load(tmp_path / "z.npy")
+    assert z.shape == (12, 16) and np.abs(z).max() <= 1
+
+
+def test_interpolate(checkpoint: Path, tmp_path: Path) -> None:
+    result = invoke("interpolate", "--ckpt", checkpoint, "--points", 3, "--steps", 5, "--slerp",
+                    "--out", tmp_path / "walk.png")
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(tmp_path / "walk.png")).shape == (2 * 34 + 2, 5 * 34 + 2, 3)
+
+
+def test_arithmetic(checkpoint: Path, tmp_path: Path) -> None:
+    invoke("sample", "--ckpt", checkpoint, "--n", 9, "--out", tmp_path / "g.png",
+           "--save-z", tmp_path / "z.npy")
+    result = invoke("arithmetic", "--ckpt", checkpoint, "--z", tmp_path / "z.npy", "--a", "0,1,2",
+                    "--b", "3,4,5", "--c", "6,7,8", "--out", tmp_path / "arith.png")
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(tmp_path / "arith.png")).shape == (5 * 34 + 2, 9 * 34 + 2, 3)
+    assert_user_error(invoke("arithmetic", "--ckpt", checkpoint, "--z", tmp_path / "z.npy",
+                             "--a", "0", "--b", "1", "--c", "42"), "outside")
+    np.save(tmp_path / "bad.npy", np.zeros((3, 5)))
+    assert_user_error(invoke("arithmetic", "--ckpt", checkpoint, "--z", tmp_path / "bad.npy",
+                             "--a", "0", "--b", "1", "--c", "2"), "expected an (N, 16)")
+
+
+def test_bad_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "x.pt").write_text("hello")
+    assert_user_error(invoke("sample", "--ckpt", tmp_path / "x.pt"), "not a readable checkpoint")
+    assert_user_error(invoke("sample", "--ckpt", tmp_path / "y.pt"), "no such checkpoint")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_write_one_set_of_files(make_shards, tmp_path: Path) -> None:
+    shards = make_shards(shards=4, per_shard=16)  # 2 shards per rank, 2 batches each
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "-m", "gan.cli", "train", "--data", str(shards),
+               "--out", str(run), "--image-size", "32", "--batch-size", "8", "--nz", "16",
+               "--width", "32", "--arch", "compact", "--workers", "0", "--device", "cpu",
+               "--epochs", "2", "--sample-every", "4", "--ckpt-every", "4", "--log-every", "2"]
+    # Own session, so a hang can be ended with all of torchrun's worker processes.
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "trained 8 steps" in stdout and "on 2 x cpu" in stdout
+    assert stdout.count("trained") == 1  # only rank 0 reports
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, 9))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "last.pt", "step-0000004.pt", "step-0000008.pt"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        "step-0000004.png", "step-0000008.png"]
+    assert not list(run.rglob("*.tmp"))

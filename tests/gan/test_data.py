@@ -1,0 +1,113 @@
+"""Training batches: equal epochs per rank, reproducible order, exact skip, the uint8 cache."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gan.data import (
+    CachedBatches,
+    DataError,
+    StreamingBatches,
+    build_cache,
+    open_shards,
+    streaming_steps,
+    to_model_input,
+)
+
+
+def _stream(shards: Path, workers: int, seed: int = 0) -> StreamingBatches:
+    urls, counts = open_shards(shards)
+    return StreamingBatches(urls, counts, image_size=32, batch_size=8, workers=workers, seed=seed)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_steps_per_epoch_is_what_the_loader_delivers(make_shards, workers: int) -> None:
+    shards = make_shards(shards=3, per_shard=20)
+    batches = _stream(shards, workers)
+    # Worker 0 of 2 reads shards 0 and 2, worker 1 shard 1; each drops its own partial batch.
+    expected = {0: 60 // 8, 2: (40 // 8) + (20 // 8)}[workers]
+    assert batches.steps_per_epoch == expected
+    assert len(list(batches.epoch(0))) == expected
+
+
+def test_ranks_get_the_same_number_of_steps() -> None:
+    # rank 0 holds shards 0 and 2 (30 samples), rank 1 shard 1 (8): the epoch is rank 1's.
+    assert streaming_steps([20, 8, 10], batch_size=4, world=2, workers=1) == 2
+    assert streaming_steps([20, 8, 10], batch_size=4, world=1, workers=1) == 9
+
+
+def test_epoch_order_is_reproducible_and_changes_per_epoch(make_shards) -> None:
+    batches = _stream(make_shards(shards=2, per_shard=24), workers=0)
+    first = torch.cat(list(batches.epoch(0)))
+    assert torch.equal(first, torch.cat(list(batches.epoch(0))))
+    assert not torch.equal(first, torch.cat(list(batches.epoch(1))))
+    tail = torch.cat(list(batches.epoch(0, skip=2)))
+    assert torch.equal(tail, first[2 * 8:])
+
+
+def test_too_few_samples_for_a_batch(make_shards) -> None:
+    with pytest.raises(DataError, match="no full batch"):
+        _stream(make_shards(shards=1, per_shard=5), workers=0)
+
+
+def test_shards_without_index_are_counted(make_shards) -> None:
+    shards = make_shards(shards=2, per_shard=7)
+    (shards / "index.json").unlink()
+    urls, counts = open_shards(str(shards / "*.tar"))
+    assert counts == [7, 7] and len(urls) == 2
+
+
+def test_not_shards(tmp_path: Path) -> None:
+    with pytest.raises(DataError):
+        open_shards(tmp_path / "missing")
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(DataError, match="expected WebDataset shards"):
+        open_shards(tmp_path / "photos")
+
+
+def test_cache_holds_every_image_exactly(make_shards, tmp_path: Path) -> None:
+    shards = make_shards(shards=2, per_shard=12)
+    urls, counts = open_shards(shards)
+    images = build_cache(urls, counts, tmp_path / "cache", image_size=32, workers=2,
+                         progress=False)
+    assert images.shape == (24, 32, 32, 3) and images.dtype == np.uint8
+    streamed = torch.cat(list(_stream(shards, workers=0).epoch(0)))  # all 24, as floats
+    as_bytes = streamed.add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert sorted(x.tobytes() for x in as_bytes) == sorted(x.tobytes() for x in images)
+    # A second build reuses the file; changed shards rebuild it.
+    stamp = (tmp_path / "cache" / "images-32px.u8").stat().st_mtime_ns
+    build_cache(urls, counts, tmp_path / "cache", image_size=32, workers=0, progress=False)
+    assert (tmp_path / "cache" / "images-32px.u8").stat().st_mtime_ns == stamp
+    shutil.rmtree(shards)
+    shards = make_shards(shards=1, per_shard=12, seed=9)
+    urls, counts = open_shards(shards)
+    assert build_cache(urls, counts, tmp_path / "cache", image_size=32, workers=0,
+                       progress=False).shape[0] == 12
+
+
+def test_cached_ranks_split_each_epoch(tmp_path: Path) -> None:
+    images = np.arange(40, dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2)
+    images = np.repeat(images, 3, axis=3)
+    seen = []
+    for rank in range(2):
+        cache = CachedBatches(images, batch_size=4, seed=0, device=torch.device("cpu"),
+                              rank=rank, world=2)
+        assert cache.steps_per_epoch == 5
+        batches = list(cache.epoch(0))
+        assert all(b.shape == (4, 2, 2, 3) and b.dtype == torch.uint8 for b in batches)
+        seen.append(torch.cat(batches)[:, 0, 0, 0].tolist())
+        assert torch.equal(torch.cat(list(cache.epoch(0, skip=3))), torch.cat(batches[3:]))
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(40))
+
+
+def test_uint8_batches_become_the_tanh_range() -> None:
+    batch = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 2, 2, 3)
+    x = to_model_input(batch, torch.device("cpu"), channels_last=True)
+    assert x.shape == (2, 3, 2, 2)
+    assert x[0].eq(-1).all() and x[1].eq(1).all()
