@@ -144,6 +144,13 @@ def test_crop_is_the_enlarged_square_around_the_box():
     assert np.abs(crops(outcome)[0].astype(int) - expected).mean() < 4  # JPEG input
 
 
+def test_size_and_format_options_shape_the_samples():
+    outcome = run_one(jpeg(demo.photo("astronaut.png")), size=32, fmt="jpg")
+    [sample] = outcome.samples
+    assert sample.ext == "jpg" and sample.image[:2] == b"\xff\xd8"
+    assert decode_encoded(sample.image).shape == (32, 32, 3) and sample.meta["size"] == 32
+
+
 @given(st.integers(1, 400), st.integers(1, 400), st.data(), st.floats(0, 1))
 def test_crop_square_is_inside_the_photo_and_holds_the_box(width, height, data, margin):
     x = data.draw(st.integers(0, width - 1))
