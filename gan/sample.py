@@ -29,10 +29,11 @@ def sample_z(
     n: int, nz: int, prior: str, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """n latent vectors: uniform in [-1, 1] (the paper) or standard normal (reimplementations)."""
+    device = generator.device if generator is not None else None  # CUDA generators draw there
     if prior == "uniform":
-        return torch.rand(n, nz, generator=generator).mul_(2).sub_(1)
+        return torch.rand(n, nz, generator=generator, device=device).mul_(2).sub_(1)
     if prior == "normal":
-        return torch.randn(n, nz, generator=generator)
+        return torch.randn(n, nz, generator=generator, device=device)
     raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
 
 
