@@ -280,7 +280,8 @@ class MetricsLog:
         return self.last
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines a crashed run logged after its last checkpoint (they will be redone)."""
+        """Drop lines logged after the checkpoint being resumed (they will be redone), or all
+        of them for a fresh run in a folder where an earlier run crashed before a checkpoint."""
         if not (self.write and self.path.is_file()):
             return
         with open(self.path, encoding="utf-8") as f:
@@ -435,7 +436,7 @@ def _run(config: TrainConfig, rt: Runtime, out: Path, state: dict | None) -> dic
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         fixed_z = state["fixed_z"]
         set_rng_state(state["rng"], z_rng)
-        metrics.truncate_after(step)
+    metrics.truncate_after(step)  # a fresh run starts a fresh log
 
     if rt.cuda:
         torch.backends.cudnn.benchmark = True
@@ -495,7 +496,8 @@ def _run(config: TrainConfig, rt: Runtime, out: Path, state: dict | None) -> dic
                 due_ckpt = step % config.ckpt_every == 0
                 if step % config.log_every == 0 or due_ckpt or step == total_steps:
                     last = metrics.flush()
-                    bar.set_postfix({k: f"{last[k]:.3g}" for k in (*STATS, "data_wait")})
+                    bar.set_postfix({k: f"{last[k]:.3g}"
+                                    for k in (*STATS, "images_per_s", "data_wait")})
                 if step % config.sample_every == 0:
                     sample_grid()
                 if due_ckpt:

@@ -86,7 +86,11 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(make_shards, tmp_path:
     shards = make_shards(shards=1, per_shard=16)
     with pytest.raises(TrainingError, match="no checkpoint"):
         train(shards, tmp_path / "run", **TINY, steps=1, resume=True)
+    # A run that crashed before its first checkpoint leaves a log; a fresh run starts over.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
     train(shards, tmp_path / "run", **TINY, steps=1, sample_every=100)
+    assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")[0]) > 1
     with pytest.raises(TrainingError, match="already holds a run"):
         train(shards, tmp_path / "run", **TINY, steps=1)
 
