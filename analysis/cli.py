@@ -1,0 +1,153 @@
+"""`analysis`: look inside a trained DCGAN (paper section 6) and check it for memorization.
+
+Parse, call the analysis's Python function (same defaults), print one summary line. User errors
+(missing checkpoint, shards of another image size, an empty boxes file) end with a one-line
+message and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from analysis.data import AnalysisError
+
+BN_HELP = ("BatchNorm statistics while sampling: 'batch' (the authors' Theano code; BatchNorm "
+           "after the dropped layer renormalizes) or 'running' (PyTorch eval()).")
+
+
+def user_errors(fn):
+    """Turn the errors a user can cause into click's one-line 'Error: ...' and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AnalysisError as err:
+            raise click.ClickException(str(err)) from None
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+            raise click.ClickException(f"{err.filename}: {err.strerror}") from None
+
+    return wrapper
+
+
+def ckpt_option(fn):
+    return click.option("--ckpt", required=True, type=click.Path(path_type=Path),
+                        help="Checkpoint from `gan train` (e.g. RUN/checkpoints/last.pt).")(fn)
+
+
+def out_option(fn):
+    return click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                        help="Output folder (created if missing; files in it are replaced).")(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Analyses of a trained DCGAN: remove-windows (paper 6.3.1), guided-backprop (6.2),
+    memorization (nearest neighbours and Meehan et al.'s data-copying test)."""
+
+
+@main.command("remove-windows")
+@ckpt_option
+@click.option("--boxes", required=True, type=click.Path(path_type=Path),
+              help='JSON: {"z": "z.npy", "samples": [{"index": 0, "boxes": [[x0, y0, x1, y1]]}]}; '
+                   "z from `gan sample --save-z` (relative to the JSON's folder), boxes in "
+                   "output-image pixels; unlisted samples are not used.")
+@out_option
+@click.option("--layer", default=None,
+              help="G layer to read and drop, by output side: 4x4, 8x8, 16x16, 32x32 (64x64 "
+                   "images; up to 64x64 for 128x128). Default: the paper's \"second highest\", "
+                   "8x8.")
+@click.option("--negatives", type=click.IntRange(min=1), default=None,
+              help="Random cells outside the boxes used as negatives. Default: as many as "
+                   "there are positive cells.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the negatives and the held-out split.")
+@click.option("--bn", type=click.Choice(["batch", "running"]), default="batch",
+              show_default=True, help=BN_HELP)
+@click.option("--show", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Samples in comparison.png (the first ones of z).")
+@user_errors
+def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show):
+    """Find G's "window" feature maps from hand-drawn boxes (logistic regression on the layer's
+    per-cell activations; maps with weight > 0 are dropped) and sample the same z without them.
+
+    Writes OUT/comparison.png (top row: original, bottom: maps dropped), window_mask.npy and
+    window_mask.json (dropped channel ids), report.json (held-out accuracy and AUC)."""
+    from analysis.windows import remove_windows as run
+
+    r = run(ckpt, boxes, out, layer=layer, negatives=negatives, seed=seed, bn=bn, show=show)
+    click.echo(f"dropped {r['dropped']} of {r['channels']} maps at {r['layer']} "
+               f"(held-out accuracy {r['heldout_accuracy']:.3f}, AUC {r['heldout_auc']:.3f}, "
+               f"BatchNorm {bn} statistics); comparison in {out / 'comparison.png'}")
+
+
+@main.command("guided-backprop")
+@ckpt_option
+@click.option("--data", required=True,
+              help="Image shards to pick the top images from (at the checkpoint's image size).")
+@out_option
+@click.option("--layer", default="last", show_default=True,
+              help="D layer by output side (32x32, 16x16, 8x8, 4x4 for 64x64 images) or "
+                   "'last' (D's last conv layer, as the paper).")
+@click.option("--features", default="0-5", show_default=True,
+              help="Features of the layer: a range and/or ids, e.g. 0-5 or 0,3,7.")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Images per feature, by maximal response.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Scan only the first N images (default: all).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the randomly initialized baseline D.")
+@user_errors
+def guided_backprop(ckpt, data, out, layer, features, top, limit, seed):
+    """Guided backpropagation of D's maximal feature responses, beside a random-filter baseline
+    (paper Fig. 5). Writes OUT/guided_backprop.png (random left, trained right),
+    trained_filters.png, random_filters.png, top_images.png and report.json."""
+    from analysis.guided_backprop import guided_backprop as run
+
+    r = run(ckpt, data, out, layer=layer, features=features, top=top, limit=limit, seed=seed)
+    click.echo(f"guided backprop of {len(r['features'])} features of D's {r['layer']} layer, "
+               f"top {top} images each; panels in {out / 'guided_backprop.png'}")
+
+
+@main.command()
+@ckpt_option
+@click.option("--train", "train_shards", required=True, help="The training shards.")
+@click.option("--holdout", required=True,
+              help="Real images G never saw, from the same distribution (at most --n are used).")
+@out_option
+@click.option("--n", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Generated samples.")
+@click.option("--space", type=click.Choice(["pixels", "disc"]), default="pixels",
+              show_default=True,
+              help="Embedding: pixels at 32x32, or D's last conv layer features.")
+@click.option("--k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Nearest training images per sample (shown and in distances.csv).")
+@click.option("--cells", type=click.IntRange(min=1), default=20, show_default=True,
+              help="k-means cells for the data-copying statistic C_T.")
+@click.option("--min-gen", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Generated samples a cell needs to enter C_T.")
+@click.option("--search", type=click.Choice(["flat", "ivf"]), default="flat", show_default=True,
+              help="flat: exact, one streaming pass; ivf: inverted-file candidates with exact "
+                   "re-ranking (two passes), for millions of training images.")
+@click.option("--bn", type=click.Choice(["batch", "running"]), default="batch",
+              show_default=True, help=BN_HELP)
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def memorization(ckpt, train_shards, holdout, out, n, space, k, cells, min_gen, search, bn,
+                 seed):
+    """Is G copying its training set? Nearest training images of generated and held-out
+    images, and Meehan et al. (2020)'s C_T (strongly negative = copying). Writes
+    OUT/neighbours.png, distances.png, distances.csv, report.json."""
+    from analysis.memorization import memorization as run
+
+    r = run(ckpt, train_shards, holdout, out, n=n, space=space, k=k, cells=cells,
+            min_gen=min_gen, search=search, bn=bn, seed=seed)
+    click.echo(f"{r['verdict']}; {r['generated']} generated, {r['holdout']} held-out vs "
+               f"{r['train']} training images; report in {out / 'report.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Forgetting to draw objects (paper section 6.3.1): find the generator's "window" feature maps
+with a logistic regression on hand-drawn boxes, then drop them and sample again.
+
+The paper drew window boxes on 52 of 150 samples, labelled the activations of G's second-highest
+conv layer inside the boxes as positives and random activations from the same images as
+negatives, and dropped every feature map whose logistic-regression weight was positive. Windows
+then vanished or turned into other objects while the rest of the scene stayed.
+
+Here a spatial cell of the chosen layer is positive when the centre of the pixel block it maps to
+lies inside a box, and "dropped" means the map is zeroed at every location. Whether G samples with
+batch statistics (the authors' Theano code; the next BatchNorm renormalizes after the drop) or
+running statistics (PyTorch eval) is a parameter and is recorded in the report.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from analysis.data import AnalysisError, load_run
+from analysis.hooks import captured_outputs, zeroed_channels
+from gan.models import Generator
+from gan.sample import generate, to_uint8
+from pipeline.files import write_bytes_atomic, write_json_atomic, write_png_atomic
+from pipeline.sheets import contact_sheet
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class Annotations:
+    """The z that produced the annotated samples and, per listed sample, its boxes (x0, y0, x1,
+    y1 in output-image pixels)."""
+
+    z: torch.Tensor
+    boxes: dict[int, list[Box]]
+
+
+def load_boxes(path: str | os.PathLike) -> Annotations:
+    """Read and check a boxes file: `{"z": "z.npy", "samples": [{"index": 0, "boxes": [[x0, y0,
+    x1, y1], ...]}, ...]}`; `z` is relative to the JSON's folder unless absolute."""
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AnalysisError(f"{path}: no such boxes file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AnalysisError(f"{path}: not JSON ({err})") from None
+    if not isinstance(spec, dict) or "z" not in spec or not isinstance(spec.get("samples"), list):
+        raise AnalysisError(f'{path}: expected {{"z": "z.npy", "samples": [{{"index": 0, '
+                            f'"boxes": [[x0, y0, x1, y1]]}}]}}')
+    z_path = path.parent / spec["z"]
+    try:
+        z = np.load(z_path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise AnalysisError(f"{z_path}: cannot read the z array ({err})") from None
+    if z.ndim != 2:
+        raise AnalysisError(f"{z_path}: expected an [N, nz] array, found shape {z.shape}")
+    boxes = {_sample_index(s, len(z), path): _sample_boxes(s, path) for s in spec["samples"]}
+    if not any(boxes.values()):
+        raise AnalysisError(f"{path}: no boxes: annotate at least one object in one sample")
+    return Annotations(torch.from_numpy(z.astype(np.float32)), boxes)
+
+
+def _sample_index(sample: object, n: int, path: Path) -> int:
+    index = sample.get("index") if isinstance(sample, dict) else None
+    if not isinstance(index, int) or not 0 <= index < n:
+        raise AnalysisError(f"{path}: sample {sample!r} needs an integer index in [0, {n})")
+    return index
+
+
+def _sample_boxes(sample: dict, path: Path) -> list[Box]:
+    boxes = sample.get("boxes", [])
+    good = isinstance(boxes, list) and all(
+        isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)
+        and b[0] < b[2] and b[1] < b[3]
+        for b in boxes
+    )
+    if not good:
+        raise AnalysisError(f"{path}: sample {sample['index']}: boxes must be [x0, y0, x1, y1] "
+                            "lists with x0 < x1 and y0 < y1")
+    return [tuple(b) for b in boxes]
+
+
+def cell_labels(boxes: list[Box], grid: int, image_size: int) -> np.ndarray:
+    """[grid, grid] bools: is the centre of the cell's pixel block inside any of the boxes?"""
+    centres = (np.arange(grid) + 0.5) * (image_size / grid)
+    cy, cx = np.meshgrid(centres, centres, indexing="ij")
+    inside = np.zeros((grid, grid), bool)
+    for x0, y0, x1, y1 in boxes:
+        inside |= (cx >= x0) & (cx <= x1) & (cy >= y0) & (cy <= y1)
+    return inside
+
+
+def cell_dataset(
+    features: torch.Tensor,
+    boxes: dict[int, list[Box]],
+    image_size: int,
+    negatives: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell channel vectors X [cells, C] and labels y: every cell inside a box, and
+    `negatives` random cells outside the boxes of the listed images (default: as many as there
+    are positives)."""
+    grid = features.shape[-1]
+    cells = features.permute(0, 2, 3, 1).cpu().numpy()  # [N, h, w, C]
+    pos, neg = [], []
+    for index, sample_boxes in sorted(boxes.items()):
+        inside = cell_labels(sample_boxes, grid, image_size)
+        pos.append(cells[index][inside])
+        neg.append(cells[index][~inside])
+    pos_x, neg_x = np.concatenate(pos), np.concatenate(neg)
+    if len(pos_x) == 0:
+        raise AnalysisError("no feature cell has its centre inside a box: boxes are too small "
+                            "for this layer; draw larger boxes or pick a finer --layer")
+    wanted = len(pos_x) if negatives is None else negatives
+    take = np.random.default_rng(seed).choice(len(neg_x), min(wanted, len(neg_x)), replace=False)
+    x = np.concatenate([pos_x, neg_x[take]])
+    y = np.concatenate([np.ones(len(pos_x), bool), np.zeros(len(take), bool)])
+    return x, y
+
+
+def fit_window_classifier(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[
+        LogisticRegression, dict]:
+    """Held-out accuracy/AUC from a stratified 75/25 split, then the final fit on every cell
+    (the paper had few annotations; all of them should shape the mask)."""
+    if min(y.sum(), (~y).sum()) < 4:
+        raise AnalysisError(f"too few cells to fit and check a classifier ({int(y.sum())} "
+                            f"positive, {int((~y).sum())} negative; need at least 4 of each)")
+    x_fit, x_test, y_fit, y_test = train_test_split(x, y, test_size=0.25, stratify=y,
+                                                    random_state=seed)
+    probe = LogisticRegression(max_iter=2000).fit(x_fit, y_fit)
+    metrics = {
+        "heldout_cells": len(y_test),
+        "heldout_accuracy": float(accuracy_score(y_test, probe.predict(x_test))),
+        "heldout_auc": float(roc_auc_score(y_test, probe.predict_proba(x_test)[:, 1])),
+    }
+    return LogisticRegression(max_iter=2000).fit(x, y), metrics
+
+
+def default_layer(G: Generator) -> str:
+    """The paper's "second highest" layer: counting from z, the second feature layer (8x8)."""
+    names = list(G.feature_layers())
+    return names[1] if len(names) > 1 else names[0]
+
+
+def layer_module(G: Generator, layer: str | None) -> tuple[str, nn.Module]:
+    layers = G.feature_layers()
+    name = layer or default_layer(G)
+    if name not in layers:
+        raise AnalysisError(f"layer {name!r} not in this generator; choose from {list(layers)}")
+    return name, layers[name]
+
+
+def generate_pair(
+    G: Generator, z: torch.Tensor, module: nn.Module, mask: np.ndarray, bn: str = "batch"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples from the same z without and with the masked feature maps zeroed."""
+    original = generate(G, z, bn=bn)
+    with zeroed_channels(module, mask):
+        dropped = generate(G, z, bn=bn)
+    return original, dropped
+
+
+def remove_windows(
+    ckpt: str | os.PathLike,
+    boxes: str | os.PathLike,
+    out: str | os.PathLike,
+    layer: str | None = None,
+    negatives: int | None = None,
+    seed: int = 0,
+    bn: str = "batch",
+    show: int = 16,
+) -> dict:
+    """Fit the window classifier on annotated samples, drop the maps it weighs positively, and
+    write comparison.png (top: original, bottom: dropped), window_mask.npy/.json and
+    report.json into `out`. Returns the report."""
+    G, _D, config = load_run(ckpt)
+    annotations = load_boxes(boxes)
+    if annotations.z.shape[1] != config["nz"]:
+        raise AnalysisError(f"{boxes}: z has {annotations.z.shape[1]} dimensions, the "
+                            f"checkpoint's G takes {config['nz']}")
+    name, module = layer_module(G, layer)
+    with captured_outputs(module) as features:
+        original = generate(G, annotations.z, bn=bn)
+    x, y = cell_dataset(features[0], annotations.boxes, config["image_size"], negatives, seed)
+    classifier, metrics = fit_window_classifier(x, y, seed)
+    mask = classifier.coef_[0] > 0
+    with zeroed_channels(module, mask):
+        dropped = generate(G, annotations.z, bn=bn)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shown = min(show, len(original))
+    sheet = contact_sheet(list(to_uint8(original[:shown])) + list(to_uint8(dropped[:shown])),
+                          cols=shown)
+    write_png_atomic(out / "comparison.png", sheet)
+    _save_npy(out / "window_mask.npy", mask)
+    dropped_ids = np.flatnonzero(mask).tolist()
+    write_json_atomic(out / "window_mask.json", {"layer": name, "channels": int(mask.size),
+                                                  "dropped": dropped_ids})
+    report = {
+        "layer": name,
+        "channels": int(mask.size),
+        "dropped": len(dropped_ids),
+        "annotated_samples": sum(1 for b in annotations.boxes.values() if b),
+        "listed_samples": len(annotations.boxes),
+        "positive_cells": int(y.sum()),
+        "negative_cells": int((~y).sum()),
+        **metrics,
+        "batchnorm": bn,
+        "batchnorm_note": ("batch statistics (as the authors' Theano code): BatchNorm after the "
+                           "dropped layer renormalizes" if bn == "batch" else
+                           "running statistics (PyTorch eval): no renormalization after the drop"),
+        "samples": len(original),
+        "mean_abs_change": float((original - dropped).abs().mean()),
+    }
+    write_json_atomic(out / "report.json", report)
+    return report
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_bytes_atomic(path, buf.getvalue())
