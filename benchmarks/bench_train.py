@@ -145,7 +145,7 @@ def loader_rates(shards: Path, size: int, batch: int, workers: int, tmp: Path) -
 @click.option("--image-size", default=64, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--steps", default=3, show_default=True, help="Steps per timed round.")
-@click.option("--rounds", default=3, show_default=True, help="Alternating rounds; best kept.")
+@click.option("--rounds", default=5, show_default=True, help="Alternating rounds; best kept.")
 @click.option("--images", default=4000, show_default=True, help="Images in the loader shards.")
 @click.option("--workers", default=2, show_default=True, help="Loader workers for the full run.")
 @click.option("--threads", default=torch.get_num_threads(), show_default=True,

@@ -78,7 +78,7 @@ def main() -> None:
 DEFAULTS = TrainConfig.__dataclass_fields__  # --help shows the Python API's defaults
 
 
-@main.command()
+@main.command(short_help="Train the paper's DCGAN on shards (CPU, GPU, torchrun).")
 @click.option("--data", required=True, help="Training shards: a `pipeline shards` output folder, "
               "a .tar, a glob or a {000000..000009} brace pattern.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -155,7 +155,7 @@ def train(data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch,
         click.echo(summary["line"])
 
 
-@main.command()
+@main.command(short_help="A numbered grid of samples (and their z).")
 @ckpt_option
 @click.option("--n", type=click.IntRange(min=1), default=64, show_default=True,
               help="Samples to draw.")
@@ -185,7 +185,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@main.command(name="interpolate")
+@main.command(name="interpolate", short_help="Latent walks between random points (Fig 4).")
 @ckpt_option
 @click.option("--points", type=click.IntRange(min=2), default=9, show_default=True,
               help="Random points in Z chained together (one row per consecutive pair).")
@@ -214,7 +214,7 @@ def index_list(ctx, param, value: str) -> list[int]:
         raise click.BadParameter("expected sample numbers like 3,17,42") from None
 
 
-@main.command(name="arithmetic")
+@main.command(name="arithmetic", short_help="Vector arithmetic on z: A - B + C (Fig 7).")
 @ckpt_option
 @click.option("--z", "z_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="z's saved by `gan sample --save-z` (numbers refer to that grid).")
