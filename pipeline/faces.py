@@ -7,10 +7,11 @@ the Python entry point the CLI calls with the same defaults; `find_faces` and `f
 the single-photo pieces, for notebooks.
 
 Choices a user should know about:
-- The detector also looks for faces somewhat below `--min-size` (down to `SEARCH_BELOW` of it)
-  so that a photo whose faces are all too small is recorded as `faces_too_small`, not
-  `no_face`. Searching further down is not free: every halving of the smallest face size
-  roughly quadruples the detection time.
+- The detector also looks for faces somewhat below `--min-size` (down to `--search-below`,
+  3/4, of it) so that a photo whose faces are all too small is recorded as `faces_too_small`,
+  not `no_face`. That is not free: it costs ~1.5x the detection time of searching from
+  `--min-size` (every halving of the smallest face size roughly quadruples it); 1.0 turns it
+  off for a large run that does not need the distinction.
 - A crop is the square around the box, enlarged by `margin` times the box side on every side.
   At the photo's border the square is *shifted* to lie inside the photo (and shrunk to the
   photo's shorter side if it is larger), never padded: padded borders would become something
@@ -44,7 +45,6 @@ from pipeline.sinks import Sample
 from pipeline.sources import Record, open_sources, safe_key
 from pipeline.statuses import FACES, FACES_TOO_SMALL, NO_FACE, UNREADABLE
 
-SEARCH_BELOW = 0.75  # search for faces down to this fraction of --min-size (to report them)
 DEBUG_NAME = "debug_boxes.png"
 DEBUG_PHOTOS = 16
 DEBUG_TILE = 320
@@ -60,10 +60,11 @@ class FaceParams:
     max_side: int = 1024
     fmt: str = "png"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    search_below: float = 0.75  # look for faces down to this fraction of min_size
 
     @property
     def search_floor(self) -> int:
-        return max(1, math.ceil(self.min_size * SEARCH_BELOW))
+        return max(1, math.ceil(self.min_size * self.search_below))
 
     def provenance(self) -> dict:
         """What a sample's .json records about how it was made."""
@@ -232,6 +233,7 @@ def detect_faces(
     scale_factor: float = 1.1,
     min_neighbors: int = 5,
     max_side: int = 1024,
+    search_below: float = 0.75,
     fmt: str = "png",
     maxcount: int = 10_000,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -243,14 +245,15 @@ def detect_faces(
 ) -> dict:
     """Detect faces in every photo of `sources` and write one `size` x `size` crop per face
     of at least `min_size` px to WebDataset shards in `out`; returns the summary."""
-    if min_size < 1 or size < 1 or max_side < 1 or margin < 0 or scale_factor <= 1:
+    if min(min_size, size, max_side) < 1 or margin < 0 or scale_factor <= 1 \
+            or not 0 < search_below <= 1:
         raise ValueError("min_size, size, max_side must be positive, margin >= 0, "
-                         "scale_factor > 1")
+                         "scale_factor > 1, 0 < search_below <= 1")
     spec = make_spec(detector, cascade=cascade, model=model, scale_factor=scale_factor,
                      min_neighbors=min_neighbors)
     source = open_sources(list(sources))
     params = FaceParams(spec, min_size=min_size, margin=margin, size=size, max_side=max_side,
-                        fmt=fmt, max_pixels=max_pixels)
+                        fmt=fmt, max_pixels=max_pixels, search_below=search_below)
     settings = {"sources": [str(s) for s in sources], **params.provenance(),
                 "detector_path": spec.path, "search_floor": params.search_floor,
                 "format": fmt, "maxcount": maxcount, "max_pixels": max_pixels}
