@@ -410,12 +410,12 @@ def train(data: str | os.PathLike, out: str | os.PathLike, **options) -> dict:
 
 
 def _run(config: TrainConfig, rt: Runtime, out: Path, state: dict | None) -> dict:
+    batches = make_batches(config, rt, out)  # first: bad shards leave no run folder behind
     if rt.is_main:
         (out / "samples").mkdir(parents=True, exist_ok=True)
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", dataclasses.asdict(config))
     barrier(rt)
-    batches = make_batches(config, rt, out)
     total_steps = config.steps or (config.epochs or 1) * batches.steps_per_epoch
 
     torch.manual_seed(config.seed)

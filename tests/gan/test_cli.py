@@ -62,6 +62,7 @@ def test_wrong_image_size(make_shards, tmp_path: Path) -> None:
     shards = make_shards(shards=1, per_shard=8, size=32)
     result = invoke("train", "--data", shards, "--out", tmp_path / "run", "--image-size", "64")
     assert_user_error(result, "--size 64")
+    assert not (tmp_path / "run").exists()
 
 
 def test_gpu_cache_without_gpu(make_shards, tmp_path: Path) -> None:
