@@ -34,7 +34,8 @@ demo: $(STAMP)
 
 shards: $(STAMP) demo
 	$(BIN)/pipeline faces $(FACES_SRC) --out $(DATA)/shards/faces --size $(SIZE) --overwrite $(WORKERS_OPT)
-	$(BIN)/pipeline shards $(LSUN_SRC) --out $(DATA)/shards/lsun --size $(SIZE) --overwrite $(WORKERS_OPT)
+	$(BIN)/pipeline dedup $(LSUN_SRC) --out $(DATA)/dedup/lsun --overwrite $(if $(LSUN),,--min-steps 200 --batch-size 64) $(WORKERS_OPT)
+	$(BIN)/pipeline shards $(LSUN_SRC) --out $(DATA)/shards/lsun --exclude $(DATA)/dedup/lsun/duplicates.txt --size $(SIZE) --overwrite $(WORKERS_OPT)
 	@echo "training shards: $(DATA)/shards/faces  $(DATA)/shards/lsun"
 
 lint: $(STAMP)

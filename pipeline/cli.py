@@ -13,6 +13,14 @@ from pathlib import Path
 import click
 
 from pipeline.decode import DEFAULT_MAX_PIXELS
+from pipeline.dedup import (
+    DEFAULT_DROPOUT,
+    DEFAULT_EPOCHS,
+    DEFAULT_MIN_STEPS,
+    DEFAULT_NOISE,
+    DEFAULT_RADIUS,
+    DEFAULT_TRAIN_SAMPLES,
+)
 from pipeline.parallel import default_workers
 from pipeline.runner import StageError
 from pipeline.sources import SourceError
@@ -151,6 +159,53 @@ def faces(src, out, min_size, margin, size, detector, cascade, model, scale_fact
                            workers=workers, resume=resume, overwrite=overwrite)
     click.echo(summary["line"])
 
+
+@main.command(epilog=SOURCES_HELP)
+@click.argument("src", nargs=-1, required=True)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder for groups.jsonl, duplicates.txt, autoencoder.pt, loss.png, "
+                   "collisions.png, manifest.jsonl, summary.json.")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Apply a saved autoencoder (OUT/autoencoder.pt of an earlier run) instead of "
+                   "training one: the same hash for new data.")
+@click.option("--train-samples", type=click.IntRange(min=2), default=DEFAULT_TRAIN_SAMPLES,
+              show_default=True, help="Random crops the autoencoder is trained on.")
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True,
+              help="Passes over the training sample.")
+@click.option("--min-steps", type=click.IntRange(min=0), default=DEFAULT_MIN_STEPS,
+              show_default=True, help="Train at least this many mini-batches (more epochs on "
+                                      "a small sample): an undertrained hash collides.")
+@click.option("--noise", type=click.FloatRange(min=0), default=DEFAULT_NOISE, show_default=True,
+              help="Strength of the de-noising corruption (re-encode/rescale/crop/brightness "
+                   "as seen at 32x32; 0 = plain autoencoder).")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=DEFAULT_DROPOUT,
+              show_default=True, help="Dropout on the 128 code units during training.")
+@click.option("--radius", type=click.IntRange(min=0), default=DEFAULT_RADIUS, show_default=True,
+              help="Also join codes within this Hamming distance of a group's anchor "
+                   "(0 = equal codes only, the paper's rule).")
+@click.option("--batch-size", type=click.IntRange(min=2), default=256, show_default=True,
+              help="Training mini-batch.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="Where to train and hash (auto: CUDA if available).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Training sample, initialization and corruption seed.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
+              show_default=True, help="Refuse images whose header claims more pixels.")
+@workers_option
+@click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
+@user_errors
+def dedup(src, out, model, train_samples, epochs, min_steps, noise, dropout, radius, batch_size,
+          device, seed, max_pixels, workers, overwrite):
+    """Find near duplicates with the paper's semantic hash: 32x32 center crops, a
+    3072-128-3072 de-noising autoencoder, codes binarized at the ReLU threshold, equal codes
+    grouped in linear time. Writes OUT/duplicates.txt for `pipeline shards --exclude`."""
+    from pipeline.dedup import dedup as run_dedup
+
+    summary = run_dedup(list(src), out, model=model, train_samples=train_samples, epochs=epochs,
+                        min_steps=min_steps, noise=noise, dropout=dropout, radius=radius,
+                        batch_size=batch_size, device=device, workers=workers,
+                        max_pixels=max_pixels, seed=seed, overwrite=overwrite)
+    click.echo(summary["line"])
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
