@@ -260,13 +260,24 @@ class MetricsLog:
         elapsed = max(time.perf_counter() - self.window_start, 1e-9)
         rate = self.images_per_step * len(values) / elapsed
         wait = min(self.data_wait / elapsed, 1.0)
-        lines = []
+        lines, diverged = [], None
         for (step, epoch, _), row in zip(self.pending, values, strict=True):
             if not all(math.isfinite(v) for v in row):
-                raise TrainingError(f"losses became non-finite at step {step} "
-                                    f"(loss_D={row[0]}, loss_G={row[1]})")
+                diverged = (f"losses became non-finite at step {step} "
+                            f"(loss_D={row[0]}, loss_G={row[1]})")
+                break
             lines.append({"step": step, "epoch": epoch, **dict(zip(STATS, row, strict=True)),
                           "images_per_s": rate, "data_wait": wait})
+        self._write(lines)
+        if diverged:
+            raise TrainingError(diverged)
+        self.pending, self.data_wait = [], 0.0
+        self.window_start = time.perf_counter()
+        self.last = lines[-1]
+        return self.last
+
+    def _write(self, lines: list[dict]) -> None:
+        """Append to metrics.jsonl (and TensorBoard when installed), on rank 0 only."""
         if self.write:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.writelines(json.dumps(line) + "\n" for line in lines)
@@ -274,10 +285,6 @@ class MetricsLog:
                 for line in lines:
                     for key in (*STATS, "images_per_s", "data_wait"):
                         self.tensorboard.add_scalar(key, line[key], line["step"])
-        self.pending, self.data_wait = [], 0.0
-        self.window_start = time.perf_counter()
-        self.last = lines[-1]
-        return self.last
 
     def truncate_after(self, step: int) -> None:
         """Drop lines logged after the checkpoint being resumed (they will be redone), or all

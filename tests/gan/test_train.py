@@ -112,6 +112,7 @@ def test_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(
     with pytest.raises(TrainingError, match=r"non-finite at step 5.*checkpoint .*\(step 4\)"):
         train(shards, run, **TINY, steps=8, ckpt_every=2, sample_every=100)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
 def test_exploding_weights_are_never_checkpointed(make_shards, tmp_path: Path) -> None:
