@@ -65,3 +65,8 @@ def image_batches(
         yield torch.stack(batch)
     if seen == 0:
         raise AnalysisError(f"{shards}: no images in these shards")
+
+
+def check_image_size(shards: str | os.PathLike, image_size: int) -> None:
+    """Fail now, with the fix, if the shards hold images of another size (not after an hour)."""
+    next(image_batches(shards, image_size, batch_size=1, limit=1))

@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 from scipy.stats import rankdata
 from tqdm import tqdm
 
-from analysis.data import image_batches, load_run
+from analysis.data import check_image_size, image_batches, load_run
 from analysis.hooks import captured_outputs
 from analysis.knn import IvfKnn, StreamingKnn
 from gan.models import Discriminator, Generator
@@ -169,7 +169,8 @@ def _embed_all(batches: Iterable[torch.Tensor], embed: Embed, show: int,
         vectors.append(embed(batch))
         if sum(len(s) for s in shown) < show:
             shown.append(to_uint8(batch[:show]))
-    return np.concatenate(vectors), np.concatenate(shown)[:show]
+    images = np.concatenate(shown)[:show] if shown else np.empty((0, 0, 0, 3), np.uint8)
+    return np.concatenate(vectors), images
 
 
 def nearest_training(
@@ -328,11 +329,11 @@ def memorization(
     G, D, config = load_run(ckpt)
     size = config["image_size"]
     embed = pixel_embedding if space == "pixels" else disc_embedding(D)
-    holdout_images = image_batches(holdout, size, batch_size, limit=n)
-    next(iter(image_batches(train, size, 1, limit=1)))  # a wrong size fails before any work
+    check_image_size(train, size)
+    check_image_size(holdout, size)
     return measure_copying(
         generated_batches(G, n, config["nz"], config["prior"], bn=bn, seed=seed),
         lambda: image_batches(train, size, batch_size),
-        holdout_images, out, embed, k=k, cells=cells, min_gen=min_gen, search=search,
-        show=show, seed=seed,
+        image_batches(holdout, size, batch_size, limit=n), out, embed, k=k, cells=cells,
+        min_gen=min_gen, search=search, show=show, seed=seed,
     )

@@ -1,0 +1,156 @@
+"""The `analysis` CLI: end to end on a small checkpoint and room shards, and its user errors."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from analysis.cli import main
+from analysis.rooms import write_room_shards
+from gan.checkpoint import save_checkpoint
+from gan.models import Discriminator, Generator
+from gan.sample import sample_z
+
+CONFIG = {"image_size": 32, "nz": 100, "width": 32, "arch": "compact", "prior": "uniform"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """An (untrained) 32x32 checkpoint, 32x32 and 64x64 room shards, a boxes file."""
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    G, D = Generator(32, 100, 32, "compact"), Discriminator(32, 32, "compact")
+    save_checkpoint(root / "last.pt", {"config": CONFIG, "G": G.state_dict(),
+                                       "D": D.state_dict()})
+    np.save(root / "z.npy", sample_z(40, 100, "uniform", torch.Generator().manual_seed(0)).numpy())
+    samples = [{"index": i, "boxes": [[0, 0, 16, 16]] if i % 2 else []} for i in range(40)]
+    (root / "boxes.json").write_text(json.dumps({"z": "z.npy", "samples": samples}))
+    return {"root": root, "ckpt": root / "last.pt", "boxes": root / "boxes.json",
+            "shards32": write_room_shards(root / "rooms32", 300, 32, seed=1),
+            "shards64": write_room_shards(root / "rooms64", 20, 64, seed=2)}
+
+
+def _run(*args: object) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _one_line_error(result, *words: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    last = result.output.strip().split("\r")[-1]  # after any progress bar (stderr)
+    assert last.startswith("Error: ") and "\n" not in last
+    for word in words:
+        assert word in last
+
+
+def test_help_lists_the_layer_choices_and_defaults():
+    result = _run("remove-windows", "--help")
+    assert result.exit_code == 0
+    assert "8x8" in result.output and "second highest" in result.output
+    assert "[default: batch]" in result.output
+
+
+def test_guided_backprop_writes_features_by_top_images_panels(files, tmp_path):
+    result = _run("guided-backprop", "--ckpt", files["ckpt"], "--data", files["shards32"],
+                  "--out", tmp_path, "--features", "0-2", "--top", "4")
+    assert result.exit_code == 0, result.output
+    for name in ("trained_filters.png", "random_filters.png", "top_images.png"):
+        sheet = cv2.imread(str(tmp_path / name))
+        assert sheet.shape[:2] == (2 + 3 * 66, 2 + 4 * 66)  # 3 features x 4 images, 64px tiles
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["layer"] == "4x4" and report["features"] == [0, 1, 2]
+    responses = np.array(report["top_responses"])
+    assert (np.diff(responses, axis=1) <= 0).all()  # highest first
+
+
+def test_remove_windows_writes_mask_comparison_and_report(files, tmp_path):
+    result = _run("remove-windows", "--ckpt", files["ckpt"], "--boxes", files["boxes"],
+                  "--out", tmp_path, "--bn", "running", "--show", "5")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    mask = np.load(tmp_path / "window_mask.npy")
+    ids = json.loads((tmp_path / "window_mask.json").read_text())["dropped"]
+    assert report["layer"] == "8x8" and mask.shape == (16,) and report["batchnorm"] == "running"
+    assert ids == np.flatnonzero(mask).tolist() and report["dropped"] == len(ids)
+    assert report["positive_cells"] == 20 * 16  # 20 boxed samples x 4x4 of the 8x8 cells
+    assert cv2.imread(str(tmp_path / "comparison.png")).shape[:2] == (2 + 2 * 34, 2 + 5 * 34)
+
+
+def test_memorization_end_to_end(files, tmp_path):
+    result = _run("memorization", "--ckpt", files["ckpt"], "--train", files["shards32"],
+                  "--holdout", files["shards32"], "--out", tmp_path, "--n", "100", "--cells", "3",
+                  "--k", "2")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["train"] == 300 and report["generated"] == 100 and report["holdout"] == 100
+    # Held-out images here *are* training images: every one sits at distance 0.
+    assert report["median_nn_distance_holdout"] == pytest.approx(0, abs=0.05)
+    assert report["verdict"] in result.output
+
+
+@pytest.mark.parametrize("command", [
+    ["remove-windows", "--boxes", "{boxes}"],
+    ["guided-backprop", "--data", "{shards32}"],
+    ["memorization", "--train", "{shards32}", "--holdout", "{shards32}"],
+])
+def test_missing_checkpoint_is_a_one_line_error(files, tmp_path, command):
+    args = [a.format(**files) for a in command]
+    result = _run(*args, "--ckpt", tmp_path / "nope.pt", "--out", tmp_path / "out")
+    _one_line_error(result, "nope.pt", "no such checkpoint")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_a_one_line_error(files, tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    result = _run("guided-backprop", "--ckpt", tmp_path / "bad.pt", "--data", files["shards32"],
+                  "--out", tmp_path / "out")
+    _one_line_error(result, "bad.pt")
+
+
+@pytest.mark.parametrize("command", [
+    ["guided-backprop", "--data", "{shards64}"],
+    ["memorization", "--train", "{shards64}", "--holdout", "{shards32}"],
+    ["memorization", "--train", "{shards32}", "--holdout", "{shards64}"],
+])
+def test_image_size_mismatch_is_a_one_line_error(files, tmp_path, command):
+    args = [a.format(**files) for a in command]
+    result = _run(*args, "--ckpt", files["ckpt"], "--out", tmp_path / "out")
+    _one_line_error(result, "64x64", "expected 32x32", "--size 32")
+
+
+@pytest.mark.parametrize("spec", [
+    {"z": "z.npy", "samples": []},
+    {"z": "z.npy", "samples": [{"index": 0, "boxes": []}, {"index": 1}]},
+])
+def test_boxes_file_without_boxes_is_a_one_line_error(files, spec):
+    path = files["root"] / "empty.json"
+    path.write_text(json.dumps(spec))
+    result = _run("remove-windows", "--ckpt", files["ckpt"], "--boxes", path, "--out",
+                  files["root"] / "out")
+    _one_line_error(result, "no boxes")
+
+
+@pytest.mark.parametrize("content, words", [
+    ("", ["not JSON"]),
+    ('{"samples": []}', ["expected"]),
+    ('{"z": "z.npy", "samples": [{"index": 99, "boxes": []}]}', ["index", "[0, 40)"]),
+    ('{"z": "z.npy", "samples": [{"index": 1, "boxes": [[5, 5, 2, 9]]}]}', ["x0 < x1"]),
+    ('{"z": "missing.npy", "samples": []}', ["missing.npy"]),
+])
+def test_malformed_boxes_files_are_one_line_errors(files, content, words):
+    path = files["root"] / "bad.json"
+    path.write_text(content)
+    result = _run("remove-windows", "--ckpt", files["ckpt"], "--boxes", path, "--out",
+                  files["root"] / "out")
+    _one_line_error(result, *words)
+
+
+def test_unknown_layer_and_feature_are_one_line_errors(files, tmp_path):
+    result = _run("remove-windows", "--ckpt", files["ckpt"], "--boxes", files["boxes"],
+                  "--out", tmp_path, "--layer", "3x3")
+    _one_line_error(result, "3x3", "4x4", "16x16")
+    result = _run("guided-backprop", "--ckpt", files["ckpt"], "--data", files["shards32"],
+                  "--out", tmp_path, "--features", "30-40")
+    _one_line_error(result, "feature 40", "32 features")
