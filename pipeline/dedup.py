@@ -351,6 +351,7 @@ def collision_sheet(crops: np.ndarray, groups: Groups, *, rows: int = 16, cols: 
     if groups.count == 0:
         return None
     sizes = np.bincount(groups.ids[groups.ids >= 0], minlength=groups.count)
+    cols = min(cols, int(sizes.max()))
     side = crops.shape[1] * scale
     blank = np.full((side, side, 3), 255, np.uint8)
     tiles = []

@@ -1,0 +1,117 @@
+"""Speed of `pipeline dedup`: against a bare decode loop, and per image as N grows.
+
+1. LSUN-like input (an LMDB of ~256 px WebP photos cut from real photographs): images/s of a
+   bare decode loop (the shared decoder, mapped over the same workers with the same ordered
+   pool) against the dedup command, in the same run. The hashing run applies a saved model
+   (`--model`: crops, hash, group, outputs); training (a short one here) is reported on its
+   own, since its cost is set by --train-samples/--epochs/--min-steps, not by N.
+2. Time per image at N = 1k, 10k, 100k synthetic 64 px WebP images (hashing run with a saved
+   model): flat per-image time is the linear-cost claim.
+
+    python benchmarks/bench_dedup.py [--n 3000] [--sizes 1000,10000,100000] [--workers N]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import cv2
+import lmdb
+import numpy as np
+
+from pipeline import demo
+from pipeline.decode import decode_image
+from pipeline.dedup import dedup
+from pipeline.parallel import chunked, default_workers, map_ordered
+from pipeline.sources import open_source
+
+TRAIN_STEPS = 200  # a short training: its cost depends on steps, not on N (timed on its own)
+
+
+def write_lmdb(folder: Path, images: Iterator[np.ndarray]) -> int:
+    """LSUN layout: 40-hex keys, WebP values; written in batches so memory stays flat."""
+    folder.mkdir(parents=True)
+    n = 0
+    with lmdb.open(str(folder), map_size=1 << 34) as env:
+        for batch in chunked(images, 1000):
+            with env.begin(write=True) as txn:
+                for img in batch:
+                    key = hashlib.sha1(f"{n}".encode()).hexdigest().encode()
+                    txn.put(key, demo.encode(img, "WEBP", quality=80))
+                    n += 1
+    return n
+
+
+def photo_crops(n: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """~256 px crops of real photographs, LSUN bedroom size."""
+    rng = np.random.default_rng(seed)
+    photos = [demo.photo(name) for name in demo.SKIMAGE_SCENES + demo.FACE_PHOTOS]
+    for i in range(n):
+        img = photos[i % len(photos)]
+        h, w = img.shape[:2]
+        side = int(min(h, w) * rng.uniform(0.5, 1.0))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        size = (int(rng.integers(256, 340)), 256)
+        yield cv2.resize(img[y : y + side, x : x + side], size, interpolation=cv2.INTER_AREA)
+
+
+def synthetic(n: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """Distinct smooth 64 px colour images (random 8x8 fields, upsampled)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        yield cv2.resize(small, (64, 64), interpolation=cv2.INTER_CUBIC)
+
+
+def bare_decode(records: list, _params: None) -> int:
+    for rec in records:
+        decode_image(rec.read())
+    return len(records)
+
+
+def decode_rate(folder: Path, workers: int) -> float:
+    source = open_source(folder)
+    start = time.perf_counter()
+    done = sum(map_ordered(bare_decode, None, chunked(iter(source), 64), workers))
+    return done / (time.perf_counter() - start)
+
+
+@click.command()
+@click.option("--n", default=3000, show_default=True, help="LSUN-like images for part 1.")
+@click.option("--sizes", default="1000,10000,100000", show_default=True,
+              help="Synthetic N for part 2.")
+@click.option("--workers", default=default_workers(), show_default=True)
+def main(n: int, sizes: str, workers: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_lmdb(root / "lsun", photo_crops(n))
+        bare = decode_rate(root / "lsun", workers)
+        trained = dedup([root / "lsun"], root / "train", epochs=1, min_steps=TRAIN_STEPS,
+                        workers=workers, progress=False)
+        model = root / "train" / "autoencoder.pt"
+        hashed = dedup([root / "lsun"], root / "hash", model=model, workers=workers,
+                       progress=False)
+        print(f"{n} LSUN-like WebP images (~256 px), {workers} workers")
+        print(f"bare decode loop (decode_image)        : {bare:8.0f} images/s")
+        print(f"pipeline dedup --model (hashing pass)  : {hashed['images_per_s']:8.0f} images/s"
+              f"   ratio {hashed['images_per_s'] / bare:.2f} (target >= 0.8)")
+        print(f"pipeline dedup, training included      : {trained['images_per_s']:8.0f} images/s"
+              f"   (training {TRAIN_STEPS} steps: {trained['timings_s']['train_s']:.1f} s)")
+        print("\nper-image time, synthetic 64 px WebP, hashing run with the saved model:")
+        for size in (int(s) for s in sizes.split(",")):
+            folder = root / f"syn{size}"
+            write_lmdb(folder, synthetic(size, seed=size))
+            summary = dedup([folder], root / f"out{size}", model=model, workers=workers,
+                            progress=False)
+            per = summary["seconds"] / size * 1e6
+            print(f"N = {size:>7}: {per:8.1f} us/image  ({summary['images_per_s']:.0f} images/s;"
+                  f" {summary['timings_s']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The semantic-hash autoencoder: the properties the dedup stage's hash depends on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import demo
+from pipeline.autoencoder import (
+    HashConfig,
+    SemanticHashAutoencoder,
+    corrupt,
+    load_model,
+    save_model,
+    semantic_hash,
+    to_input,
+)
+
+CONFIG = HashConfig(side=32, bits=128, noise=1.0, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def crops() -> np.ndarray:
+    img = demo.photo("astronaut.png")
+    return np.stack([img[y : y + 32, x : x + 32] for y in range(0, 256, 32)
+                     for x in range(0, 256, 32)])
+
+
+def test_codes_ignore_brightness(crops):
+    """Each crop is standardized first, so a global brightness change keeps its code, even for
+    an untrained encoder whose pre-activations sit anywhere near the threshold."""
+    torch.manual_seed(0)
+    model = SemanticHashAutoencoder(CONFIG).eval()
+    unclipped = crops[crops.reshape(len(crops), -1).max(axis=1) <= 235]
+    assert len(unclipped) > 20
+    brighter = unclipped + np.uint8(20)
+    assert np.array_equal(semantic_hash(model, unclipped), semantic_hash(model, brighter))
+
+
+def test_corruption_is_realistic_and_off_at_zero(crops):
+    x = to_input(crops)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(corrupt(x, 0.0, gen), x)
+    noisy = corrupt(x, 1.0, gen)
+    assert noisy.shape == x.shape and noisy.min() >= -1 and noisy.max() <= 1
+    change = (noisy - x).abs().mean().item() * 127.5
+    assert 1 < change < 40  # grey levels: a re-upload, not a different picture
+
+
+def test_saved_model_reloads_safely_with_identical_codes(tmp_path, crops):
+    torch.manual_seed(1)
+    model = SemanticHashAutoencoder(CONFIG).eval()
+    save_model(model, tmp_path / "ae.pt", {"note": "test"})
+    payload = torch.load(tmp_path / "ae.pt", weights_only=True)
+    assert payload["config"] == {"side": 32, "bits": 128, "noise": 1.0, "dropout": 0.1}
+    again, info = load_model(tmp_path / "ae.pt")
+    assert info == {"note": "test"}
+    assert np.array_equal(semantic_hash(model, crops), semantic_hash(again, crops))
+
+
+def test_a_file_that_is_not_a_hash_model_is_refused(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a semantic-hash autoencoder"):
+        load_model(tmp_path / "other.pt")
