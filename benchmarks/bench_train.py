@@ -9,7 +9,8 @@ the G update, statistics left on the device.
 
 Loader: 64x64 PNG shards cut from real photographs; images/s delivered by the streaming loader
 (per-sample PNG decode; one worker process = one core) and by the RAM cache (uint8 memmap,
-shuffled by index, converted to float), against the images/s the training step consumes.
+shuffled by index, converted to float on one thread), against the images/s the training step
+consumes.
 
     python benchmarks/bench_train.py [--arch compact] [--image-size 64] [--batch-size 32]
 """
@@ -157,6 +158,9 @@ def main(arch, image_size, batch_size, steps, rounds, images, workers, threads):
     ref, ours = step_rates(arch, image_size, batch_size, steps, rounds)
     print(f"  textbook step   {ref:9.1f} images/s")
     print(f"  gan train step  {ours:9.1f} images/s   ratio {ours / ref:.2f}x")
+    # The loader figures are per core: one thread converts cached batches (more threads only
+    # add OpenMP spin-waiting on a busy machine), each worker process decodes on one core.
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         shards = make_training_shards(Path(tmp) / "shards", images, image_size, 1000)
         print(f"loader on {images} {image_size}x{image_size} PNGs in "
