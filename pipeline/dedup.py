@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from array import array
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -129,7 +130,7 @@ def extract_crops(source, out: Path, params: CropParams, workers: int, *,
                   chunk_size: int = 64, progress: bool = True) -> Crops:
     """Stream every record's crop into OUT/crops.u8 and its key into OUT/records.jsonl."""
     total = source.count()
-    pixels: list[int] = []
+    pixels = array("q")  # 8 bytes per image, not a Python int object each
     rejected: dict[str, int] = {}
     inputs = 0
     bar = tqdm(total=total, unit="img", desc="crops", disable=not progress, dynamic_ncols=True)
@@ -204,15 +205,12 @@ def group_codes(codes: np.ndarray, radius: int = 0) -> np.ndarray:
     else:
         code_group = np.arange(len(distinct))
     group = code_group[inverse]
-    sizes = np.bincount(group, minlength=len(distinct))
+    multi = np.bincount(group, minlength=len(distinct))[group] > 1
     # Renumber so group ids follow first appearance in the input (deterministic and readable).
-    order = np.full(len(distinct), -1, np.int64)
-    next_id = 0
-    for g in group:
-        if sizes[g] > 1 and order[g] < 0:
-            order[g] = next_id
-            next_id += 1
-    return np.where(sizes[group] > 1, order[group], -1)
+    ids, first_row = np.unique(group[multi], return_index=True)
+    renumber = np.full(len(distinct), -1, np.int64)
+    renumber[ids[np.argsort(first_row)]] = np.arange(len(ids))
+    return np.where(multi, renumber[group], -1)
 
 
 def _anchor_groups(distinct: np.ndarray, first: np.ndarray, counts: np.ndarray,
