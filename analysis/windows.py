@@ -14,7 +14,6 @@ running statistics (PyTorch eval) is a parameter and is recorded in the report.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -27,11 +26,11 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from analysis.data import AnalysisError, load_run
+from analysis.data import AnalysisError, load_run, save_npy
 from analysis.hooks import captured_outputs, zeroed_channels
 from gan.models import Generator
 from gan.sample import generate, to_uint8
-from pipeline.files import write_bytes_atomic, write_json_atomic, write_png_atomic
+from pipeline.files import write_json_atomic, write_png_atomic
 from pipeline.sheets import contact_sheet
 
 Box = tuple[float, float, float, float]
@@ -196,8 +195,7 @@ def remove_windows(
     x, y = cell_dataset(features[0], annotations.boxes, config["image_size"], negatives, seed)
     classifier, metrics = fit_window_classifier(x, y, seed)
     mask = classifier.coef_[0] > 0
-    with zeroed_channels(module, mask):
-        dropped = generate(G, annotations.z, bn=bn)
+    _, dropped = generate_pair(G, annotations.z, module, mask, bn)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,7 +203,7 @@ def remove_windows(
     sheet = contact_sheet(list(to_uint8(original[:shown])) + list(to_uint8(dropped[:shown])),
                           cols=shown)
     write_png_atomic(out / "comparison.png", sheet)
-    _save_npy(out / "window_mask.npy", mask)
+    save_npy(out / "window_mask.npy", mask)
     dropped_ids = np.flatnonzero(mask).tolist()
     write_json_atomic(out / "window_mask.json", {"layer": name, "channels": int(mask.size),
                                                   "dropped": dropped_ids})
@@ -228,8 +226,3 @@ def remove_windows(
     write_json_atomic(out / "report.json", report)
     return report
 
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    write_bytes_atomic(path, buf.getvalue())
