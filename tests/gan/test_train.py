@@ -136,3 +136,14 @@ def test_epochs_count_full_batches(make_shards, tmp_path: Path) -> None:
     assert summary["steps"] == 8
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [0] * 4 + [1] * 4
+
+
+def test_paper_arch_with_normal_prior_trains_and_reloads(make_shards, tmp_path: Path) -> None:
+    shards = make_shards(shards=1, per_shard=16)
+    options = {**TINY, "arch": "paper", "prior": "normal"}
+    train(shards, tmp_path / "run", **options, steps=2, sample_every=100)
+    G, D, config = load_models(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (config["arch"], config["prior"], G.arch, D.arch) == ("paper", "normal", "paper",
+                                                                 "paper")
+    assert isinstance(G.blocks[0][0], torch.nn.Linear)
+    assert torch.all(torch.isfinite(generate(G, sample_z(4, 16, "normal"))))
