@@ -9,8 +9,9 @@ Four passes, each linear in the number of images and none holding the images in 
 2. **Train** the 3072-128-3072 autoencoder on a random sample of the crops (pipeline.autoencoder),
    or load a saved one with `model=` so the same hash applies to new data.
 3. **Hash.** Encode all crops in large batches; the active ReLUs are the 128-bit code.
-4. **Group** equal codes with a dict (linear). With `radius > 0`, codes within that Hamming
-   distance of a group's *anchor* join it (see `group_codes` for the rule that prevents chaining).
+4. **Group** equal codes with one sort of the codes (never all pairs). With `radius > 0`,
+   codes within that Hamming distance of a group's *anchor* join it (see `group_codes` for the
+   rule that prevents chaining).
 
 In every group one member is kept (rule in `keep_order`); the others are listed in
 `duplicates.txt`, the file `pipeline shards --exclude` reads.
@@ -183,11 +184,12 @@ def hash_crops(model: SemanticHashAutoencoder, crops: np.ndarray, *, device: str
 # ---- pass 4: group ----------------------------------------------------------------------------
 
 def group_codes(codes: np.ndarray, radius: int = 0) -> np.ndarray:
-    """A group id per image (-1 for images alone in their group), in linear time.
+    """A group id per image (-1 for images alone in their group), never comparing all pairs.
 
-    Equal codes always share a group (a dict over the codes). With `radius > 0` the distinct
-    codes are visited from the most frequent down (ties: first seen); each code not yet placed
-    becomes an *anchor* and takes every unplaced code within `radius` bits **of the anchor**.
+    Equal codes always share a group (one sort of the codes, np.unique). With `radius > 0` the
+    distinct codes are visited from the most frequent down (ties: first seen); each code not yet
+    placed becomes an *anchor* and takes every unplaced code within `radius` bits **of the
+    anchor**.
     Members of a group are thus within 2 * radius of each other: near duplicates cannot chain
     into one giant group through long paths of one-bit steps, the failure union-find has. The
     neighbours come from a faiss multi-index hash (`radius + 1` exact-match substrings: by
@@ -418,8 +420,8 @@ def dedup(
 
     Returns the summary (also OUT/summary.json); `summary["line"]` is the one-line report.
     """
-    if radius < 0:
-        raise StageError("--radius must be 0 or more")
+    if not 0 <= radius < BITS // 8:
+        raise StageError(f"--radius must be between 0 and {BITS // 8 - 1}")
     if train_samples < 2 and model is None:
         raise StageError("--train-samples must be at least 2")
     from pipeline.autoencoder import HashConfig, load_model, pick_device, save_model, train
