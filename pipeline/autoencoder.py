@@ -27,6 +27,7 @@ The model is saved as a plain state dict plus a JSON-able config, loadable with
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -226,7 +227,11 @@ def save_model(model: SemanticHashAutoencoder, path: Path, extra: dict | None = 
 
 def load_model(path: Path) -> tuple[SemanticHashAutoencoder, dict]:
     """Load a hash saved by `save_model` without unpickling anything but tensors and plain data."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError,
+            IndexError, TypeError) as err:  # what a damaged or foreign file raises in there
+        raise ValueError(f"{path}: not a file saved by torch.save ({err})") from None
     try:
         config = HashConfig(**payload["config"])
         model = SemanticHashAutoencoder(config)

@@ -63,3 +63,6 @@ def test_a_file_that_is_not_a_hash_model_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a semantic-hash autoencoder"):
         load_model(tmp_path / "other.pt")
+    (tmp_path / "text.pt").write_text("hello\n")
+    with pytest.raises(ValueError, match="not a file saved by torch.save"):
+        load_model(tmp_path / "text.pt")
