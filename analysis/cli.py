@@ -14,8 +14,8 @@ import click
 
 from analysis.data import AnalysisError
 
-BN_HELP = ("BatchNorm statistics while sampling: 'batch' (the authors' Theano code; BatchNorm "
-           "after the dropped layer renormalizes) or 'running' (PyTorch eval()).")
+BN_HELP = ("BatchNorm statistics while sampling: 'batch' (as the authors' Theano code) or "
+           "'running' (PyTorch eval()).")
 
 
 def user_errors(fn):
@@ -66,7 +66,8 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the negatives and the held-out split.")
 @click.option("--bn", type=click.Choice(["batch", "running"]), default="batch",
-              show_default=True, help=BN_HELP)
+              show_default=True,
+              help=BN_HELP + " With 'batch', the BatchNorm after the dropped layer renormalizes.")
 @click.option("--show", type=click.IntRange(min=1), default=16, show_default=True,
               help="Samples in comparison.png (the first ones of z).")
 @user_errors
@@ -134,7 +135,8 @@ def guided_backprop(ckpt, data, out, layer, features, top, limit, seed):
                    "re-ranking (two passes), for millions of training images.")
 @click.option("--bn", type=click.Choice(["batch", "running"]), default="batch",
               show_default=True, help=BN_HELP)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the generated z and the k-means cells.")
 @user_errors
 def memorization(ckpt, train_shards, holdout, out, n, space, k, cells, min_gen, search, bn,
                  seed):

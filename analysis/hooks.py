@@ -34,7 +34,8 @@ def zeroed_channels(module: nn.Module, channels: np.ndarray | torch.Tensor) -> I
     """Zero the chosen channels of the module's output at every spatial location ("dropping"
     feature maps, as GAN Dissection ablates units); `channels` is a boolean mask over channels
     or a list of channel ids."""
-    channels = torch.as_tensor(np.asarray(channels))
+    channels = np.asarray(channels)
+    channels = torch.as_tensor(channels if channels.dtype == bool else channels.astype(np.int64))
 
     def hook(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor:
         keep = torch.ones(out.shape[1], dtype=out.dtype, device=out.device)

@@ -100,6 +100,7 @@ def window_removal_experiment(
     rooms: int = 2048,
     width: int = 64,
     steps: int = 300,
+    batch_size: int = 64,
     lr: float = 5e-4,
     annotated: int = 150,
     measured: int = 512,
@@ -118,7 +119,7 @@ def window_removal_experiment(
     workdir = Path(workdir)
     shards = write_room_shards(workdir / "rooms", rooms, 32, 0.5, seed)
     train(shards, workdir / "run", image_size=32, arch="compact", width=width, steps=steps,
-          batch_size=64, lr=lr, workers=0, cache="ram", device="cpu", seed=seed,
+          batch_size=batch_size, lr=lr, workers=0, cache="ram", device="cpu", seed=seed,
           progress=False, sample_every=steps, ckpt_every=steps)
     ckpt = workdir / "run" / "checkpoints" / "last.pt"
     G, _D, config = load_models(ckpt)

@@ -80,3 +80,10 @@ def test_zeroed_channels_silence_only_the_chosen_maps(channels):
     assert after[0][:, [1, 3]].abs().max() == 0
     keep = [0, 2, 4, 5, 6, 7]
     torch.testing.assert_close(after[0][:, keep], before[0][:, keep])
+
+
+def test_zeroing_no_channels_changes_nothing():
+    net, x = _net(nn.ReLU), torch.rand(2, 3, 8, 8)
+    plain = net(x)
+    with zeroed_channels(net[1], []):
+        torch.testing.assert_close(net(x), plain)
