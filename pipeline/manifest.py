@@ -12,6 +12,7 @@ import platform
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from pipeline.sinks import Sample
@@ -71,22 +72,19 @@ def read_manifest(folder: Path) -> list[dict]:
 
 
 def software_versions() -> dict:
-    """Versions that change results, recorded so a run can be reproduced."""
-    import cv2
-    import numpy
-    import PIL
-    import webdataset
+    """Versions that change results, recorded so a run can be reproduced.
 
-    versions = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "numpy": numpy.__version__,
-        "opencv": cv2.__version__,
-        "pillow": PIL.__version__,
-        "webdataset": getattr(webdataset, "__version__", "unknown"),
-    }
-    if "torch" in sys.modules:
-        versions["torch"] = sys.modules["torch"].__version__
+    Read from package metadata rather than by importing: importing webdataset would pull in
+    torch (~1 s) at the end of every stage.
+    """
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    packages = {"numpy": "numpy", "opencv": "opencv-python-headless", "pillow": "pillow",
+                "webdataset": "webdataset", "torch": "torch"}
+    for name, distribution in packages.items():
+        try:
+            versions[name] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
     return versions
 
 
