@@ -56,21 +56,25 @@ class FolderSource:
     def __init__(self, root: Path):
         self.root = root
 
-    def _files(self) -> Iterator[Path]:
-        for dirpath, dirnames, filenames in os.walk(self.root):
+    def _files(self) -> Iterator[tuple[str, str]]:
+        """(path, key) of every regular file; plain strings, as this runs once per image."""
+        root = str(self.root)
+        for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, root)
+            prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
             for name in sorted(filenames):
-                path = Path(dirpath) / name
-                if path.is_file():
-                    yield path
+                path = os.path.join(dirpath, name)
+                if os.path.isfile(path):  # skips FIFOs and sockets, which would block a read
+                    yield path, prefix + name
 
     def count(self) -> int:
         return sum(1 for _ in self._files())
 
     def __iter__(self) -> Iterator[Record]:
-        for path in self._files():
-            key = path.relative_to(self.root).as_posix()
-            yield Record(key, {"source": str(self.root), "source_key": key}, path=str(path))
+        source = str(self.root)
+        for path, key in self._files():
+            yield Record(key, {"source": source, "source_key": key}, path=path)
 
 
 class LmdbSource:
