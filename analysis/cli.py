@@ -7,30 +7,18 @@ message and exit code 1, never a traceback.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
 from analysis.data import AnalysisError
+from pipeline.cli_errors import one_line_errors
 
 BN_HELP = ("BatchNorm statistics while sampling: 'batch' (as the authors' Theano code) or "
            "'running' (PyTorch eval()).")
 
 
-def user_errors(fn):
-    """Turn the errors a user can cause into click's one-line 'Error: ...' and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except AnalysisError as err:
-            raise click.ClickException(str(err)) from None
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
-            raise click.ClickException(f"{err.filename}: {err.strerror}") from None
-
-    return wrapper
+user_errors = one_line_errors(AnalysisError)
 
 
 def ckpt_option(fn):

@@ -7,7 +7,6 @@ and exit code 1, never a traceback.
 
 from __future__ import annotations
 
-import functools
 import io
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from gan.data import CACHES, DataError
 from gan.models import ARCHS, IMAGE_SIZES
 from gan.sample import BN_MODES, PRIORS, arithmetic, arithmetic_sheet, interpolate, sample_z
 from gan.train import TrainConfig, TrainingError
+from pipeline.cli_errors import one_line_errors
 from pipeline.files import write_bytes_atomic, write_png_atomic
 
 BN_HELP = ("BatchNorm statistics when sampling: 'batch' = statistics of the batch being drawn "
@@ -27,19 +27,7 @@ BN_HELP = ("BatchNorm statistics when sampling: 'batch' = statistics of the batc
            "running averages from training (PyTorch eval()).")
 
 
-def user_errors(fn):
-    """Turn the errors a user can cause into click's one-line 'Error: ...' and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (DataError, TrainingError, CheckpointError, ValueError, IndexError) as err:
-            raise click.ClickException(str(err)) from None
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
-            raise click.ClickException(f"{err.filename}: {err.strerror}") from None
-
-    return wrapper
+user_errors = one_line_errors(DataError, TrainingError, CheckpointError, ValueError, IndexError)
 
 
 def ckpt_option(fn):

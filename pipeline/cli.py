@@ -7,11 +7,11 @@ traceback.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import click
 
+from pipeline.cli_errors import one_line_errors
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.dedup import (
     DEFAULT_DROPOUT,
@@ -33,19 +33,7 @@ SOURCES_HELP = (
 )
 
 
-def user_errors(fn):
-    """Turn the errors a user can cause into click's one-line 'Error: ...' and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (SourceError, StageError) as err:
-            raise click.ClickException(str(err)) from None
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
-            raise click.ClickException(f"{err.filename}: {err.strerror}") from None
-
-    return wrapper
+user_errors = one_line_errors(SourceError, StageError)
 
 
 def workers_option(fn):
