@@ -13,12 +13,23 @@ benchmarks/dedup_quality.py, written up in the README):
   encoder: a brightness or contrast change then cannot flip a bit, and low-contrast crops no
   longer pile up on the few codes the biases give "nearly flat" inputs, the main source of
   false collisions measured with the plain recipe.
+- The decoder reads the *binarized* code, with Gaussian noise (`code_noise`) added to the code
+  pre-activations while training: semantic hashing's recipe (Salakhutdinov & Hinton, 2009).
+  With the paper's ReLU decoder the bits are a by-product: a unit barely above zero carries
+  almost nothing to the decoder, so nothing keeps pre-activations away from the threshold and
+  a re-encoded copy flipped about 1% of its bits (an exact 128-bit match then survives ~28% of
+  the time). Here the bits are the decoder's only input (a straight-through estimator passes
+  the gradient of a sigmoid), and a unit within a few noise widths of zero flips at random in
+  training and costs reconstruction, so the encoder learns to put pre-activations far from the
+  threshold. Measured: recall at radius 0 on the quality set 0.17 -> 0.40, precision 1.000.
+  Hashing is unchanged: a bit is on where the pre-activation is > 0.
 - The hash only becomes selective with enough optimizer steps (measured: 10 epochs over 4k
   crops gave precision 0.33, 120 epochs 0.998), so training runs at least `min_steps` steps
   however small the sample (pipeline.dedup).
 
 Tried and dropped (documented in the README): a margin term pushing pre-activations away from
-the threshold and a bit-balance term; both collapsed many images onto a few codes.
+the threshold and a bit-balance term; both collapsed many images onto a few codes (a margin
+is rewarded whether or not the bits carry the image; the binary decoder above needs them to).
 
 The model is saved as a plain state dict plus a JSON-able config, loadable with
 `torch.load(..., weights_only=True)`, so the same hash can be applied to new data.
@@ -50,6 +61,8 @@ class HashConfig:
     bits: int  # code units
     noise: float  # strength of the realistic input corruption (0 = plain autoencoder)
     dropout: float  # dropout on the code units during training (the paper's regularizer)
+    binary: bool = False  # decoder reads the binarized code (straight-through gradient)
+    code_noise: float = 0.0  # Gaussian noise on the code pre-activations while training
 
     @property
     def pixels(self) -> int:
@@ -57,7 +70,8 @@ class HashConfig:
 
 
 class SemanticHashAutoencoder(nn.Module):
-    """3072 -> 128 (ReLU) -> 3072; the code is the set of active ReLUs."""
+    """3072 -> 128 (ReLU) -> 3072; the code is the set of active ReLUs. With `config.binary` the
+    decoder reads that set (0/1) instead of the ReLU values."""
 
     def __init__(self, config: HashConfig):
         super().__init__()
@@ -72,8 +86,15 @@ class SemanticHashAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The reconstruction of `standardize(x)` (what the autoencoder is trained to output)."""
-        code = self.dropout(F.relu(self.preactivation(x)))
-        return self.decoder(code).view_as(x)
+        z = self.preactivation(x)
+        if self.training and self.config.code_noise > 0:
+            z = z + self.config.code_noise * torch.randn_like(z)
+        if self.config.binary:
+            soft = torch.sigmoid(z)
+            code = (z > 0).to(z.dtype) + soft - soft.detach()
+        else:
+            code = F.relu(z)
+        return self.decoder(self.dropout(code)).view_as(x)
 
 
 def standardize(x: torch.Tensor, floor: float = 8 / 127.5) -> torch.Tensor:

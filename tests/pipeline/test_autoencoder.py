@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ from pipeline.autoencoder import (
     to_input,
 )
 
-CONFIG = HashConfig(side=32, bits=128, noise=1.0, dropout=0.1)
+CONFIG = HashConfig(side=32, bits=128, noise=1.0, dropout=0.1, binary=True, code_noise=3.0)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,8 @@ def test_saved_model_reloads_safely_with_identical_codes(tmp_path, crops):
     model = SemanticHashAutoencoder(CONFIG).eval()
     save_model(model, tmp_path / "ae.pt", {"note": "test"})
     payload = torch.load(tmp_path / "ae.pt", weights_only=True)
-    assert payload["config"] == {"side": 32, "bits": 128, "noise": 1.0, "dropout": 0.1}
+    assert payload["config"] == {"side": 32, "bits": 128, "noise": 1.0, "dropout": 0.1,
+                                 "binary": True, "code_noise": 3.0}
     again, info = load_model(tmp_path / "ae.pt")
     assert info == {"note": "test"}
     assert np.array_equal(semantic_hash(model, crops), semantic_hash(again, crops))
@@ -66,3 +69,40 @@ def test_a_file_that_is_not_a_hash_model_is_refused(tmp_path):
     (tmp_path / "text.pt").write_text("hello\n")
     with pytest.raises(ValueError, match="not a file saved by torch.save"):
         load_model(tmp_path / "text.pt")
+
+
+def test_binary_decoder_sees_only_the_hash(crops):
+    """With `binary`, the reconstruction is a function of the 128-bit code alone: the decoder
+    is trained on exactly what the hash keeps, so the information has to live in the bits."""
+    torch.manual_seed(2)
+    model = SemanticHashAutoencoder(CONFIG).eval()
+    bits = np.unpackbits(semantic_hash(model, crops), axis=1).astype(np.float32)
+    expected = model.decoder(torch.from_numpy(bits)).view(len(crops), 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(to_input(crops)), expected, atol=1e-5)
+
+
+def test_code_noise_acts_only_while_training(crops):
+    """The noise that trains stable bits never touches the codes a user gets."""
+    torch.manual_seed(3)
+    model = SemanticHashAutoencoder(replace(CONFIG, dropout=0.0))
+    quiet = SemanticHashAutoencoder(replace(CONFIG, dropout=0.0, code_noise=0.0)).train()
+    x = to_input(crops)
+    with torch.no_grad():
+        assert torch.equal(quiet(x), quiet(x))
+        model.train()
+        assert not torch.equal(model(x), model(x))  # the code noise, while training
+        model.eval()
+        assert torch.equal(model(x), model(x))
+    assert np.array_equal(semantic_hash(model, crops), semantic_hash(model, crops))
+
+
+def test_models_saved_before_binary_codes_still_load(tmp_path, crops):
+    """A hash saved with the older four-field config is the ReLU-decoder model it was."""
+    torch.manual_seed(4)
+    old = SemanticHashAutoencoder(HashConfig(side=32, bits=128, noise=1.0, dropout=0.1))
+    torch.save({"config": {"side": 32, "bits": 128, "noise": 1.0, "dropout": 0.1},
+                "state_dict": old.state_dict(), "info": {}}, tmp_path / "old.pt")
+    model, _ = load_model(tmp_path / "old.pt")
+    assert not model.config.binary and model.config.code_noise == 0.0
+    assert np.array_equal(semantic_hash(model, crops), semantic_hash(old, crops))
