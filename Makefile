@@ -32,11 +32,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(if $(and $(FACES),$(LSUN)),@echo "real data configured: no demo corpus needed",$(BIN)/pipeline demo $(DEMO))
 
-# The demo LSUN set (237 images) gets a short dedup training in one thread: its tiny batches
+# The demo LSUN set (237 images) trains its hash with small batches in one thread: its tiny batches
 # gain nothing from more, and a busy machine would stall them. Real data uses the defaults.
 shards: $(STAMP) demo
 	$(BIN)/pipeline faces $(FACES_SRC) --out $(DATA)/shards/faces --size $(SIZE) --overwrite $(WORKERS_OPT)
-	$(if $(LSUN),,OMP_NUM_THREADS=1) $(BIN)/pipeline dedup $(LSUN_SRC) --out $(DATA)/dedup/lsun --overwrite $(if $(LSUN),,--min-steps 200 --batch-size 64) $(WORKERS_OPT)
+	$(if $(LSUN),,OMP_NUM_THREADS=1) $(BIN)/pipeline dedup $(LSUN_SRC) --out $(DATA)/dedup/lsun --overwrite $(if $(LSUN),,--batch-size 64) $(WORKERS_OPT)
 	$(BIN)/pipeline shards $(LSUN_SRC) --out $(DATA)/shards/lsun --exclude $(DATA)/dedup/lsun/duplicates.txt --size $(SIZE) --overwrite $(WORKERS_OPT)
 	@echo "training shards: $(DATA)/shards/faces  $(DATA)/shards/lsun"
 
