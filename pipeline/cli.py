@@ -43,6 +43,24 @@ def workers_option(fn):
     )(fn)
 
 
+def shard_format_option(fn):
+    return click.option("--format", "fmt", type=click.Choice(["png", "jpg"]), default="png",
+                        show_default=True,
+                        help="Image encoding inside the shards (png is lossless).")(fn)
+
+
+def maxcount_option(fn):
+    return click.option("--maxcount", type=click.IntRange(min=1), default=10_000,
+                        show_default=True,
+                        help="Samples per shard (one photo's samples never straddle two).")(fn)
+
+
+def max_pixels_option(fn):
+    return click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
+                        show_default=True,
+                        help="Refuse images whose header claims more pixels (bomb guard).")(fn)
+
+
 def restart_options(fn):
     fn = click.option("--resume", is_flag=True,
                       help="Continue an interrupted run in --out from its last finished shard.")(fn)
@@ -65,14 +83,11 @@ def main() -> None:
               help="Output folder for shards, manifest.jsonl, summary.json, index.json.")
 @click.option("--size", type=click.IntRange(min=8), default=64, show_default=True,
               help="Side of the square training images (64 for LSUN/faces, 32 for ImageNet).")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpg"]), default="png",
-              show_default=True, help="Image encoding inside the shards (png is lossless).")
-@click.option("--maxcount", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Samples per shard.")
+@shard_format_option
+@maxcount_option
 @click.option("--exclude", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="File of keys to leave out, one per line (e.g. dedup's duplicates.txt).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
-              show_default=True, help="Refuse images whose header claims more pixels.")
+@max_pixels_option
 @workers_option
 @restart_options
 @user_errors
@@ -120,12 +135,9 @@ def shards(src, out, size, fmt, maxcount, exclude, max_pixels, workers, resume, 
               show_default=True,
               help="Fraction of --min-size down to which faces are searched for, to report "
                    "faces_too_small; 1 skips that search (~1.5x faster detection).")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpg"]), default="png",
-              show_default=True, help="Image encoding inside the shards (png is lossless).")
-@click.option("--maxcount", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Samples (faces) per shard.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
-              show_default=True, help="Refuse images whose header claims more pixels.")
+@shard_format_option
+@maxcount_option
+@max_pixels_option
 @click.option("--debug-boxes", is_flag=True,
               help="Also write OUT/debug_boxes.png: the first photos with detections, boxes "
                    "drawn (green kept, red too small, yellow crop).")
@@ -177,8 +189,7 @@ def faces(src, out, min_size, margin, size, detector, cascade, model, scale_fact
               show_default=True, help="Where to train and hash (auto: CUDA if available).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Training sample, initialization and corruption seed.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
-              show_default=True, help="Refuse images whose header claims more pixels.")
+@max_pixels_option
 @workers_option
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
 @user_errors
