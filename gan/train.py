@@ -7,7 +7,9 @@ BCEWithLogitsLoss; D is still the paper's sigmoid-output discriminator, D(x) = s
 Speed without changing the maths: channels_last tensors and fused Adam everywhere; on CUDA also
 bf16 autocast, cudnn benchmark, pinned host memory with non-blocking copies, and no host syncs
 inside the step: the per-step statistics stay on the device and are copied out every
-`log_every` steps. Multi-GPU/multi-node runs go through torchrun (DDP); only rank 0 writes files.
+`log_every` steps. `precision="bf16"` asks for bf16 autocast on a CPU too (~1.6x faster where it
+has bf16 units, but no longer the fp32 computation, so it is opt-in there). Multi-GPU/multi-node
+runs go through torchrun (DDP); only rank 0 writes files.
 
 A run folder holds `metrics.jsonl` (one line per step), `samples/step-*.png` (a fixed z batch
 for the whole run), `checkpoints/last.pt` and `checkpoints/step-*.pt`, `loss_curve.png` and
@@ -58,6 +60,7 @@ SAMPLE_GRID = 64  # images in each periodic sample grid (8 x 8)
 RESUMABLE = ("steps", "epochs", "sample_every", "ckpt_every", "log_every", "device", "compile",
              "progress", "resume")
 STATS = ("loss_D", "loss_G", "D_x", "D_G_z")
+PRECISIONS = ("auto", "bf16", "fp32")  # auto = bf16 autocast on CUDA, fp32 on CPU
 
 
 class TrainingError(Exception):
@@ -89,13 +92,15 @@ class TrainConfig:
     cache: str = "none"
     bn: str = "batch"
     compile: bool = False
+    precision: str = "auto"
     resume: bool = False
     progress: bool = True
 
     def check(self) -> None:
         if self.epochs is not None and self.steps is not None:
             raise ValueError("give --epochs or --steps, not both")
-        for name, allowed in (("cache", CACHES), ("bn", BN_MODES), ("prior", PRIORS)):
+        for name, allowed in (("cache", CACHES), ("bn", BN_MODES), ("prior", PRIORS),
+                              ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.width is None:
@@ -457,9 +462,11 @@ def _run(config: TrainConfig, rt: Runtime, out: Path, state: dict | None) -> dic
         ids = [rt.device.index] if rt.cuda else None
         G, D = DDP(G_raw, device_ids=ids), DDP(D_raw, device_ids=ids)
 
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and rt.cuda)
+
     def autocast():
-        if rt.cuda:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if bf16:
+            return torch.autocast(rt.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def save(name: str) -> None:

@@ -147,3 +147,24 @@ def test_paper_arch_with_normal_prior_trains_and_reloads(make_shards, tmp_path: 
                                                                  "paper")
     assert isinstance(G.blocks[0][0], torch.nn.Linear)
     assert torch.all(torch.isfinite(generate(G, sample_z(4, 16, "normal"))))
+
+
+def test_bf16_precision_is_opt_in_on_cpu_and_kept_on_resume(make_shards, tmp_path: Path) -> None:
+    shards = make_shards(shards=1, per_shard=24)
+    options = {**TINY, "cache": "ram", "sample_every": 100, "ckpt_every": 100, "seed": 2}
+    train(shards, tmp_path / "fp32", **options, steps=3)
+    train(shards, tmp_path / "auto", **options, steps=3, precision="auto")
+    train(shards, tmp_path / "bf16", **options, steps=2, precision="bf16")
+    train(shards, tmp_path / "bf16", **options, steps=3, resume=True)  # precision from ckpt
+
+    def weights(run: str) -> torch.Tensor:
+        ckpt = load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")
+        return torch.cat([v.flatten().float() for v in ckpt["G"].values()])
+
+    assert torch.equal(weights("fp32"), weights("auto"))  # auto is fp32 on a CPU
+    bf16 = weights("bf16")
+    assert torch.isfinite(bf16).all() and not torch.equal(bf16, weights("fp32"))
+    config = load_checkpoint(tmp_path / "bf16" / "checkpoints" / "last.pt")["config"]
+    assert config["precision"] == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        train(shards, tmp_path / "bad", **options, steps=1, precision="fp8")
