@@ -6,17 +6,14 @@ Both turn the problems a user can cause (no checkpoint, shards made at another s
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from gan.checkpoint import CheckpointError, load_models
 from gan.models import Discriminator, Generator
-from pipeline.files import write_bytes_atomic
 from pipeline.reader import shard_urls, training_dataset
 from pipeline.sources import SourceError
 
@@ -75,8 +72,3 @@ def check_image_size(shards: str | os.PathLike, image_size: int) -> None:
     next(image_batches(shards, image_size, batch_size=1, limit=1))
 
 
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """np.save, atomically (pipeline.files' rule for every output)."""
-    buf = io.BytesIO()
-    np.save(buf, array)
-    write_bytes_atomic(path, buf.getvalue())

@@ -31,7 +31,6 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import rankdata
 from tqdm import tqdm
@@ -41,7 +40,12 @@ from analysis.hooks import captured_outputs
 from analysis.knn import IvfKnn, StreamingKnn
 from gan.models import Discriminator, Generator
 from gan.sample import generate, sample_z, to_uint8
-from pipeline.files import write_bytes_atomic, write_json_atomic, write_png_atomic
+from pipeline.files import (
+    write_bytes_atomic,
+    write_figure_atomic,
+    write_json_atomic,
+    write_png_atomic,
+)
 from pipeline.sheets import contact_sheet
 
 Embed = Callable[[torch.Tensor], np.ndarray]
@@ -280,9 +284,7 @@ def _write_histogram(path: Path, gen: np.ndarray, holdout: np.ndarray) -> None:
     ax.set_ylabel("density")
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)
-    write_bytes_atomic(path, buf.getvalue())
+    write_figure_atomic(path, fig)
 
 
 def _write_distances_csv(path: Path, dist: np.ndarray, ids: np.ndarray, n_gen: int,

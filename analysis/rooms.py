@@ -14,12 +14,11 @@ import cv2
 import numpy as np
 import torch
 
-from analysis.data import save_npy
 from analysis.windows import generate_pair, layer_module, remove_windows
 from gan.checkpoint import load_models
 from gan.sample import generate, sample_z, to_uint8
 from gan.train import train
-from pipeline.files import write_json_atomic
+from pipeline.files import write_json_atomic, write_npy_atomic
 from pipeline.geometry import encode_image
 from pipeline.sinks import Sample, ShardSink, write_index
 
@@ -125,7 +124,7 @@ def window_removal_experiment(
     G, _D, config = load_models(ckpt)
     rng = torch.Generator().manual_seed(seed + 1)
     z = sample_z(annotated, config["nz"], config["prior"], rng)
-    save_npy(workdir / "z.npy", z.numpy())
+    write_npy_atomic(workdir / "z.npy", z.numpy())
     annotate_windows(to_uint8(generate(G, z, bn)), "z.npy", workdir / "boxes.json")
     report = remove_windows(ckpt, workdir / "boxes.json", workdir / "remove-windows", bn=bn)
 

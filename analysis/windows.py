@@ -26,11 +26,11 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from analysis.data import AnalysisError, load_run, save_npy
+from analysis.data import AnalysisError, load_run
 from analysis.hooks import captured_outputs, zeroed_channels
 from gan.models import Generator
 from gan.sample import generate, to_uint8
-from pipeline.files import write_json_atomic, write_png_atomic
+from pipeline.files import write_json_atomic, write_npy_atomic, write_png_atomic
 from pipeline.sheets import contact_sheet
 
 Box = tuple[float, float, float, float]
@@ -203,7 +203,7 @@ def remove_windows(
     sheet = contact_sheet(list(to_uint8(original[:shown])) + list(to_uint8(dropped[:shown])),
                           cols=shown)
     write_png_atomic(out / "comparison.png", sheet)
-    save_npy(out / "window_mask.npy", mask)
+    write_npy_atomic(out / "window_mask.npy", mask)
     dropped_ids = np.flatnonzero(mask).tolist()
     write_json_atomic(out / "window_mask.json", {"layer": name, "channels": int(mask.size),
                                                   "dropped": dropped_ids})

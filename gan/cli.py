@@ -7,7 +7,6 @@ and exit code 1, never a traceback.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import click
@@ -20,7 +19,7 @@ from gan.models import ARCHS, IMAGE_SIZES
 from gan.sample import BN_MODES, PRIORS, arithmetic, arithmetic_sheet, interpolate, sample_z
 from gan.train import TrainConfig, TrainingError
 from pipeline.cli_errors import one_line_errors
-from pipeline.files import write_bytes_atomic, write_png_atomic
+from pipeline.files import write_npy_atomic, write_png_atomic
 
 BN_HELP = ("BatchNorm statistics when sampling: 'batch' = statistics of the batch being drawn "
            "(the authors' Theano code, so each figure is drawn as one batch), 'running' = "
@@ -168,14 +167,8 @@ def sample(ckpt, n, seed, out, save_z, nrow, bn, device):
     z = sample_z(n, config["nz"], config["prior"], torch.Generator().manual_seed(seed))
     save_grid(generate(G, z, bn), out, nrow=nrow, numbered=True)
     if save_z:
-        write_bytes_atomic(save_z, _npy_bytes(z.numpy()))
+        write_npy_atomic(save_z, z.numpy())
     click.echo(f"{n} samples -> {out}" + (f", z -> {save_z}" if save_z else ""))
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 @main.command(name="interpolate", short_help="Latent walks between random points (Fig 4).")

@@ -49,7 +49,7 @@ from gan.data import (
 )
 from gan.models import DEFAULT_WIDTH, build_models
 from gan.sample import BN_MODES, PRIORS, generate, sample_z, save_grid
-from pipeline.files import write_json_atomic
+from pipeline.files import write_figure_atomic, write_json_atomic
 from pipeline.parallel import default_workers
 from pipeline.reader import decode_sample
 from pipeline.sources import SHARD_IMAGE_EXTS
@@ -315,15 +315,13 @@ def read_metrics(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_losses(metrics_path: Path, out: Path) -> Path | None:
-    """Loss curves and D outputs per step as a PNG (needs matplotlib; None without it)."""
-    try:
-        import matplotlib
+def plot_losses(metrics_path: Path, out: Path) -> Path:
+    """Loss curves and D outputs per step as a PNG."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     rows = read_metrics(metrics_path)
     steps = [r["step"] for r in rows]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
@@ -338,10 +336,8 @@ def plot_losses(metrics_path: Path, out: Path) -> Path | None:
     bottom.set_ylim(0, 1)
     bottom.legend()
     fig.tight_layout()
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_figure_atomic(out, fig)
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 

@@ -36,7 +36,12 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, image_size
-from pipeline.files import write_bytes_atomic, write_json_atomic, write_png_atomic
+from pipeline.files import (
+    write_bytes_atomic,
+    write_figure_atomic,
+    write_json_atomic,
+    write_png_atomic,
+)
 from pipeline.geometry import center_crop, resize_area
 from pipeline.manifest import (
     MANIFEST_NAME,
@@ -365,7 +370,6 @@ def collision_sheet(crops: np.ndarray, groups: Groups, *, rows: int = 16, cols: 
 
 
 def loss_plot(history: list[float], path: Path) -> None:
-    import io
 
     import matplotlib
 
@@ -380,9 +384,7 @@ def loss_plot(history: list[float], path: Path) -> None:
     ax.set_title("semantic-hash autoencoder")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    write_bytes_atomic(path, buf.getvalue())
+    write_figure_atomic(path, fig)
 
 
 # ---- the driver -------------------------------------------------------------------------------

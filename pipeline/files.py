@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -21,6 +22,20 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def write_json_atomic(path: Path, obj: object) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """np.save without pickles (a numeric array only), atomically."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    write_bytes_atomic(Path(path), buf.getvalue())
+
+
+def write_figure_atomic(path: Path, figure) -> None:
+    """A matplotlib figure as PNG at the figure's own dpi, atomically."""
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png")
+    write_bytes_atomic(Path(path), buf.getvalue())
 
 
 def write_png_atomic(path: Path, rgb: np.ndarray) -> None:
