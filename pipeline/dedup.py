@@ -52,7 +52,7 @@ from pipeline.manifest import (
     summary_line,
 )
 from pipeline.parallel import chunked, default_workers, map_ordered
-from pipeline.runner import StageError
+from pipeline.runner import StageError, claim_output
 from pipeline.sheets import contact_sheet
 from pipeline.sources import Record, open_sources
 from pipeline.statuses import DESCRIPTIONS, DUPLICATE, UNIQUE, UNREADABLE
@@ -390,12 +390,7 @@ def loss_plot(history: list[float], path: Path) -> None:
 # ---- the driver -------------------------------------------------------------------------------
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise StageError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / SUMMARY_NAME).exists() and not overwrite:
-        raise StageError(f"{out} already holds a finished run (summary.json); "
-                         "pass --overwrite to replace it, or choose another --out")
+    claim_output(out, overwrite)
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
 

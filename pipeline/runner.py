@@ -130,10 +130,9 @@ def run_stage(
     return summary
 
 
-def _prepare_output(stage: Stage, out: Path, *, resume: bool, overwrite: bool) -> dict:
-    """Decide fresh start / resume / refusal, and clean up only files this stage owns."""
-    fresh = {"records_done": 0, "manifest_offset": 0, "counts": {}, "shards": [],
-             "resumed_from": 0}
+def claim_output(out: Path, overwrite: bool) -> None:
+    """The rule every stage shares: OUT is a folder, and a finished run in it (it has
+    summary.json) is replaced only with `overwrite`."""
     if out.exists() and not out.is_dir():
         raise StageError(f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -142,6 +141,13 @@ def _prepare_output(stage: Stage, out: Path, *, resume: bool, overwrite: bool) -
             f"{out} already holds a finished run (summary.json); "
             "pass --overwrite to replace it, or choose another --out"
         )
+
+
+def _prepare_output(stage: Stage, out: Path, *, resume: bool, overwrite: bool) -> dict:
+    """Decide fresh start / resume / refusal, and clean up only files this stage owns."""
+    fresh = {"records_done": 0, "manifest_offset": 0, "counts": {}, "shards": [],
+             "resumed_from": 0}
+    claim_output(out, overwrite)
     if resume and not overwrite and (out / PROGRESS_NAME).exists():
         with open(out / PROGRESS_NAME, encoding="utf-8") as f:
             saved = json.load(f)
