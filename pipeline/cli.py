@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli_errors import one_line_errors
+from pipeline.cli_common import one_line_errors, restart_options
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.dedup import (
     DEFAULT_DROPOUT,
@@ -21,6 +21,7 @@ from pipeline.dedup import (
     DEFAULT_RADIUS,
     DEFAULT_TRAIN_SAMPLES,
 )
+from pipeline.outputs import OutputError
 from pipeline.parallel import default_workers
 from pipeline.runner import StageError
 from pipeline.sources import SourceError
@@ -33,7 +34,7 @@ SOURCES_HELP = (
 )
 
 
-user_errors = one_line_errors(SourceError, StageError)
+user_errors = one_line_errors(SourceError, StageError, OutputError)
 
 
 def workers_option(fn):
@@ -59,13 +60,6 @@ def max_pixels_option(fn):
     return click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
                         show_default=True,
                         help="Refuse images whose header claims more pixels (bomb guard).")(fn)
-
-
-def restart_options(fn):
-    fn = click.option("--resume", is_flag=True,
-                      help="Continue an interrupted run in --out from its last finished shard.")(fn)
-    return click.option("--overwrite", is_flag=True,
-                        help="Replace a finished run in --out (otherwise refused).")(fn)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

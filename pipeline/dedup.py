@@ -51,8 +51,9 @@ from pipeline.manifest import (
     software_versions,
     summary_line,
 )
+from pipeline.outputs import claim_output
 from pipeline.parallel import chunked, default_workers, map_ordered
-from pipeline.runner import StageError, claim_output
+from pipeline.runner import StageError
 from pipeline.sheets import contact_sheet
 from pipeline.sources import Record, open_sources
 from pipeline.statuses import DESCRIPTIONS, DUPLICATE, UNIQUE, UNREADABLE
@@ -390,7 +391,7 @@ def loss_plot(history: list[float], path: Path) -> None:
 # ---- the driver -------------------------------------------------------------------------------
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
-    claim_output(out, overwrite)
+    claim_output(out, overwrite=overwrite)
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
 

@@ -1,10 +1,12 @@
-"""Atomic writes: a reader (or a rerun after a crash) never sees a half-written file."""
+"""Atomic writes (a reader, or a rerun after a crash, never sees a half-written file) and the
+one JSON-lines reader."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -44,3 +46,16 @@ def write_png_atomic(path: Path, rgb: np.ndarray) -> None:
     if not ok:
         raise OSError(f"could not encode {path.name} as PNG")
     write_bytes_atomic(path, buf.tobytes())
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    """The records of a JSON-lines file, one per non-blank line; a line that is not JSON is a
+    ValueError naming the file and line (a manifest or metrics file damaged by hand)."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {number} is not JSON ({err.msg})") from None

@@ -33,6 +33,7 @@ from pipeline.manifest import (
     software_versions,
     summary_line,
 )
+from pipeline.outputs import claim_output
 from pipeline.parallel import chunked, map_ordered
 from pipeline.sheets import contact_sheet, decode_encoded
 from pipeline.sinks import INDEX_NAME, ShardSink, write_index
@@ -130,24 +131,11 @@ def run_stage(
     return summary
 
 
-def claim_output(out: Path, overwrite: bool) -> None:
-    """The rule every stage shares: OUT is a folder, and a finished run in it (it has
-    summary.json) is replaced only with `overwrite`."""
-    if out.exists() and not out.is_dir():
-        raise StageError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / SUMMARY_NAME).exists() and not overwrite:
-        raise StageError(
-            f"{out} already holds a finished run (summary.json); "
-            "pass --overwrite to replace it, or choose another --out"
-        )
-
-
 def _prepare_output(stage: Stage, out: Path, *, resume: bool, overwrite: bool) -> dict:
     """Decide fresh start / resume / refusal, and clean up only files this stage owns."""
     fresh = {"records_done": 0, "manifest_offset": 0, "counts": {}, "shards": [],
              "resumed_from": 0}
-    claim_output(out, overwrite)
+    claim_output(out, overwrite=overwrite, finished=SUMMARY_NAME)
     if resume and not overwrite and (out / PROGRESS_NAME).exists():
         with open(out / PROGRESS_NAME, encoding="utf-8") as f:
             saved = json.load(f)

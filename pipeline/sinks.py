@@ -16,10 +16,14 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.files import write_json_atomic
+from pipeline.geometry import encode_image
 
 INDEX_NAME = "index.json"
 
@@ -86,3 +90,22 @@ def read_index(folder: Path) -> list[dict]:
     """The shard list of a finished stage output folder."""
     with open(folder / INDEX_NAME, encoding="utf-8") as f:
         return json.load(f)["shards"]
+
+
+def write_image_shards(out: Path, images: Iterable[np.ndarray], *, prefix: str = "images",
+                       per_shard: int = 10_000, **index_info: object) -> list[dict]:
+    """RGB uint8 images as PNG samples (keys 000000, 000001, ...) in shards plus `index.json`:
+    how experiments and tests make training data without running a stage."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sink = ShardSink(out, prefix)
+    shards = []
+    for i, rgb in enumerate(images):
+        sink.write(Sample(f"{i:06d}", "png", encode_image(rgb, "png")))
+        if sink.count >= per_shard:
+            shards.append(sink.close_shard())
+    last = sink.close_shard()
+    if last is not None:
+        shards.append(last)
+    write_index(out, shards, **index_info)
+    return shards

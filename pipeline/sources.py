@@ -114,15 +114,30 @@ class ShardSource:
         return sum(self.counts) if self.counts is not None else None
 
     def __iter__(self) -> Iterator[Record]:
-        import webdataset as wds  # imports torch (~1 s): keep it out of worker processes
-
-        dataset = wds.WebDataset(self.urls, shardshuffle=False, empty_check=False)
-        for sample in dataset:
+        for sample in read_shards(self.urls):
             key = sample["__key__"]
             url = sample.get("__url__", "")
             ext = next((e for e in SHARD_IMAGE_EXTS if e in sample), None)
             meta = {"source": url, "source_key": key}
             yield Record(key, meta, data=sample[ext] if ext else None)
+
+
+def read_shards(urls: list[str], *, shuffle: int = 0, seed: int = 0, split: bool = False):
+    """The one place a `webdataset.WebDataset` is built: raw samples (dicts of member bytes) of
+    `urls` in stored order, or, with `shuffle`, in shuffled shard order through a `shuffle`-sample
+    buffer. `split` spreads the shards over DDP ranks and DataLoader workers (training); without
+    it every sample is read once, in one process."""
+    import webdataset as wds  # imports torch (~1 s): keep it out of worker processes
+
+    dataset = wds.WebDataset(
+        urls,
+        shardshuffle=len(urls) if shuffle else False,
+        nodesplitter=wds.split_by_node if split else None,
+        workersplitter=wds.split_by_worker if split else None,
+        seed=seed,
+        empty_check=False,
+    )
+    return dataset.shuffle(shuffle, seed=seed) if shuffle else dataset
 
 
 class ListSource:

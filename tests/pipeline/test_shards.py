@@ -159,9 +159,9 @@ def test_exclude_leaves_keys_out_and_records_them(corpus, tmp_path):
 def test_finished_output_is_refused_unless_overwrite(corpus, tmp_path):
     make_shards([corpus], tmp_path, size=32, workers=1, progress=False)
     before = shard_bytes(tmp_path)
-    from pipeline.runner import StageError
+    from pipeline.outputs import OutputError
 
-    with pytest.raises(StageError, match="--overwrite"):
+    with pytest.raises(OutputError, match="--overwrite"):
         make_shards([corpus], tmp_path, size=32, workers=1, progress=False)
     assert shard_bytes(tmp_path) == before
     make_shards([corpus], tmp_path, size=32, maxcount=5, workers=1, overwrite=True,
