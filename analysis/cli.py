@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from analysis.data import AnalysisError
-from pipeline.cli_errors import one_line_errors
+from pipeline.cli_common import one_line_errors
 
 BN_HELP = ("BatchNorm statistics while sampling: 'batch' (as the authors' Theano code) or "
            "'running' (PyTorch eval()).")

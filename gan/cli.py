@@ -18,7 +18,7 @@ from gan.data import CACHES, DataError
 from gan.models import ARCHS, IMAGE_SIZES
 from gan.sample import BN_MODES, PRIORS, arithmetic, arithmetic_sheet, interpolate, sample_z
 from gan.train import TrainConfig, TrainingError
-from pipeline.cli_errors import one_line_errors
+from pipeline.cli_common import one_line_errors
 from pipeline.files import write_npy_atomic, write_png_atomic
 
 BN_HELP = ("BatchNorm statistics when sampling: 'batch' = statistics of the batch being drawn "
