@@ -24,8 +24,8 @@ from tqdm import tqdm
 from analysis.data import AnalysisError, image_batches, load_run
 from analysis.hooks import captured_outputs, guided_rectifiers
 from gan.models import Discriminator
-from gan.sample import to_uint8
 from pipeline.files import write_json_atomic, write_png_atomic
+from pipeline.pixels import to_uint8
 from pipeline.sheets import contact_sheet
 
 TILE = 64  # smallest side a map is shown at (32x32 maps are enlarged, nearest neighbour)

@@ -39,13 +39,14 @@ from analysis.data import check_image_size, image_batches, load_run
 from analysis.hooks import captured_outputs
 from analysis.knn import IvfKnn, StreamingKnn
 from gan.models import Discriminator, Generator
-from gan.sample import generate, sample_z, to_uint8
+from gan.sample import generate, sample_z
 from pipeline.files import (
     write_bytes_atomic,
     write_figure_atomic,
     write_json_atomic,
     write_png_atomic,
 )
+from pipeline.pixels import to_uint8
 from pipeline.sheets import contact_sheet
 
 Embed = Callable[[torch.Tensor], np.ndarray]

@@ -16,10 +16,11 @@ import torch
 
 from analysis.windows import generate_pair, layer_module, remove_windows
 from gan.checkpoint import load_models
-from gan.sample import generate, sample_z, to_uint8
+from gan.sample import generate, sample_z
 from gan.train import train
 from pipeline.files import write_json_atomic, write_npy_atomic
 from pipeline.geometry import encode_image
+from pipeline.pixels import to_uint8
 from pipeline.sinks import Sample, ShardSink, write_index
 
 WINDOW_RGB = (190, 225, 255)

@@ -29,8 +29,9 @@ from torch import nn
 from analysis.data import AnalysisError, load_run
 from analysis.hooks import captured_outputs, zeroed_channels
 from gan.models import Generator
-from gan.sample import generate, to_uint8
+from gan.sample import generate
 from pipeline.files import write_json_atomic, write_npy_atomic, write_png_atomic
+from pipeline.pixels import to_uint8
 from pipeline.sheets import contact_sheet
 
 Box = tuple[float, float, float, float]

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.files import write_json_atomic
+from pipeline.pixels import to_float
 from pipeline.reader import decode_sample, training_dataset
 from pipeline.sources import SHARD_IMAGE_EXTS, ShardSource, SourceError, open_source
 
@@ -148,7 +149,7 @@ def to_model_input(batch: torch.Tensor, device: torch.device, channels_last: boo
     """
     batch = batch.to(device, non_blocking=True)
     if batch.dtype == torch.uint8:
-        return batch.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        return to_float(batch)
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
 
 

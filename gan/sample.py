@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pipeline.files import write_png_atomic
+from pipeline.pixels import to_uint8
 from pipeline.sheets import contact_sheet
 
 PRIORS = ("uniform", "normal")
@@ -64,12 +65,6 @@ def generate(generator: nn.Module, z: torch.Tensor, bn: str = "batch") -> torch.
     device = next(generator.parameters()).device
     with torch.no_grad(), bn_statistics(generator, bn):
         return generator(z.to(device, torch.float32)).float()
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, S, S) in [-1, 1] -> (N, S, S, 3) uint8 RGB."""
-    pixels = images.detach().float().add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _label(tile: np.ndarray, text: str) -> np.ndarray:

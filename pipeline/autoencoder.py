@@ -52,6 +52,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.files import write_bytes_atomic
+from pipeline.pixels import to_float
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,7 @@ def standardize(x: torch.Tensor, floor: float = 8 / 127.5) -> torch.Tensor:
 
 def to_input(crops: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 N x side x side x 3 crops -> float N x 3 x side x side in [-1, 1] (tanh range)."""
-    t = torch.tensor(np.asarray(crops), device=device)
-    return t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return to_float(torch.as_tensor(np.asarray(crops), device=device))
 
 
 def corrupt(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from pipeline.pixels import to_float
 from pipeline.sources import SHARD_IMAGE_EXTS, ShardSource, SourceError, open_source
 
 
@@ -40,8 +41,7 @@ def decode_sample(sample: dict, image_size: int | None = None) -> torch.Tensor:
             f"sample {sample['__key__']} is {bgr.shape[1]}x{bgr.shape[0]}, expected "
             f"{image_size}x{image_size}: make shards with --size {image_size}"
         )
-    rgb = torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1])).permute(2, 0, 1)
-    return rgb.float().div_(127.5).sub_(1.0)
+    return to_float(np.ascontiguousarray(bgr[..., ::-1]))
 
 
 def training_dataset(

@@ -122,18 +122,19 @@ class ShardSource:
             yield Record(key, meta, data=sample[ext] if ext else None)
 
 
-def read_shards(urls: list[str], *, shuffle: int = 0, seed: int = 0, split: bool = False):
+def read_shards(urls: list[str], *, shuffle: int = 0, seed: int = 0, by_rank: bool = False,
+                by_worker: bool = False):
     """The one place a `webdataset.WebDataset` is built: raw samples (dicts of member bytes) of
     `urls` in stored order, or, with `shuffle`, in shuffled shard order through a `shuffle`-sample
-    buffer. `split` spreads the shards over DDP ranks and DataLoader workers (training); without
-    it every sample is read once, in one process."""
+    buffer. `by_rank` / `by_worker` give each DDP rank / DataLoader worker its own shards
+    (training); without them every sample is read once, in one process."""
     import webdataset as wds  # imports torch (~1 s): keep it out of worker processes
 
     dataset = wds.WebDataset(
         urls,
         shardshuffle=len(urls) if shuffle else False,
-        nodesplitter=wds.split_by_node if split else None,
-        workersplitter=wds.split_by_worker if split else None,
+        nodesplitter=wds.split_by_node if by_rank else None,
+        workersplitter=wds.split_by_worker if by_worker else None,
         seed=seed,
         empty_check=False,
     )

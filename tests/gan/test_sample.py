@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import torch
 
@@ -17,7 +16,6 @@ from gan.sample import (
     interpolate,
     sample_z,
     save_grid,
-    to_uint8,
     walk_z,
 )
 
@@ -60,13 +58,6 @@ def test_batch_statistics_make_a_sample_depend_on_its_batch(G: Generator) -> Non
     G.eval()
     generate(G, z, "batch")
     assert not G.training
-
-
-def test_to_uint8_maps_the_tanh_range() -> None:
-    x = torch.tensor([-1.0, 0.0, 1.0, 2.0]).view(1, 1, 2, 2).expand(1, 3, 2, 2)
-    out = to_uint8(x)
-    assert out.shape == (1, 2, 2, 3) and out.dtype == np.uint8
-    assert out[0, :, :, 0].ravel().tolist() == [0, 128, 255, 255]
 
 
 def test_save_grid(tmp_path: Path, G: Generator) -> None:

@@ -11,8 +11,9 @@ import torch
 
 import gan.train as train_module
 from gan.checkpoint import load_checkpoint, load_models
-from gan.sample import generate, sample_z, to_uint8
+from gan.sample import generate, sample_z
 from gan.train import TrainingError, read_metrics, train
+from pipeline.pixels import to_uint8
 from tests.gan.conftest import TARGET_RGB, TINY
 
 
