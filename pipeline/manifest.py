@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from pipeline.files import read_jsonl
 from pipeline.sinks import Sample
+from pipeline.statuses import DESCRIPTIONS
 
 MANIFEST_NAME = "manifest.jsonl"
 SUMMARY_NAME = "summary.json"
@@ -31,7 +33,8 @@ class Outcome:
     info: dict = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
 
-    def line(self) -> dict:
+    def as_record(self) -> dict:
+        """The outcome as its manifest line (a JSON-able dict)."""
         entry = {"key": self.key, "status": self.status}
         if self.reason:
             entry["reason"] = self.reason
@@ -50,7 +53,7 @@ class Manifest:
         self.counts: Counter = Counter(counts or {})
 
     def record(self, outcome: Outcome) -> None:
-        self._file.write((json.dumps(outcome.line(), sort_keys=True) + "\n").encode("utf-8"))
+        self._file.write((json.dumps(outcome.as_record(), sort_keys=True) + "\n").encode("utf-8"))
         self.counts[outcome.status] += 1
 
     @property
@@ -67,8 +70,7 @@ class Manifest:
 
 
 def read_manifest(folder: Path) -> list[dict]:
-    with open(folder / MANIFEST_NAME, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    return list(read_jsonl(folder / MANIFEST_NAME))
 
 
 def software_versions() -> dict:
@@ -86,6 +88,24 @@ def software_versions() -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def stage_summary(stage: str, counts: dict, seconds: float, processed: int,
+                  **fields: object) -> dict:
+    """The summary.json every command that writes a manifest shares: what ran, the counts by
+    status (with what each status means), the stage's own `fields`, time and speed (over the
+    `processed` records of this run), and the software versions."""
+    counts = dict(sorted(counts.items()))
+    return {
+        "stage": stage,
+        "inputs": sum(counts.values()),
+        "counts": counts,
+        "statuses": {s: DESCRIPTIONS[s] for s in counts},
+        **fields,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(processed / seconds, 1) if seconds > 0 else None,
+        "versions": software_versions(),
+    }
 
 
 def summary_line(stage: str, counts: dict, main_status: str, seconds: float, where: str) -> str:

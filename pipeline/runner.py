@@ -30,7 +30,7 @@ from pipeline.manifest import (
     SUMMARY_NAME,
     Manifest,
     Outcome,
-    software_versions,
+    stage_summary,
     summary_line,
 )
 from pipeline.outputs import claim_output
@@ -38,10 +38,10 @@ from pipeline.parallel import chunked, map_ordered
 from pipeline.sheets import contact_sheet, decode_encoded
 from pipeline.sinks import INDEX_NAME, ShardSink, write_index
 from pipeline.sources import Record, Source
-from pipeline.statuses import DESCRIPTIONS
 
 PROGRESS_NAME = "progress.json"
 SHEET_NAME = "contact_sheet.png"
+SHEET_SIZE = 64  # samples shown on the contact sheet
 
 
 class StageError(Exception):
@@ -73,9 +73,7 @@ def run_stage(
     resume: bool = False,
     overwrite: bool = False,
     chunk_size: int = 32,
-    sheet_size: int = 64,
     progress: bool = True,
-    on_outcome: Callable[[Outcome], None] | None = None,
 ) -> dict:
     """Run `stage` over `source` into `out`; returns the summary (also in OUT/summary.json)."""
     if maxcount < 1:
@@ -100,10 +98,8 @@ def run_stage(
                 manifest.record(outcome)
                 for sample in outcome.samples:
                     sink.write(sample)
-                    if len(preview) < sheet_size:
+                    if len(preview) < SHEET_SIZE:
                         preview.append(sample.image)
-                if on_outcome is not None:
-                    on_outcome(outcome)
                 records_done += 1
                 if sink.count >= maxcount:
                     shards.append(sink.close_shard())
@@ -179,20 +175,12 @@ def _checkpoint(stage: Stage, out: Path, records_done: int, manifest: Manifest,
 
 def _summary(stage: Stage, manifest: Manifest, shards: list[dict], seconds: float,
              expected: int | None, state: dict) -> dict:
-    counts = dict(sorted(manifest.counts.items()))
     if expected is not None and manifest.total != expected:
         raise RuntimeError(f"manifest holds {manifest.total} records, source had {expected}")
-    processed = manifest.total - state["resumed_from"]
-    return {
-        "stage": stage.name,
-        "inputs": manifest.total,
-        "counts": counts,
-        "statuses": {s: DESCRIPTIONS[s] for s in counts},
-        "samples": sum(s["samples"] for s in shards),
-        "shards": len(shards),
-        "settings": stage.settings,
-        "seconds": round(seconds, 3),
-        "images_per_s": round(processed / seconds, 1) if seconds > 0 else None,
-        "resumed_from_record": state["resumed_from"],
-        "versions": software_versions(),
-    }
+    return stage_summary(
+        stage.name, manifest.counts, seconds, manifest.total - state["resumed_from"],
+        samples=sum(s["samples"] for s in shards),
+        shards=len(shards),
+        settings=stage.settings,
+        resumed_from_record=state["resumed_from"],
+    )

@@ -16,16 +16,10 @@ from click.testing import CliRunner
 from pipeline import demo
 from pipeline.autoencoder import load_model
 from pipeline.cli import main
-from pipeline.dedup import (
-    CropParams,
-    extract_crops,
-    group_codes,
-    hash_crops,
-    keep_order,
-)
-from pipeline.dedup import (
-    dedup as run_dedup,
-)
+from pipeline.crops import CropParams, extract_crops
+from pipeline.dedup import dedup as run_dedup
+from pipeline.dedup import hash_crops
+from pipeline.grouping import group_codes, keep_order
 from pipeline.manifest import read_manifest
 from pipeline.shards import make_shards
 from pipeline.sources import open_source
