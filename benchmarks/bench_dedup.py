@@ -21,7 +21,6 @@ from pathlib import Path
 
 import click
 import cv2
-import lmdb
 import numpy as np
 
 from pipeline import demo
@@ -33,18 +32,11 @@ from pipeline.sources import open_source
 TRAIN_STEPS = 200  # a short training: its cost depends on steps, not on N (timed on its own)
 
 
-def write_lmdb(folder: Path, images: Iterator[np.ndarray]) -> int:
-    """LSUN layout: 40-hex keys, WebP values; written in batches so memory stays flat."""
-    folder.mkdir(parents=True)
-    n = 0
-    with lmdb.open(str(folder), map_size=1 << 34) as env:
-        for batch in chunked(images, 1000):
-            with env.begin(write=True) as txn:
-                for img in batch:
-                    key = hashlib.sha1(f"{n}".encode()).hexdigest().encode()
-                    txn.put(key, demo.encode(img, "WEBP", quality=80))
-                    n += 1
-    return n
+def write_lsun(folder: Path, images: Iterator[np.ndarray]) -> int:
+    """LSUN layout: 40-hex keys, WebP values (demo.write_lmdb keeps memory flat)."""
+    items = ((hashlib.sha1(f"{n}".encode()).hexdigest(), demo.encode(img, "WEBP", quality=80))
+             for n, img in enumerate(images))
+    return demo.write_lmdb(folder, items, map_size=1 << 34)
 
 
 def photo_crops(n: int, seed: int = 0) -> Iterator[np.ndarray]:
@@ -89,7 +81,7 @@ def decode_rate(folder: Path, workers: int) -> float:
 def main(n: int, sizes: str, workers: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_lmdb(root / "lsun", photo_crops(n))
+        write_lsun(root / "lsun", photo_crops(n))
         bare = decode_rate(root / "lsun", workers)
         trained = dedup([root / "lsun"], root / "train", epochs=1, min_steps=TRAIN_STEPS,
                         workers=workers, progress=False)
@@ -105,7 +97,7 @@ def main(n: int, sizes: str, workers: int) -> None:
         print("\nper-image time, synthetic 64 px WebP, hashing run with the saved model:")
         for size in (int(s) for s in sizes.split(",")):
             folder = root / f"syn{size}"
-            write_lmdb(folder, synthetic(size, seed=size))
+            write_lsun(folder, synthetic(size, seed=size))
             summary = dedup([folder], root / f"out{size}", model=model, workers=workers,
                             progress=False)
             per = summary["seconds"] / size * 1e6

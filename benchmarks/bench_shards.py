@@ -1,8 +1,9 @@
 """Images/s of `pipeline shards` against a bare decode loop over the same files, same run.
 
-The floor of a CPU stage is decoding (DESIGN.md §3). Two baselines read each file and decode it at
-full resolution: with OpenCV (libjpeg-turbo, the strictest) and with the project's own decoder;
-both are mapped over the same worker count with the same ordered pool.
+The floor of a CPU stage is decoding: no stage can be faster than reading and decoding its
+inputs. Two baselines read each file and decode it at full resolution: with OpenCV
+(libjpeg-turbo, the strictest) and with the project's own decoder; both are mapped over the
+same worker count with the same ordered pool.
 The stage also crops, resizes, encodes PNGs, writes shards and a manifest; it may beat the
 baseline because JPEG decoding is asked for only the resolution the crop needs (DCT scaling).
 
@@ -51,7 +52,7 @@ def bare_decode(paths: list[Path], _params: None) -> int:
 
 
 def project_decode(paths: list[Path], _params: None) -> int:
-    """The project's own decoder at full resolution (the floor DESIGN.md §3 names)."""
+    """The project's own decoder at full resolution (the floor a stage is measured against)."""
     for path in paths:
         decode_image(path.read_bytes())
     return len(paths)

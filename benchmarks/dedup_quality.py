@@ -33,7 +33,6 @@ Hamming threshold (no grouping, which can only help it).
 from __future__ import annotations
 
 import io
-import json
 import tempfile
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from pipeline.dedup import (
     DEFAULT_RADIUS,
     dedup,
 )
+from pipeline.files import read_jsonl
 from pipeline.geometry import resize_area
 
 # Real photographs (synthetic images, silhouettes and the stereo twin motorcycle_right, whose
@@ -153,10 +153,9 @@ def pair_metrics(pred: set[tuple[str, str]], truth: dict[str, tuple[int, str]],
 
 def dedup_pairs(out: Path) -> set[tuple[str, str]]:
     pairs = set()
-    with open(out / "groups.jsonl", encoding="utf-8") as f:
-        for line in f:
-            members = sorted(json.loads(line)["members"])
-            pairs.update((a, b) for i, a in enumerate(members) for b in members[i + 1 :])
+    for group in read_jsonl(out / "groups.jsonl"):
+        members = sorted(group["members"])
+        pairs.update((a, b) for i, a in enumerate(members) for b in members[i + 1 :])
     return pairs
 
 

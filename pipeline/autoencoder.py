@@ -1,37 +1,17 @@
-"""The paper's semantic hash (DESIGN.md §2 "LSUN"): a 3072-128-3072 de-noising, dropout-regularized
-ReLU autoencoder on 32x32 center crops, whose 128 code units are binarized by thresholding the
-ReLU (active -> 1).
+"""The paper's semantic hash: a 3072-128-3072 de-noising, dropout-regularized ReLU autoencoder
+on 32x32 center crops, whose 128 code units are binarized by thresholding the ReLU (active -> 1).
 
-What the plain recipe gets wrong, and what this module changes (measured in
-benchmarks/dedup_quality.py, written up in the README):
-
-- Gaussian pixel noise is not what separates a near duplicate from its original. Re-encoding,
-  rescaling, a few % crop and a brightness change move a 32x32 crop by sub-pixel shifts and
-  scales, small offsets and faint noise. The de-noising input corruption here is exactly that
-  (`corrupt`), so the encoder learns to ignore it.
-- Each crop is standardized (its own mean and contrast removed, `standardize`) before the
-  encoder: a brightness or contrast change then cannot flip a bit, and low-contrast crops no
-  longer pile up on the few codes the biases give "nearly flat" inputs, the main source of
-  false collisions measured with the plain recipe.
-- The decoder reads the *binarized* code, with Gaussian noise (`code_noise`) added to the code
-  pre-activations while training: semantic hashing's recipe (Salakhutdinov & Hinton, 2009).
-  With the paper's ReLU decoder the bits are a by-product: a unit barely above zero carries
-  almost nothing to the decoder, so nothing keeps pre-activations away from the threshold and
-  a re-encoded copy flipped about 1% of its bits (an exact 128-bit match then survives ~28% of
-  the time). Here the bits are the decoder's only input (a straight-through estimator passes
-  the gradient of a sigmoid), and a unit within a few noise widths of zero flips at random in
-  training and costs reconstruction, so the encoder learns to put pre-activations far from the
-  threshold. Measured (2 seeds): recall at radius 0 on the quality set 0.17 -> 0.31 with
-  noise 1, still no false pair. Noise 3 reached 0.40, but merged overlapping crops of one
-  photo in the demo set (precision 0.90 there, 1.00 at noise 1), so the default is 1.
-  Hashing is unchanged: a bit is on where the pre-activation is > 0.
-- The hash only becomes selective with enough optimizer steps (measured: 10 epochs over 4k
-  crops gave precision 0.33, 120 epochs 0.998), so training runs at least `min_steps` steps
-  however small the sample (pipeline.dedup).
-
-Tried and dropped (documented in the README): a margin term pushing pre-activations away from
-the threshold and a bit-balance term; both collapsed many images onto a few codes (a margin
-is rewarded whether or not the bits carry the image; the binary decoder above needs them to).
+Why the recipe departs from the plain one (each change measured; the numbers are in the README's
+de-duplication section):
+- the de-noising corruption is what re-uploading does to a small crop (`corrupt`), not Gaussian
+  pixel noise, so the encoder learns to ignore exactly that;
+- each crop is standardized first (`standardize`), so brightness or contrast cannot flip a bit
+  and low-contrast crops stop piling up on a few codes;
+- the decoder reads the binarized code, with noise on the code pre-activations while training
+  (`HashConfig.binary`, `code_noise`): the bits are then the decoder's only input, and units are
+  pushed away from the threshold where a re-encoded copy would flip them;
+- training runs at least a minimum number of optimizer steps (pipeline.dedup), as an
+  undertrained hash collides.
 
 The model is saved as a plain state dict plus a JSON-able config, loadable with
 `torch.load(..., weights_only=True)`, so the same hash can be applied to new data.
@@ -41,7 +21,6 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,8 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.devices import resolve_device
 from pipeline.files import write_bytes_atomic
 from pipeline.pixels import to_float
+
+LEARNING_RATE = 1e-3  # Adam, cosine-annealed to 0 over the run
 
 
 @dataclass(frozen=True)
@@ -156,16 +138,6 @@ def denoising_loss(model: SemanticHashAutoencoder, clean: torch.Tensor,
     return F.mse_loss(model(noisy), standardize(clean))
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """CUDA when asked for or available under "auto"; else the CPU, where torch already uses
-    one thread per physical core (torch.set_num_threads changes that for a whole process)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but torch sees no CUDA device")
-    return torch.device(device)
-
-
 def train(
     crops: np.ndarray,
     config: HashConfig,
@@ -174,11 +146,9 @@ def train(
     epochs: int = 20,
     min_steps: int = 0,
     batch_size: int = 256,
-    lr: float = 1e-3,
     seed: int = 0,
     device: str = "auto",
     progress: bool = True,
-    on_epoch: Callable[[int, float], None] | None = None,
 ) -> tuple[SemanticHashAutoencoder, list[float]]:
     """Fit the hash on `crops[rows]` (uint8 N x side x side x 3, e.g. the pass-1 memmap; all
     rows by default).
@@ -191,10 +161,10 @@ def train(
     rows = np.arange(len(crops)) if rows is None else np.asarray(rows)
     if len(rows) < 2:
         raise ValueError("training the hash needs at least 2 images")
-    dev = pick_device(device)
+    dev = resolve_device(device)
     torch.manual_seed(seed)
     model = SemanticHashAutoencoder(config).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     steps_per_epoch = math.ceil(len(rows) / batch_size)
     epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
@@ -205,7 +175,7 @@ def train(
                disable=not progress, dynamic_ncols=True)
     model.train()
     try:
-        for epoch in range(epochs):
+        for _ in range(epochs):
             order = rows[order_rng.permutation(len(rows))]
             total = 0.0
             for start in range(0, len(order), batch_size):
@@ -221,8 +191,6 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
             history.append(total / len(rows))
-            if on_epoch is not None:
-                on_epoch(epoch, history[-1])
     finally:
         bar.close()
     return model.cpu().eval(), history

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli_common import one_line_errors, restart_options
+from pipeline.cli_common import (
+    device_option,
+    one_line_errors,
+    overwrite_option,
+    restart_options,
+)
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.dedup import (
     DEFAULT_DROPOUT,
@@ -24,15 +29,7 @@ from pipeline.dedup import (
 from pipeline.outputs import OutputError
 from pipeline.parallel import default_workers
 from pipeline.runner import StageError
-from pipeline.sources import SourceError
-
-SOURCES_HELP = (
-    "SRC is any mix of: a folder of images (recursive, any extension: files are sniffed by "
-    "content), an LSUN LMDB folder (holding data.mdb, or its parent), WebDataset shards (a .tar, "
-    "a glob, a {000000..000009} brace pattern, or a stage output folder with index.json), or a "
-    ".txt file listing image paths."
-)
-
+from pipeline.sources import SOURCES_HELP, SourceError
 
 user_errors = one_line_errors(SourceError, StageError, OutputError)
 
@@ -111,10 +108,10 @@ def shards(src, out, size, fmt, maxcount, exclude, max_pixels, workers, resume, 
               help="Side of the square face crops written to the shards.")
 @click.option("--detector", type=click.Choice(["haar", "yunet"]), default="haar",
               show_default=True,
-              help="OpenCV Haar cascade, or YuNet (FaceDetectorYN; needs --model).")
+              help="OpenCV Haar cascade, or YuNet (FaceDetectorYN; needs --yunet-onnx).")
 @click.option("--cascade", default="haarcascade_frontalface_alt2", show_default=True,
               help="A cascade bundled with OpenCV (by name) or a cascade XML file.")
-@click.option("--model", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--yunet-onnx", type=click.Path(dir_okay=False, path_type=Path),
               help="YuNet ONNX file for --detector yunet (never downloaded).")
 @click.option("--scale-factor", type=click.FloatRange(min=1, min_open=True), default=1.1,
               show_default=True, help="Haar: size step between detection scales.")
@@ -138,7 +135,7 @@ def shards(src, out, size, fmt, maxcount, exclude, max_pixels, workers, resume, 
 @workers_option
 @restart_options
 @user_errors
-def faces(src, out, min_size, margin, size, detector, cascade, model, scale_factor,
+def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale_factor,
           min_neighbors, max_side, search_below, fmt, maxcount, max_pixels, debug_boxes,
           workers, resume, overwrite):
     """Detect faces in every photo in SRC (OpenCV) and write one square crop per face of at
@@ -146,7 +143,7 @@ def faces(src, out, min_size, margin, size, detector, cascade, model, scale_fact
     from pipeline.faces import detect_faces
 
     summary = detect_faces(list(src), out, min_size=min_size, margin=margin, size=size,
-                           detector=detector, cascade=cascade, model=model,
+                           detector=detector, cascade=cascade, yunet_onnx=yunet_onnx,
                            scale_factor=scale_factor, min_neighbors=min_neighbors,
                            max_side=max_side, search_below=search_below, fmt=fmt,
                            maxcount=maxcount, max_pixels=max_pixels, debug_boxes=debug_boxes,
@@ -179,13 +176,12 @@ def faces(src, out, min_size, margin, size, detector, cascade, model, scale_fact
                    "(0 = equal codes only, the paper's rule).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=256, show_default=True,
               help="Training mini-batch.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, help="Where to train and hash (auto: CUDA if available).")
+@device_option
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Training sample, initialization and corruption seed.")
 @max_pixels_option
 @workers_option
-@click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
+@overwrite_option
 @user_errors
 def dedup(src, out, model, train_samples, epochs, min_steps, noise, dropout, radius, batch_size,
           device, seed, max_pixels, workers, overwrite):

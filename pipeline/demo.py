@@ -16,12 +16,15 @@ import hashlib
 import io
 import struct
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import lmdb
 import numpy as np
 from PIL import Image
+
+from pipeline.parallel import chunked
 
 # scikit-image photographs stored inside the package (no download needed).
 # Files inside scikit-image's data folder (shipped with the wheel, no download needed).
@@ -125,7 +128,7 @@ def awkward_files(base: np.ndarray) -> dict[str, bytes]:
 
 # ---- the corpus -------------------------------------------------------------------------------
 
-def _variant(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def variant(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A plausible re-upload of `img`: rescaled, slightly cropped, maybe mirrored or brightened."""
     h, w = img.shape[:2]
     crop = rng.uniform(0.0, 0.08)
@@ -141,7 +144,7 @@ def _variant(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def _scene_crops(rng: np.random.Generator, n: int, side: int = 160) -> list[np.ndarray]:
+def scene_crops(rng: np.random.Generator, n: int, side: int = 160) -> list[np.ndarray]:
     """Distinct scene crops: random windows of the non-face photos, at an LSUN-like size."""
     photos = [photo(name) for name in SKIMAGE_SCENES]
     crops = []
@@ -181,14 +184,14 @@ def build_scraped(folder: Path, rng: np.random.Generator, copies: int) -> int:
         files[f"people/{name}.jpg"] = encode(img, "JPEG", quality=92)
         for i in range(copies):
             fmt = ("JPEG", "PNG", "WEBP")[i % 3]
-            files[f"people/{name}_{i:02d}.{fmt.lower()}"] = encode(_variant(img, rng), fmt)
+            files[f"people/{name}_{i:02d}.{fmt.lower()}"] = encode(variant(img, rng), fmt)
     pair = np.hstack([cv2.resize(img, (400, 400)) for img in faces.values()])
     files["people/two_people.jpg"] = encode(pair, "JPEG", quality=92)
     for filename in SKIMAGE_SCENES:
         img, name = photo(filename), filename.split(".")[0]
         files[f"scenes/{name}.jpg"] = encode(img, "JPEG", quality=90)
         for i in range(max(1, copies // 4)):
-            files[f"scenes/{name}_{i}.png"] = encode(_variant(img, rng), "PNG")
+            files[f"scenes/{name}_{i}.png"] = encode(variant(img, rng), "PNG")
     for name, data in awkward_files(faces["astronaut.png"]).items():
         files[f"awkward/{name}"] = data
     for rel, data in files.items():
@@ -204,17 +207,30 @@ def build_lmdb(folder: Path, rng: np.random.Generator, n_scenes: int = 160,
     folder.mkdir(parents=True, exist_ok=True)
     kinds = ("reencode", "resize", "shift", "brightness")
     images = []
-    for i, crop in enumerate(_scene_crops(rng, n_scenes)):
+    for i, crop in enumerate(scene_crops(rng, n_scenes)):
         images.append(crop)
         if rng.uniform() < dup_fraction:
             images.append(near_duplicate(crop, kinds[i % len(kinds)], rng))
-    with lmdb.open(str(folder), map_size=1 << 30, subdir=True) as env, \
-            env.begin(write=True) as txn:
-        for i, img in enumerate(images):
-            value = encode(img, "WEBP", quality=90)
-            key = hashlib.sha1(f"demo-{i}".encode() + value).hexdigest().encode("ascii")
-            txn.put(key, value)
-    return len(images)
+    values = (encode(img, "WEBP", quality=90) for img in images)
+    return write_lmdb(folder, ((hashlib.sha1(f"demo-{i}".encode() + value).hexdigest(), value)
+                               for i, value in enumerate(values)))
+
+
+def write_lmdb(folder: Path, items: Iterable[tuple[str | bytes, bytes]], *,
+               map_size: int = 1 << 30) -> int:
+    """An LMDB in LSUN's layout (FOLDER/data.mdb) holding the (key, encoded image) `items`;
+    committed every 1000 items, so memory stays flat however many there are. Returns the
+    number written. The one LMDB writer: the demo, the tests and the benchmarks use it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with lmdb.open(str(folder), map_size=map_size, subdir=True) as env:
+        for batch in chunked(items, 1000):
+            with env.begin(write=True) as txn:
+                for key, value in batch:
+                    txn.put(key.encode("ascii") if isinstance(key, str) else key, value)
+            count += len(batch)
+    return count
 
 
 def build_demo(out: str | Path, *, copies: int = 12, seed: int = 0) -> dict:

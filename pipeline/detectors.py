@@ -2,7 +2,7 @@
 
 A detector is described by a small picklable `DetectorSpec` (paths and numbers); the OpenCV
 object itself is built lazily, once per process, and cached here, because cascades cannot be
-pickled and loading one per photo would cost more than detecting. `check_detector` builds it
+pickled and loading one per photo would cost more than detecting. `load_detector` builds it
 once in the main process first, so a missing file or an OpenCV without cascade support ends the
 run at start with one line instead of failing in every worker.
 
@@ -80,24 +80,32 @@ def make_spec(
     detector: str = "haar",
     *,
     cascade: str = DEFAULT_CASCADE,
-    model: str | Path | None = None,
+    yunet_onnx: str | Path | None = None,
     scale_factor: float = 1.1,
     min_neighbors: int = 5,
 ) -> DetectorSpec:
-    """Validate the user's detector choice and build it once here (raises DetectorError)."""
+    """The spec for the user's detector choice: names resolved and files checked, nothing
+    loaded yet (raises DetectorError)."""
     if detector == "haar":
         _require_cascade_support()
         spec = DetectorSpec("haar", str(resolve_cascade(cascade)), scale_factor, min_neighbors)
     elif detector == "yunet":
-        if model is None:
-            raise DetectorError("--detector yunet needs --model PATH (a YuNet .onnx file)")
-        if not Path(model).is_file():
-            raise DetectorError(f"--model {model}: no such file (YuNet is never downloaded)")
+        if yunet_onnx is None:
+            raise DetectorError("--detector yunet needs --yunet-onnx PATH (a YuNet .onnx file)")
+        if not Path(yunet_onnx).is_file():
+            raise DetectorError(
+                f"--yunet-onnx {yunet_onnx}: no such file (YuNet is never downloaded)")
         if not hasattr(cv2, "FaceDetectorYN"):
             raise DetectorError(f"OpenCV {cv2.__version__} has no cv2.FaceDetectorYN")
-        spec = DetectorSpec("yunet", str(model), scale_factor, min_neighbors)
+        spec = DetectorSpec("yunet", str(yunet_onnx), scale_factor, min_neighbors)
     else:
         raise DetectorError(f"unknown detector {detector!r} (one of: {', '.join(DETECTORS)})")
+    return spec
+
+
+def load_detector(spec: DetectorSpec) -> DetectorSpec:
+    """Build the detector once in this process, so a file OpenCV cannot load ends the run at
+    start with one line instead of failing in every worker; returns `spec` for chaining."""
     _load(spec)
     return spec
 

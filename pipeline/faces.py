@@ -1,6 +1,6 @@
-"""`pipeline faces`: find faces in scraped photos and write one training crop per face
-(DESIGN.md §1 and §2 "Faces": an OpenCV face detector over web photos, keeping the detections
-of sufficiently high resolution).
+"""`pipeline faces`: find faces in scraped photos and write one training crop per face: the
+paper's faces set came from an OpenCV face detector run over web photos, keeping only the
+detections of sufficiently high resolution.
 
 `faces_chunk` is the pure per-chunk worker the runner maps over the photos; `detect_faces` is
 the Python entry point the CLI calls with the same defaults; `find_faces` and `face_crop` are
@@ -20,7 +20,6 @@ Choices a user should know about:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -34,8 +33,15 @@ import cv2
 import numpy as np
 
 from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
-from pipeline.detectors import DEFAULT_CASCADE, Box, DetectorSpec, detect, make_spec
-from pipeline.files import write_png_atomic
+from pipeline.detectors import (
+    DEFAULT_CASCADE,
+    Box,
+    DetectorSpec,
+    detect,
+    load_detector,
+    make_spec,
+)
+from pipeline.files import read_jsonl, write_png_atomic
 from pipeline.geometry import encode_image, resize_area
 from pipeline.manifest import MANIFEST_NAME, Outcome
 from pipeline.parallel import default_workers
@@ -95,14 +101,14 @@ def find_faces(
     min_size: int = 64,
     detector: str = "haar",
     cascade: str = DEFAULT_CASCADE,
-    model: str | os.PathLike | None = None,
+    yunet_onnx: str | os.PathLike | None = None,
     scale_factor: float = 1.1,
     min_neighbors: int = 5,
     max_side: int = 1024,
 ) -> list[Box]:
     """Face boxes (x, y, w, h in `rgb`'s pixels) at least `min_size` px, left to right."""
-    spec = make_spec(detector, cascade=cascade, model=model, scale_factor=scale_factor,
-                     min_neighbors=min_neighbors)
+    spec = load_detector(make_spec(detector, cascade=cascade, yunet_onnx=yunet_onnx,
+                                   scale_factor=scale_factor, min_neighbors=min_neighbors))
     return detect(spec, rgb, smallest=min_size, max_side=max_side)
 
 
@@ -147,18 +153,12 @@ def _face_sample(rec: Record, rgb: np.ndarray, index: int, box: Box, count: int,
                   encode_image(crop, params.fmt), meta)
 
 
-def _manifest_lines(out: Path):
-    with open(out / MANIFEST_NAME, encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
-
-
 def face_size_summary(out: Path, min_size: int) -> dict:
     """Faces kept and their size distribution (longer box side, original pixels), in octaves
     from --min-size; read back from the manifest so that resumed runs count every photo."""
     sizes: list[int] = []
     too_small = photos = 0
-    for line in _manifest_lines(out):
+    for line in read_jsonl(out / MANIFEST_NAME):
         photos += 1
         sizes.extend(max(b[2], b[3]) for b in line.get("boxes", []))
         too_small += len(line.get("too_small", []))
@@ -180,7 +180,7 @@ def write_debug_boxes(sources: list[str | os.PathLike], out: Path, params: FaceP
     """OUT/debug_boxes.png: the first `count` photos with detections, boxes drawn (green kept,
     red too small, yellow the crop square). Returns the number of photos drawn."""
     wanted = {}
-    for line in _manifest_lines(out):
+    for line in read_jsonl(out / MANIFEST_NAME):
         if line.get("boxes") or line.get("too_small"):
             wanted[line["key"]] = line
             if len(wanted) == count:
@@ -229,7 +229,7 @@ def detect_faces(
     size: int = 64,
     detector: str = "haar",
     cascade: str = DEFAULT_CASCADE,
-    model: str | os.PathLike | None = None,
+    yunet_onnx: str | os.PathLike | None = None,
     scale_factor: float = 1.1,
     min_neighbors: int = 5,
     max_side: int = 1024,
@@ -249,8 +249,8 @@ def detect_faces(
             or not 0 < search_below <= 1:
         raise ValueError("min_size, size, max_side must be positive, margin >= 0, "
                          "scale_factor > 1, 0 < search_below <= 1")
-    spec = make_spec(detector, cascade=cascade, model=model, scale_factor=scale_factor,
-                     min_neighbors=min_neighbors)
+    spec = load_detector(make_spec(detector, cascade=cascade, yunet_onnx=yunet_onnx,
+                                   scale_factor=scale_factor, min_neighbors=min_neighbors))
     source = open_sources(list(sources))
     params = FaceParams(spec, min_size=min_size, margin=margin, size=size, max_side=max_side,
                         fmt=fmt, max_pixels=max_pixels, search_below=search_below)

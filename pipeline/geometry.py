@@ -27,7 +27,10 @@ if hasattr(cv2, "IMWRITE_PNG_FILTER"):
     PNG_PARAMS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG]
 
 
-def encode_image(rgb: np.ndarray, fmt: str, jpeg_quality: int = 95) -> bytes:
+JPEG_QUALITY = 95  # for --format jpg
+
+
+def encode_image(rgb: np.ndarray, fmt: str) -> bytes:
     """RGB uint8 -> PNG (lossless, the default for training crops) or JPEG bytes.
 
     PNG level 1 with the AVG row filter: at 64x64 it is within 3% of level 3's size and about
@@ -37,7 +40,7 @@ def encode_image(rgb: np.ndarray, fmt: str, jpeg_quality: int = 95) -> bytes:
     if fmt == "png":
         ok, buf = cv2.imencode(".png", bgr, PNG_PARAMS)
     elif fmt == "jpg":
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     else:
         raise ValueError(f"unknown image format {fmt!r} (png or jpg)")
     if not ok:

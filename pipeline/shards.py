@@ -1,4 +1,5 @@
-"""`pipeline shards`: center-crop, area-resize and write training shards (DESIGN.md §1).
+"""`pipeline shards`: center-crop, area-resize and write training shards, the
+input every training run reads.
 
 The per-chunk worker is pure (records in, outcomes out); `make_shards` is the Python entry point
 the CLI calls with the same defaults.

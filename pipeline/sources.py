@@ -1,4 +1,5 @@
-"""Every kind of input becomes one stream of records `(key, bytes, meta)`.
+"""Every kind of input becomes one stream of `Record`s: a stable `key`, provenance `meta`, and
+either the image bytes (`data`) or the `path` to read them from (`Record.read()` gives both).
 
 Like stylegan2-ada's dataset_tool, each input kind is an adapter with the same contract
 (`count()` and iteration in a stable order) and one function, `open_source`, picks the adapter by
@@ -188,11 +189,15 @@ class MultiSource:
 
 Source = FolderSource | LmdbSource | ShardSource | ListSource | MultiSource
 
-EXPECTED = (
-    "expected a folder of images, an LMDB folder (with data.mdb, or its parent), "
-    "WebDataset shards (.tar files, a glob, or a {000000..000009} brace pattern, or a folder "
-    "with index.json), or a .txt list of image paths"
+# What a source may be: said once, in the CLI's help and in every "not a source" error.
+SOURCE_KINDS = (
+    "a folder of images (recursive, any extension: files are sniffed by content), an LSUN LMDB "
+    "folder (holding data.mdb, or its parent), WebDataset shards (a .tar, a glob, a "
+    "{000000..000009} brace pattern, or a stage output folder with index.json), or a .txt file "
+    "listing image paths"
 )
+SOURCES_HELP = f"SRC is any mix of: {SOURCE_KINDS}."
+EXPECTED = f"expected {SOURCE_KINDS}"
 
 
 def open_source(spec: str | os.PathLike) -> Source:
