@@ -1,34 +1,51 @@
 """`analysis`: look inside a trained DCGAN (paper section 6) and check it for memorization.
 
 Parse, call the analysis's Python function (same defaults), print one summary line. User errors
-(missing checkpoint, shards of another image size, an empty boxes file) end with a one-line
-message and exit code 1, never a traceback.
+(missing checkpoint, shards of another image size, an empty boxes file, a finished analysis in
+--out without --overwrite, an unknown --device) end with a one-line message and exit code 1,
+never a traceback.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from analysis.data import AnalysisError
-from pipeline.cli_common import one_line_errors
+from pipeline.cli_common import (
+    bn_option,
+    ckpt_option,
+    device_option,
+    one_line_errors,
+    out_dir_option,
+    overwrite_option,
+    progress_option,
+)
+from pipeline.outputs import OutputError
 
-BN_HELP = ("BatchNorm statistics while sampling: 'batch' (as the authors' Theano code) or "
-           "'running' (PyTorch eval()).")
+if TYPE_CHECKING:
+    import torch
+
+user_errors = one_line_errors(AnalysisError, OutputError)
 
 
-user_errors = one_line_errors(AnalysisError)
+def checked_device(device: str) -> torch.device:
+    """--device as a torch.device, or a one-line error before any work (a misspelt name, or
+    CUDA asked of a torch that sees no GPU)."""
+    import torch
 
+    from pipeline.devices import resolve_device
 
-def ckpt_option(fn):
-    return click.option("--ckpt", required=True, type=click.Path(path_type=Path),
-                        help="Checkpoint from `gan train` (e.g. RUN/checkpoints/last.pt).")(fn)
-
-
-def out_option(fn):
-    return click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-                        help="Output folder (created if missing; files in it are replaced).")(fn)
+    try:
+        resolved = resolve_device(device)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise click.ClickException(f"--device {device}: torch sees no CUDA GPU here; use "
+                                   "--device cpu or auto")
+    return resolved
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,7 +60,7 @@ def main() -> None:
               help='JSON: {"z": "z.npy", "samples": [{"index": 0, "boxes": [[x0, y0, x1, y1]]}]}; '
                    "z from `gan sample --save-z` (relative to the JSON's folder), boxes in "
                    "output-image pixels; unlisted samples are not used.")
-@out_option
+@out_dir_option
 @click.option("--layer", default=None,
               help="G layer to read and drop, by output side: 4x4, 8x8, 16x16, 32x32 (64x64 "
                    "images; up to 64x64 for 128x128). Default: the paper's \"second highest\", "
@@ -53,13 +70,13 @@ def main() -> None:
                    "there are positive cells.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the negatives and the held-out split.")
-@click.option("--bn", type=click.Choice(["batch", "running"]), default="batch",
-              show_default=True,
-              help=BN_HELP + " With 'batch', the BatchNorm after the dropped layer renormalizes.")
+@bn_option("With 'batch', the BatchNorm after the dropped layer renormalizes.")
 @click.option("--show", type=click.IntRange(min=1), default=16, show_default=True,
               help="Samples in comparison.png (the first ones of z).")
+@device_option
+@overwrite_option
 @user_errors
-def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show):
+def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show, device, overwrite):
     """Find G's "window" feature maps from hand-drawn boxes (logistic regression on the layer's
     per-cell activations; maps with weight > 0 are dropped) and sample the same z without them.
 
@@ -67,7 +84,8 @@ def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show):
     window_mask.json (dropped channel ids), report.json (held-out accuracy and AUC)."""
     from analysis.windows import remove_windows as run
 
-    r = run(ckpt, boxes, out, layer=layer, negatives=negatives, seed=seed, bn=bn, show=show)
+    r = run(ckpt, boxes, out, layer=layer, negatives=negatives, seed=seed, bn=bn, show=show,
+            device=checked_device(device), overwrite=overwrite)
     click.echo(f"dropped {r['dropped']} of {r['channels']} maps at {r['layer']} "
                f"(held-out accuracy {r['heldout_accuracy']:.3f}, AUC {r['heldout_auc']:.3f}, "
                f"BatchNorm {bn} statistics); comparison in {out / 'comparison.png'}")
@@ -77,7 +95,7 @@ def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show):
 @ckpt_option
 @click.option("--data", required=True,
               help="Image shards to pick the top images from (at the checkpoint's image size).")
-@out_option
+@out_dir_option
 @click.option("--layer", default="last", show_default=True,
               help="D layer by output side (32x32, 16x16, 8x8, 4x4 for 64x64 images) or "
                    "'last' (D's last conv layer, as the paper).")
@@ -89,14 +107,19 @@ def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show):
               help="Scan only the first N images (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the randomly initialized baseline D.")
+@device_option
+@progress_option
+@overwrite_option
 @user_errors
-def guided_backprop(ckpt, data, out, layer, features, top, limit, seed):
+def guided_backprop(ckpt, data, out, layer, features, top, limit, seed, device, progress,
+                    overwrite):
     """Guided backpropagation of D's maximal feature responses, beside a random-filter baseline
     (paper Fig. 5). Writes OUT/guided_backprop.png (random left, trained right),
     trained_filters.png, random_filters.png, top_images.png and report.json."""
     from analysis.guided_backprop import guided_backprop as run
 
-    r = run(ckpt, data, out, layer=layer, features=features, top=top, limit=limit, seed=seed)
+    r = run(ckpt, data, out, layer=layer, features=features, top=top, limit=limit, seed=seed,
+            device=checked_device(device), progress=progress, overwrite=overwrite)
     click.echo(f"guided backprop of {len(r['features'])} features of D's {r['layer']} layer, "
                f"top {top} images each; panels in {out / 'guided_backprop.png'}")
 
@@ -106,7 +129,7 @@ def guided_backprop(ckpt, data, out, layer, features, top, limit, seed):
 @click.option("--train", "train_shards", required=True, help="The training shards.")
 @click.option("--holdout", required=True,
               help="Real images G never saw, from the same distribution (at most --n are used).")
-@out_option
+@out_dir_option
 @click.option("--n", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Generated samples.")
 @click.option("--space", type=click.Choice(["pixels", "disc"]), default="pixels",
@@ -121,20 +144,23 @@ def guided_backprop(ckpt, data, out, layer, features, top, limit, seed):
 @click.option("--search", type=click.Choice(["flat", "ivf"]), default="flat", show_default=True,
               help="flat: exact, one streaming pass; ivf: inverted-file candidates with exact "
                    "re-ranking (two passes), for millions of training images.")
-@click.option("--bn", type=click.Choice(["batch", "running"]), default="batch",
-              show_default=True, help=BN_HELP)
+@bn_option()
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the generated z and the k-means cells.")
+@device_option
+@progress_option
+@overwrite_option
 @user_errors
 def memorization(ckpt, train_shards, holdout, out, n, space, k, cells, min_gen, search, bn,
-                 seed):
+                 seed, device, progress, overwrite):
     """Is G copying its training set? Nearest training images of generated and held-out
     images, and Meehan et al. (2020)'s C_T (strongly negative = copying). Writes
     OUT/neighbours.png, distances.png, distances.csv, report.json."""
     from analysis.memorization import memorization as run
 
     r = run(ckpt, train_shards, holdout, out, n=n, space=space, k=k, cells=cells,
-            min_gen=min_gen, search=search, bn=bn, seed=seed)
+            min_gen=min_gen, search=search, bn=bn, seed=seed, device=checked_device(device),
+            progress=progress, overwrite=overwrite)
     click.echo(f"{r['verdict']}; {r['generated']} generated, {r['holdout']} held-out vs "
                f"{r['train']} training images; report in {out / 'report.json'}")
 

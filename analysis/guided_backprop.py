@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,9 +21,11 @@ from torch import nn
 from tqdm import tqdm
 
 from analysis.data import AnalysisError, image_batches, load_run
-from analysis.hooks import captured_outputs, guided_rectifiers
+from analysis.hooks import captured_outputs, guided_rectifiers, layer_module
 from gan.models import Discriminator
+from pipeline.devices import resolve_device
 from pipeline.files import write_json_atomic, write_png_atomic
+from pipeline.outputs import claim_output
 from pipeline.pixels import to_uint8
 from pipeline.sheets import contact_sheet
 
@@ -45,22 +46,15 @@ def parse_features(spec: str) -> list[int]:
     return list(dict.fromkeys(features))
 
 
-def layer_module(D: Discriminator, layer: str) -> tuple[str, nn.Module]:
-    """A feature layer of D by name ("32x32", ..., or "last" for D's last conv layer)."""
-    layers = D.feature_layers()
-    name = list(layers)[-1] if layer == "last" else layer
-    if name not in layers:
-        raise AnalysisError(f"layer {layer!r} not in this discriminator; choose from "
-                            f"{['last', *layers]}")
-    return name, layers[name]
-
-
 def top_activations(D: Discriminator, module: nn.Module, batches, features: list[int],
-                    top: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    top: int, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """For each feature, the `top` images with the highest maximal response over positions:
-    (responses [F, top], images [F, top, 3, S, S]), highest first."""
+    (responses [F, top], images [F, top, 3, S, S] on D's device), highest first."""
+    device = next(D.parameters()).device
     best_values = best_images = None
-    for batch in tqdm(batches, desc="scan images", unit="batch", leave=False):
+    for batch in tqdm(batches, desc="scan images", unit="batch", leave=False,
+                      disable=not progress):
+        batch = batch.to(device)
         with torch.no_grad(), captured_outputs(module) as outs:
             D(batch)
         if max(features) >= outs[0].shape[1]:
@@ -103,12 +97,14 @@ def panel(D: nn.Module, module: nn.Module, images: torch.Tensor,
     return contact_sheet(tiles, cols=images.shape[1])
 
 
-def random_discriminator(config: dict, seed: int) -> Discriminator:
-    """A freshly initialized D of the run's shape (paper init), seeded, in eval mode."""
+def random_discriminator(config: dict, seed: int,
+                         device: str | torch.device = "cpu") -> Discriminator:
+    """A freshly initialized D of the run's shape (paper init), seeded on the CPU (the same
+    weights on every device), in eval mode on `device`."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         D = Discriminator(config["image_size"], config["width"], config["arch"])
-    return D.eval()
+    return D.to(device).eval()
 
 
 def guided_backprop(
@@ -121,22 +117,26 @@ def guided_backprop(
     limit: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
-    """Write trained_filters.png, random_filters.png, top_images.png and the side-by-side
-    guided_backprop.png (random left, trained right, as paper Fig. 5) into `out`."""
-    _G, D, config = load_run(ckpt)
+    """Write trained_filters.png, random_filters.png, top_images.png, the side-by-side
+    guided_backprop.png (random left, trained right, as paper Fig. 5) and report.json (last: a
+    finished analysis) into `out`."""
+    device = resolve_device(device)
+    _G, D, config = load_run(ckpt, device)
     D.eval()
     name, module = layer_module(D, layer)
     ids = parse_features(features)
-    values, images = top_activations(D, module, image_batches(data, config["image_size"],
-                                                              batch_size, limit), ids, top)
-    random_D = random_discriminator(config, seed)
+    batches = image_batches(data, config["image_size"], batch_size, limit)
+    values, images = top_activations(D, module, batches, ids, top, progress)
+    random_D = random_discriminator(config, seed, device)
     _, random_module = layer_module(random_D, name)
     trained = panel(D, module, images, ids)
     baseline = panel(random_D, random_module, images, ids)
     photos = contact_sheet([_enlarge(t) for t in to_uint8(images.flatten(0, 1))], cols=top)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output(out, overwrite=overwrite, finished="report.json")
     write_png_atomic(out / "trained_filters.png", trained)
     write_png_atomic(out / "random_filters.png", baseline)
     write_png_atomic(out / "top_images.png", photos)

@@ -1,7 +1,7 @@
-"""Forward and backward hooks every analysis shares: read a layer, silence channels, guide the
-backward pass through rectifiers.
+"""Feature hooks every analysis shares: pick a layer of G or D, read it, silence channels, guide
+the backward pass through rectifiers.
 
-All three work on `nn.Module` instances (the GAN's models use module activations, never
+The hooks work on `nn.Module` instances (the GAN's models use module activations, never
 functional calls), are context managers, and leave the model exactly as they found it.
 """
 
@@ -14,7 +14,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from analysis.data import AnalysisError
+from gan.models import Discriminator, Generator
+
 RECTIFIERS = (nn.ReLU, nn.LeakyReLU)
+
+
+def layer_module(model: Generator | Discriminator, layer: str) -> tuple[str, nn.Module]:
+    """A feature layer of G or D by its output side ("8x8", ...) or "last" (the one nearest the
+    image for G, nearest the verdict for D), as (name, module); an unknown name is the user's
+    error and lists the choices."""
+    layers = model.feature_layers()
+    name = list(layers)[-1] if layer == "last" else layer
+    if name not in layers:
+        kind = "generator" if isinstance(model, Generator) else "discriminator"
+        raise AnalysisError(f"layer {layer!r} not in this {kind}; choose from "
+                            f"{['last', *layers]}")
+    return name, layers[name]
 
 
 @contextmanager

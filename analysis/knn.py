@@ -6,7 +6,7 @@ faiss sees a GPU), so memory is queries + one chunk whatever the database size.
 
 `IvfKnn` is the option for millions of training images when one exact pass is too slow: an
 inverted-file index of 8-bit scalar-quantized codes (one byte per dimension, a quarter of the
-float vectors) proposes `rerank * k` candidates per query, and a second pass over the same
+float vectors) proposes RERANK * k candidates per query, and a second pass over the same
 chunks replaces their approximate distances by exact ones, so every reported distance is exact;
 only a neighbour the index failed to propose can be missed.
 """
@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 QUERY_BLOCK = 8192  # queries searched at once: bounds the distance tile of one chunk
+RERANK = 8  # IvfKnn's candidates per query, as a multiple of k, re-ranked exactly
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -70,10 +71,9 @@ class IvfKnn:
     in the same order. Then `result`.
     """
 
-    def __init__(self, queries: np.ndarray, k: int, nlist: int = 1024, nprobe: int = 32,
-                 rerank: int = 8):
+    def __init__(self, queries: np.ndarray, k: int, nlist: int = 1024, nprobe: int = 32):
         self.queries = _f32(queries)
-        self.k, self.nlist, self.nprobe, self.rerank_factor = k, nlist, nprobe, rerank
+        self.k, self.nlist, self.nprobe = k, nlist, nprobe
         self.index: faiss.Index | None = None
         self.candidates: np.ndarray | None = None
         self.exact: np.ndarray | None = None
@@ -96,7 +96,7 @@ class IvfKnn:
     def propose(self) -> None:
         if self.index is None or self.index.ntotal < self.k:
             raise ValueError(f"the database holds fewer than k={self.k} vectors")
-        _, self.candidates = self.index.search(self.queries, self.k * self.rerank_factor)
+        _, self.candidates = self.index.search(self.queries, self.k * RERANK)
         self.exact = np.full(self.candidates.shape, np.inf, np.float32)
         self._offset = 0
 

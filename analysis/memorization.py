@@ -36,42 +36,47 @@ from scipy.stats import rankdata
 from tqdm import tqdm
 
 from analysis.data import check_image_size, image_batches, load_run
-from analysis.hooks import captured_outputs
+from analysis.hooks import captured_outputs, layer_module
 from analysis.knn import IvfKnn, StreamingKnn
 from gan.models import Discriminator, Generator
 from gan.sample import generate, sample_z
+from pipeline.devices import resolve_device
 from pipeline.files import (
     write_bytes_atomic,
     write_figure_atomic,
     write_json_atomic,
     write_png_atomic,
 )
+from pipeline.outputs import claim_output
 from pipeline.pixels import to_uint8
 from pipeline.sheets import contact_sheet
 
 Embed = Callable[[torch.Tensor], np.ndarray]
 COPYING_THRESHOLD = 3.0  # |C_T| beyond this: a verdict; each cell's z is ~N(0, 1) without effect
+KMEANS_SAMPLE = 20_000  # training embeddings the k-means cells are fitted on (a uniform sample)
 
 
 def pixel_embedding(images: torch.Tensor) -> np.ndarray:
     """[N, 3, S, S] in [-1, 1] -> [N, 3072]: the images area-resized to 32x32, flattened."""
     small = F.interpolate(images.float(), size=(32, 32), mode="area")
-    return small.flatten(1).numpy().astype(np.float32)
+    return small.flatten(1).cpu().numpy().astype(np.float32)
 
 
 def disc_embedding(D: Discriminator) -> Embed:
-    """D's last conv layer output, flattened (eval mode: running BatchNorm statistics)."""
-    last = list(D.feature_layers().values())[-1]
+    """D's last conv layer output, flattened (eval mode: running BatchNorm statistics), computed
+    on D's device."""
+    _, last = layer_module(D, "last")
+    device = next(D.parameters()).device
 
     def embed(images: torch.Tensor) -> np.ndarray:
         was_training = D.training
         D.eval()
         try:
             with torch.no_grad(), captured_outputs(last) as outs:
-                D(images)
+                D(images.to(device))
         finally:
             D.train(was_training)
-        return outs[0].flatten(1).numpy().astype(np.float32)
+        return outs[0].flatten(1).cpu().numpy().astype(np.float32)
 
     return embed
 
@@ -166,11 +171,11 @@ def _keep_neighbour_images(store: dict[int, np.ndarray], wanted: np.ndarray,
         del store[i]
 
 
-def _embed_all(batches: Iterable[torch.Tensor], embed: Embed, show: int,
-               desc: str) -> tuple[np.ndarray, np.ndarray]:
+def _embed_all(batches: Iterable[torch.Tensor], embed: Embed, show: int, desc: str,
+               progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of every image, and the first `show` images as uint8 for the grid."""
     vectors, shown = [], []
-    for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
+    for batch in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress):
         vectors.append(embed(batch))
         if sum(len(s) for s in shown) < show:
             shown.append(to_uint8(batch[:show]))
@@ -185,18 +190,19 @@ def nearest_training(
     k: int,
     shown: int,
     search: str = "flat",
-    kmeans_sample: int = 20_000,
     seed: int = 0,
+    progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, _Reservoir, dict[int, np.ndarray]]:
     """k-NN of `queries` among the training embeddings, streaming the training batches
     (`train()` starts a fresh pass; "ivf" needs two). Returns distances, ids, a uniform sample
-    of the training embeddings (for the cells; `.seen` counts them all) and the neighbour
-    images of the first `shown` queries."""
-    reservoir = _Reservoir(kmeans_sample, seed)
+    of KMEANS_SAMPLE training embeddings (for the cells; `.seen` counts them all) and the
+    neighbour images of the first `shown` queries."""
+    reservoir = _Reservoir(KMEANS_SAMPLE, seed)
     images: dict[int, np.ndarray] = {}
     knn = StreamingKnn(queries, k) if search == "flat" else IvfKnn(queries, k)
     offset = 0
-    for batch in tqdm(train(), desc="train k-NN", unit="batch", leave=False):
+    for batch in tqdm(train(), desc="train k-NN", unit="batch", leave=False,
+                      disable=not progress):
         vectors = embed(batch)
         knn.add(vectors)
         reservoir.add(vectors)
@@ -206,7 +212,8 @@ def nearest_training(
     if search == "ivf":
         knn.propose()
         offset = 0
-        for batch in tqdm(train(), desc="re-rank", unit="batch", leave=False):
+        for batch in tqdm(train(), desc="re-rank", unit="batch", leave=False,
+                          disable=not progress):
             knn.rerank(embed(batch))
             _keep_neighbour_images(images, knn.candidates[:shown], to_uint8(batch), offset)
             offset += len(batch)
@@ -236,20 +243,23 @@ def measure_copying(
     search: str = "flat",
     show: int = 16,
     seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """The whole analysis on image batches in [-1, 1]: writes neighbours.png, distances.png,
-    distances.csv and report.json into `out` and returns the report."""
-    gen_x, gen_shown = _embed_all(generated, embed, show, "embed generated")
-    hold_x, _ = _embed_all(holdout, embed, 0, "embed holdout")
+    distances.csv and report.json (last: a finished analysis) into `out` and returns the
+    report. `out` is claimed before the first batch is drawn."""
+    out = claim_output(out, overwrite=overwrite, finished="report.json")
+    gen_x, gen_shown = _embed_all(generated, embed, show, "embed generated", progress)
+    hold_x, _ = _embed_all(holdout, embed, 0, "embed holdout", progress)
     dist, ids, train_sample, neighbour_images = nearest_training(
-        np.concatenate([gen_x, hold_x]), train, embed, k, len(gen_shown), search, seed=seed)
+        np.concatenate([gen_x, hold_x]), train, embed, k, len(gen_shown), search, seed=seed,
+        progress=progress)
     n_gen = len(gen_x)
     cells, (gen_cells, hold_cells) = assign_cells(train_sample.array(), cells, [gen_x, hold_x],
                                                   seed)
     stats = data_copying_statistic(gen_cells, dist[:n_gen, 0], hold_cells, dist[n_gen:, 0],
                                    cells, min_gen)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     grid = [img for i, g in enumerate(gen_shown)
             for img in [g, *(neighbour_images[int(j)] for j in ids[i])]]
     write_png_atomic(out / "neighbours.png", contact_sheet(grid, cols=k + 1))
@@ -305,7 +315,8 @@ def _write_distances_csv(path: Path, dist: np.ndarray, ids: np.ndarray, n_gen: i
 
 def generated_batches(G: Generator, n: int, nz: int, prior: str, batch_size: int = 128,
                       bn: str = "batch", seed: int = 0) -> Iterator[torch.Tensor]:
-    """n samples from G in batches (batch statistics depend on the batch: 128, the paper's)."""
+    """n samples from G in batches (batch statistics depend on the batch: 128, the paper's), on
+    G's device; z is drawn on the CPU so a seed gives the same samples on every device."""
     rng = torch.Generator().manual_seed(seed)
     for start in range(0, n, batch_size):
         yield generate(G, sample_z(min(batch_size, n - start), nz, prior, generator=rng), bn=bn)
@@ -326,10 +337,13 @@ def memorization(
     show: int = 16,
     seed: int = 0,
     batch_size: int = 256,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """`analysis memorization`: n samples of the checkpoint's G against training and held-out
     shards (at most n held-out images are used)."""
-    G, D, config = load_run(ckpt)
+    G, D, config = load_run(ckpt, resolve_device(device))
     size = config["image_size"]
     embed = pixel_embedding if space == "pixels" else disc_embedding(D)
     check_image_size(train, size)
@@ -338,5 +352,6 @@ def memorization(
         generated_batches(G, n, config["nz"], config["prior"], bn=bn, seed=seed),
         lambda: image_batches(train, size, batch_size),
         image_batches(holdout, size, batch_size, limit=n), out, embed, k=k, cells=cells,
-        min_gen=min_gen, search=search, show=show, seed=seed,
+        min_gen=min_gen, search=search, show=show, seed=seed, progress=progress,
+        overwrite=overwrite,
     )

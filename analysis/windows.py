@@ -27,14 +27,16 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from analysis.data import AnalysisError, load_run
-from analysis.hooks import captured_outputs, zeroed_channels
+from analysis.hooks import captured_outputs, layer_module, zeroed_channels
 from gan.models import Generator
 from gan.sample import generate
+from pipeline.devices import resolve_device
 from pipeline.files import write_json_atomic, write_npy_atomic, write_png_atomic
+from pipeline.outputs import claim_output
 from pipeline.pixels import to_uint8
 from pipeline.sheets import contact_sheet
 
-Box = tuple[float, float, float, float]
+WindowBox = tuple[float, float, float, float]  # x0, y0, x1, y1 in output-image pixels
 
 
 @dataclass
@@ -43,7 +45,7 @@ class Annotations:
     y1 in output-image pixels)."""
 
     z: torch.Tensor
-    boxes: dict[int, list[Box]]
+    boxes: dict[int, list[WindowBox]]
 
 
 def load_boxes(path: str | os.PathLike) -> Annotations:
@@ -79,7 +81,7 @@ def _sample_index(sample: object, n: int, path: Path) -> int:
     return index
 
 
-def _sample_boxes(sample: dict, path: Path) -> list[Box]:
+def _sample_boxes(sample: dict, path: Path) -> list[WindowBox]:
     boxes = sample.get("boxes", [])
     good = isinstance(boxes, list) and all(
         isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)
@@ -92,7 +94,7 @@ def _sample_boxes(sample: dict, path: Path) -> list[Box]:
     return [tuple(b) for b in boxes]
 
 
-def cell_labels(boxes: list[Box], grid: int, image_size: int) -> np.ndarray:
+def cell_labels(boxes: list[WindowBox], grid: int, image_size: int) -> np.ndarray:
     """[grid, grid] bools: is the centre of the cell's pixel block inside any of the boxes?"""
     centres = (np.arange(grid) + 0.5) * (image_size / grid)
     cy, cx = np.meshgrid(centres, centres, indexing="ij")
@@ -104,7 +106,7 @@ def cell_labels(boxes: list[Box], grid: int, image_size: int) -> np.ndarray:
 
 def cell_dataset(
     features: torch.Tensor,
-    boxes: dict[int, list[Box]],
+    boxes: dict[int, list[WindowBox]],
     image_size: int,
     negatives: int | None = None,
     seed: int = 0,
@@ -154,14 +156,6 @@ def default_layer(G: Generator) -> str:
     return names[1] if len(names) > 1 else names[0]
 
 
-def layer_module(G: Generator, layer: str | None) -> tuple[str, nn.Module]:
-    layers = G.feature_layers()
-    name = layer or default_layer(G)
-    if name not in layers:
-        raise AnalysisError(f"layer {name!r} not in this generator; choose from {list(layers)}")
-    return name, layers[name]
-
-
 def generate_pair(
     G: Generator, z: torch.Tensor, module: nn.Module, mask: np.ndarray, bn: str = "batch"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,16 +175,18 @@ def remove_windows(
     seed: int = 0,
     bn: str = "batch",
     show: int = 16,
+    device: str | torch.device = "auto",
+    overwrite: bool = False,
 ) -> dict:
     """Fit the window classifier on annotated samples, drop the maps it weighs positively, and
     write comparison.png (top: original, bottom: dropped), window_mask.npy/.json and
-    report.json into `out`. Returns the report."""
-    G, _D, config = load_run(ckpt)
+    report.json (last: a finished analysis) into `out`. Returns the report."""
+    G, _D, config = load_run(ckpt, resolve_device(device))
     annotations = load_boxes(boxes)
     if annotations.z.shape[1] != config["nz"]:
         raise AnalysisError(f"{boxes}: z has {annotations.z.shape[1]} dimensions, the "
                             f"checkpoint's G takes {config['nz']}")
-    name, module = layer_module(G, layer)
+    name, module = layer_module(G, layer or default_layer(G))
     with captured_outputs(module) as features:
         original = generate(G, annotations.z, bn=bn)
     x, y = cell_dataset(features[0], annotations.boxes, config["image_size"], negatives, seed)
@@ -198,8 +194,7 @@ def remove_windows(
     mask = classifier.coef_[0] > 0
     _, dropped = generate_pair(G, annotations.z, module, mask, bn)
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output(out, overwrite=overwrite, finished="report.json")
     shown = min(show, len(original))
     sheet = contact_sheet(list(to_uint8(original[:shown])) + list(to_uint8(dropped[:shown])),
                           cols=shown)

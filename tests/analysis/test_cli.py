@@ -9,7 +9,6 @@ import torch
 from click.testing import CliRunner
 
 from analysis.cli import main
-from analysis.rooms import write_room_shards
 from gan.checkpoint import save_checkpoint
 from gan.models import Discriminator, Generator
 from gan.sample import sample_z
@@ -18,7 +17,7 @@ CONFIG = {"image_size": 32, "nz": 100, "width": 32, "arch": "compact", "prior": 
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, rooms):
     """An (untrained) 32x32 checkpoint, 32x32 and 64x64 room shards, a boxes file."""
     root = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
@@ -29,8 +28,8 @@ def files(tmp_path_factory):
     samples = [{"index": i, "boxes": [[0, 0, 16, 16]] if i % 2 else []} for i in range(40)]
     (root / "boxes.json").write_text(json.dumps({"z": "z.npy", "samples": samples}))
     return {"root": root, "ckpt": root / "last.pt", "boxes": root / "boxes.json",
-            "shards32": write_room_shards(root / "rooms32", 300, 32, seed=1),
-            "shards64": write_room_shards(root / "rooms64", 20, 64, seed=2)}
+            "shards32": rooms.write_room_shards(root / "rooms32", 300, 32, seed=1),
+            "shards64": rooms.write_room_shards(root / "rooms64", 20, 64, seed=2)}
 
 
 def _run(*args: object) -> object:
@@ -154,3 +153,54 @@ def test_unknown_layer_and_feature_are_one_line_errors(files, tmp_path):
     result = _run("guided-backprop", "--ckpt", files["ckpt"], "--data", files["shards32"],
                   "--out", tmp_path, "--features", "30-40")
     _one_line_error(result, "feature 40", "32 features")
+
+
+COMMANDS = {
+    "remove-windows": ["remove-windows", "--boxes", "{boxes}"],
+    "guided-backprop": ["guided-backprop", "--data", "{shards32}", "--features", "0-1",
+                        "--top", "2"],
+    "memorization": ["memorization", "--train", "{shards32}", "--holdout", "{shards32}",
+                     "--n", "40", "--cells", "2", "--k", "2"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_finished_analysis_is_refused_unless_overwrite(files, tmp_path, command):
+    args = [a.format(**files) for a in COMMANDS[command]] + ["--ckpt", files["ckpt"],
+                                                             "--out", tmp_path]
+    assert _run(*args).exit_code == 0
+    report = tmp_path / "report.json"
+    report.write_text('{"mine": true}')  # stands for a result the user wants to keep
+    _one_line_error(_run(*args), str(tmp_path), "finished", "--overwrite")
+    assert json.loads(report.read_text()) == {"mine": True}
+    result = _run(*args, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert "mine" not in json.loads(report.read_text())
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_device_cpu_runs_on_the_cpu(files, tmp_path, command):
+    args = [a.format(**files) for a in COMMANDS[command]]
+    result = _run(*args, "--ckpt", files["ckpt"], "--out", tmp_path, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report.json").is_file()
+
+
+def test_an_unknown_device_is_a_one_line_error_before_any_output(files, tmp_path):
+    result = _run("guided-backprop", "--ckpt", files["ckpt"], "--data", files["shards32"],
+                  "--out", tmp_path / "out", "--device", "tpu9")
+    _one_line_error(result, "--device", "tpu9", "cpu")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command, bar", [("guided-backprop", "scan images"),
+                                          ("memorization", "train k-NN")])
+def test_no_progress_prints_no_bar(files, tmp_path, command, bar):
+    args = [a.format(**files) for a in COMMANDS[command]] + ["--ckpt", files["ckpt"]]
+    shown = _run(*args, "--out", tmp_path / "shown")
+    assert shown.exit_code == 0, shown.output
+    assert bar in shown.output  # the bars go to stderr, which the runner mixes in
+    quiet = _run(*args, "--out", tmp_path / "quiet", "--no-progress")
+    assert quiet.exit_code == 0, quiet.output
+    assert bar not in quiet.output and "\r" not in quiet.output
+    assert len(quiet.output.strip().splitlines()) == 1  # the summary line only

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.rooms import make_rooms, window_boxes, window_removal_experiment
 from analysis.windows import cell_dataset, cell_labels
 
 
@@ -27,15 +26,15 @@ def test_negatives_come_from_outside_the_boxes_of_listed_images_only():
     assert set(x[~y, 0]) <= {0.0, 2.0}  # image 1 is not listed
 
 
-def test_rooms_are_annotated_by_the_window_colour():
-    images, has_window = make_rooms(40, seed=3)
+def test_rooms_are_annotated_by_the_window_colour(rooms):
+    images, has_window = rooms.make_rooms(40, seed=3)
     assert 0.3 < has_window.mean() < 0.7
-    assert [bool(window_boxes(img)) for img in images] == has_window.tolist()
+    assert [bool(rooms.window_boxes(img)) for img in images] == has_window.tolist()
 
 
 @pytest.mark.slow
-def test_dropping_the_window_maps_removes_windows_and_keeps_the_room(tmp_path):
-    result = window_removal_experiment(tmp_path)
+def test_dropping_the_window_maps_removes_windows_and_keeps_the_room(rooms, tmp_path):
+    result = rooms.window_removal_experiment(tmp_path)
     assert result["window_frequency_before"] > 0.2
     assert result["window_frequency_after"] < 0.3 * result["window_frequency_before"]
     # The floor and furniture change far less than two different rooms differ.
