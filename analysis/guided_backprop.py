@@ -97,8 +97,7 @@ def panel(D: nn.Module, module: nn.Module, images: torch.Tensor,
     return contact_sheet(tiles, cols=images.shape[1])
 
 
-def random_discriminator(config: dict, seed: int,
-                         device: str | torch.device = "cpu") -> Discriminator:
+def random_discriminator(config: dict, seed: int, device: torch.device) -> Discriminator:
     """A freshly initialized D of the run's shape (paper init), seeded on the CPU (the same
     weights on every device), in eval mode on `device`."""
     with torch.random.fork_rng():

@@ -204,3 +204,11 @@ def test_no_progress_prints_no_bar(files, tmp_path, command, bar):
     assert quiet.exit_code == 0, quiet.output
     assert bar not in quiet.output and "\r" not in quiet.output
     assert len(quiet.output.strip().splitlines()) == 1  # the summary line only
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_a_one_line_error(files, tmp_path):
+    result = _run("memorization", "--ckpt", files["ckpt"], "--train", files["shards32"],
+                  "--holdout", files["shards32"], "--out", tmp_path / "out", "--device", "cuda")
+    _one_line_error(result, "--device cuda", "no CUDA GPU")
+    assert not (tmp_path / "out").exists()
