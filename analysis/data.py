@@ -1,7 +1,8 @@
 """What every analysis reads: a trained run (checkpoint) and real images (training shards).
 
-Both turn the problems a user can cause (no checkpoint, shards made at another size) into one
-`AnalysisError` whose message the CLI prints as a single line.
+The reading itself is training's (gan.checkpoint, gan.data); this module turns the problems a
+user can cause (no checkpoint, shards made at another size) into one `AnalysisError` whose
+message the CLI prints as a single line, and says which checkpoint a size must match.
 """
 
 from __future__ import annotations
@@ -12,24 +13,39 @@ from pathlib import Path
 
 import torch
 
+from gan import data
 from gan.checkpoint import CheckpointError, load_models
 from gan.models import Discriminator, Generator
-from pipeline.reader import shard_urls, training_dataset
-from pipeline.sources import SourceError
+from pipeline.devices import resolve_device
 
 
 class AnalysisError(Exception):
     """A problem with the user's request or inputs; the message is for them."""
 
 
-def load_run(ckpt: str | os.PathLike, device: str = "cpu") -> tuple[Generator, Discriminator, dict]:
-    """G, D and the run config of a checkpoint, or an AnalysisError saying why not."""
+def load_run(
+    ckpt: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[Generator, Discriminator, dict]:
+    """G, D and the run config of a checkpoint on `device` ('auto' as everywhere), or an
+    AnalysisError saying why not."""
     if not Path(ckpt).is_file():
         raise AnalysisError(f"{ckpt}: no such checkpoint file")
     try:
-        return load_models(ckpt, device=device)
-    except CheckpointError as err:
+        return load_models(ckpt, device=resolve_device(device))
+    except (CheckpointError, ValueError) as err:
         raise AnalysisError(str(err)) from None
+
+
+def _open(shards: str | os.PathLike) -> list[str]:
+    try:
+        return data.open_shards(shards)[0]
+    except data.DataError as err:
+        raise AnalysisError(str(err)) from None
+
+
+def _size_error(shards: str | os.PathLike, image_size: int, err: data.DataError) -> AnalysisError:
+    return AnalysisError(f"{shards}: {err} (the checkpoint makes {image_size}x{image_size} "
+                         "images)")
 
 
 def image_batches(
@@ -43,32 +59,17 @@ def image_batches(
     Streams (memory stays flat). Shards of another image size than the checkpoint's are a user
     error, found on the first image rather than after a long run.
     """
+    urls = _open(shards)
     try:
-        urls = shard_urls(shards)
-    except SourceError as err:
-        raise AnalysisError(str(err)) from None
-    batch: list[torch.Tensor] = []
-    seen = 0
-    try:
-        for image in training_dataset(urls, image_size=image_size, shuffle=0):
-            batch.append(image)
-            seen += 1
-            if len(batch) == batch_size or seen == limit:
-                yield torch.stack(batch)
-                batch = []
-            if seen == limit:
-                return
-    except ValueError as err:
-        raise AnalysisError(f"{shards}: {err} (the checkpoint makes {image_size}x{image_size} "
-                            "images)") from None
-    if batch:
-        yield torch.stack(batch)
-    if seen == 0:
-        raise AnalysisError(f"{shards}: no images in these shards")
+        yield from data.image_batches(urls, image_size, batch_size, limit)
+    except data.DataError as err:
+        raise _size_error(shards, image_size, err) from None
 
 
 def check_image_size(shards: str | os.PathLike, image_size: int) -> None:
     """Fail now, with the fix, if the shards hold images of another size (not after an hour)."""
-    next(image_batches(shards, image_size, batch_size=1, limit=1))
-
-
+    urls = _open(shards)
+    try:
+        data.check_image_size(urls, image_size)
+    except data.DataError as err:
+        raise _size_error(shards, image_size, err) from None

@@ -30,10 +30,10 @@ from torch import nn
 
 from gan.data import CachedBatches, StreamingBatches, build_cache, open_shards, to_model_input
 from gan.models import Discriminator, Generator
-from gan.train import TrainConfig, gan_step, make_optimizer
+from gan.step import gan_step, make_optimizer
 from pipeline import demo
-from pipeline.geometry import encode_image, resize_area
-from pipeline.sinks import Sample, ShardSink, write_index
+from pipeline.geometry import resize_area
+from pipeline.sinks import write_image_shards
 
 
 def textbook_step(G, D_sigmoid, opt_G, opt_D, real, z) -> float:
@@ -66,7 +66,7 @@ def step_rates(arch: str, size: int, batch: int, steps: int, rounds: int) -> dic
     seconds leave out the time other processes on a shared machine took from us; wall-clock
     seconds are what a user waits.
     """
-    config = TrainConfig(data="", out="", image_size=size, arch=arch)
+    lr, beta1 = 2e-4, 0.5  # the paper's Adam, as `gan train` uses it
     torch.manual_seed(0)
     real = torch.rand(batch, 3, size, size) * 2 - 1
     z = torch.rand(batch, 100) * 2 - 1
@@ -78,11 +78,11 @@ def step_rates(arch: str, size: int, batch: int, steps: int, rounds: int) -> dic
 
     G = Generator(size, arch=arch).to(memory_format=torch.channels_last)
     D = Discriminator(size, arch=arch).to(memory_format=torch.channels_last)
-    opt_G, opt_D = make_optimizer(G, config), make_optimizer(D, config)
+    opt_G, opt_D = make_optimizer(G, lr, beta1), make_optimizer(D, lr, beta1)
     real_cl = real.contiguous(memory_format=torch.channels_last)
     G_bf, D_bf = (Generator(size, arch=arch).to(memory_format=torch.channels_last),
                   Discriminator(size, arch=arch).to(memory_format=torch.channels_last))
-    opt_G_bf, opt_D_bf = make_optimizer(G_bf, config), make_optimizer(D_bf, config)
+    opt_G_bf, opt_D_bf = make_optimizer(G_bf, lr, beta1), make_optimizer(D_bf, lr, beta1)
 
     def ref() -> None:
         for _ in range(steps):
@@ -124,20 +124,17 @@ def make_training_shards(folder: Path, n: int, size: int, per_shard: int) -> Pat
     rng = np.random.default_rng(0)
     photos = [demo.photo(name) for name in demo.SKIMAGE_SCENES + demo.FACE_PHOTOS]
     photos = [p if p.ndim == 3 else np.repeat(p[..., None], 3, 2) for p in photos]
-    folder.mkdir(parents=True, exist_ok=True)
-    sink, entries = ShardSink(folder, "bench"), []
-    for i in range(n):
-        img = photos[i % len(photos)][..., :3]
-        side = int(rng.integers(min(img.shape[:2]) // 3, min(img.shape[:2]) + 1))
-        y = int(rng.integers(0, img.shape[0] - side + 1))
-        x = int(rng.integers(0, img.shape[1] - side + 1))
-        crop = resize_area(np.ascontiguousarray(img[y:y + side, x:x + side]), size)
-        sink.write(Sample(f"{i:07d}", "png", encode_image(crop, "png")))
-        if sink.count == per_shard:
-            entries.append(sink.close_shard())
-    if sink.count:
-        entries.append(sink.close_shard())
-    write_index(folder, entries, image_size=size, format="png")
+
+    def crops():
+        for i in range(n):
+            img = photos[i % len(photos)][..., :3]
+            side = int(rng.integers(min(img.shape[:2]) // 3, min(img.shape[:2]) + 1))
+            y = int(rng.integers(0, img.shape[0] - side + 1))
+            x = int(rng.integers(0, img.shape[1] - side + 1))
+            yield resize_area(np.ascontiguousarray(img[y:y + side, x:x + side]), size)
+
+    write_image_shards(folder, crops(), prefix="bench", per_shard=per_shard, image_size=size,
+                       format="png")
     return folder
 
 
@@ -155,7 +152,7 @@ def loader_rates(shards: Path, size: int, batch: int, workers: int, tmp: Path) -
 
     def cached() -> None:
         for b in cache.epoch(0):
-            to_model_input(b, torch.device("cpu"), channels_last=True)
+            to_model_input(b, torch.device("cpu"))
 
     rates["RAM cache (uint8 -> float)"] = timed(cached, cache.steps_per_epoch * batch)
     return rates

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import io
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gan.models import Discriminator, Generator, build_models
@@ -34,13 +36,14 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     write_bytes_atomic(Path(path), buffer.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint without unpickling code; CheckpointError says what is wrong."""
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint (onto the CPU) without unpickling code; CheckpointError says what is
+    wrong."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # arbitrary bytes fail in arbitrary ways
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
@@ -65,3 +68,31 @@ def load_models(
     generator.load_state_dict(state["G"])
     discriminator.load_state_dict(state["D"])
     return generator.to(device).eval(), discriminator.to(device).eval(), dict(config)
+
+
+def rng_state(z_rng: torch.Generator) -> dict:
+    """Every random number generator a run draws from, as plain data (tensors and lists), so
+    that a resumed run continues their sequences exactly."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "z": z_rng.get_state(),
+        "torch": torch.get_rng_state(),
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, z_rng: torch.Generator) -> None:
+    """Put back what `rng_state` stored."""
+    z_rng.set_state(state["z"])
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -16,44 +16,30 @@ import torch
 from gan.checkpoint import CheckpointError, load_models
 from gan.data import CACHES, DataError
 from gan.models import ARCHS, IMAGE_SIZES
-from gan.sample import BN_MODES, PRIORS, arithmetic, arithmetic_sheet, interpolate, sample_z
-from gan.train import TrainConfig, TrainingError
-from pipeline.cli_common import one_line_errors
+from gan.runtime import PRECISIONS, TrainingError
+from gan.sample import PRIORS, arithmetic, arithmetic_sheet, interpolate, sample_z
+from gan.train import TrainConfig
+from pipeline.cli_common import (
+    bn_option,
+    ckpt_option,
+    device_option,
+    one_line_errors,
+    out_dir_option,
+    progress_option,
+    restart_options,
+)
+from pipeline.devices import resolve_device
 from pipeline.files import write_npy_atomic, write_png_atomic
+from pipeline.outputs import OutputError
 
-BN_HELP = ("BatchNorm statistics when sampling: 'batch' = statistics of the batch being drawn "
-           "(the authors' Theano code, so each figure is drawn as one batch), 'running' = "
-           "running averages from training (PyTorch eval()).")
-
-
-user_errors = one_line_errors(DataError, TrainingError, CheckpointError, ValueError, IndexError)
+user_errors = one_line_errors(DataError, TrainingError, CheckpointError, OutputError, ValueError,
+                              IndexError)
 
 
-def ckpt_option(fn):
-    return click.option("--ckpt", required=True,
-                        type=click.Path(dir_okay=False, path_type=Path),
-                        help="Checkpoint from `gan train` (e.g. RUN/checkpoints/last.pt).")(fn)
-
-
-def out_option(default: str):
+def png_out_option(default: str):
+    """--out as the one PNG file a drawing command writes (not a folder, unlike `gan train`)."""
     return click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
                         default=default, show_default=True, help="PNG file to write.")
-
-
-def bn_option(fn):
-    return click.option("--bn", type=click.Choice(BN_MODES), default="batch", show_default=True,
-                        help=BN_HELP)(fn)
-
-
-def device_option(fn):
-    return click.option("--device", default="auto", show_default=True,
-                        help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")(fn)
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,8 +54,7 @@ DEFAULTS = TrainConfig.__dataclass_fields__  # --help shows the Python API's def
 @main.command(short_help="Train the paper's DCGAN on shards (CPU, GPU, torchrun).")
 @click.option("--data", required=True, help="Training shards: a `pipeline shards` output folder, "
               "a .tar, a glob or a {000000..000009} brace pattern.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: metrics.jsonl, samples/, checkpoints/, loss_curve.png.")
+@out_dir_option
 @click.option("--image-size", type=click.Choice([str(s) for s in IMAGE_SIZES]), default="64",
               show_default=True, help="Side of the training images (the shards must match).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True,
@@ -102,9 +87,7 @@ DEFAULTS = TrainConfig.__dataclass_fields__  # --help shows the Python API's def
               help="'none': stream and decode every epoch. 'ram': decode once into a uint8 "
                    "memory-mapped file (RUN/cache/). 'gpu': decode once into a uint8 tensor on "
                    "the GPU (64x64: ~12 KB per image). Caches shuffle by index per epoch.")
-@click.option("--device", default="auto", show_default=True,
-              help="'auto' (CUDA if present, else CPU), 'cpu' or 'cuda'. Under torchrun each "
-                   "process takes cuda:LOCAL_RANK.")
+@device_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sample-every", type=click.IntRange(min=1),
               default=DEFAULTS["sample_every"].default, show_default=True,
@@ -116,24 +99,28 @@ DEFAULTS = TrainConfig.__dataclass_fields__  # --help shows the Python API's def
               default=DEFAULTS["log_every"].default, show_default=True,
               help="Steps between copies of the statistics to the host "
                    "(every step still gets its own line in metrics.jsonl).")
-@bn_option
+@bn_option("Used for the periodic sample grids.")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile G and D (slow start; worth it on GPUs for long runs).")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
               show_default=True,
               help="auto = bf16 autocast on CUDA, fp32 on CPU. bf16 also on CPUs with bf16 "
                    "units (~1.6x faster on AVX512-BF16, no longer bit-exact fp32).")
-@click.option("--resume", is_flag=True,
-              help="Continue the run in --out from checkpoints/last.pt, exactly (model, data "
-                   "and optimizer settings come from the checkpoint).")
+@restart_options
+@progress_option
 @user_errors
 def train(data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch, width, prior,
           workers, cache, device, seed, sample_every, ckpt_every, log_every, bn, compile_,
-          precision, resume):
+          precision, resume, overwrite, progress):
     """Train the paper's DCGAN (Adam 2e-4/0.5, batch 128, N(0, 0.02) init) on shards.
 
+    The run folder --out gets metrics.jsonl, samples/, checkpoints/, loss_curve.png,
+    config.json and, when the run finishes, summary.json. --resume continues from
+    checkpoints/last.pt exactly (model, data and optimizer settings come from the checkpoint),
+    also to add steps to a finished run; --overwrite starts over in place.
+
     Multi-GPU or multi-node: `torchrun --nproc_per_node N $(which gan) train ...`; shards are
-    split across processes and only rank 0 writes files.
+    split across processes, each process takes cuda:LOCAL_RANK and only rank 0 writes files.
     """
     from gan.train import train as run_training
 
@@ -142,7 +129,7 @@ def train(data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch,
         steps=steps, lr=lr, beta1=beta1, nz=nz, arch=arch, width=width, prior=prior,
         workers=workers, cache=cache, device=device, seed=seed, sample_every=sample_every,
         ckpt_every=ckpt_every, log_every=log_every, bn=bn, compile=compile_,
-        precision=precision, resume=resume)
+        precision=precision, resume=resume, overwrite=overwrite, progress=progress)
     if summary.get("line"):
         click.echo(summary["line"])
 
@@ -152,18 +139,18 @@ def train(data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch,
 @click.option("--n", type=click.IntRange(min=1), default=64, show_default=True,
               help="Samples to draw.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@out_option("samples.png")
+@png_out_option("samples.png")
 @click.option("--save-z", type=click.Path(dir_okay=False, path_type=Path),
               help="Also save the z's as a .npy (row i = sample i) for `gan arithmetic`.")
 @click.option("--nrow", type=click.IntRange(min=1), default=8, show_default=True)
-@bn_option
+@bn_option()
 @device_option
 @user_errors
 def sample(ckpt, n, seed, out, save_z, nrow, bn, device):
     """A numbered grid of samples, so exemplars can be picked by number."""
     from gan.sample import generate, save_grid
 
-    G, _, config = load_models(ckpt, pick_device(device))
+    G, _, config = load_models(ckpt, resolve_device(device))
     z = sample_z(n, config["nz"], config["prior"], torch.Generator().manual_seed(seed))
     save_grid(generate(G, z, bn), out, nrow=nrow, numbered=True)
     if save_z:
@@ -179,15 +166,15 @@ def sample(ckpt, n, seed, out, save_z, nrow, bn, device):
               help="Images per row, both ends included.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--slerp", is_flag=True, help="Spherical instead of linear interpolation.")
-@out_option("walk.png")
-@bn_option
+@png_out_option("walk.png")
+@bn_option()
 @device_option
 @user_errors
 def interpolate_cmd(ckpt, points, steps, seed, slerp, out, bn, device):
     """Latent walks (paper Fig. 4): smooth transitions argue against memorization."""
     from gan.sample import save_grid
 
-    G, _, config = load_models(ckpt, pick_device(device))
+    G, _, config = load_models(ckpt, resolve_device(device))
     images = interpolate(G, config["prior"], points, steps, seed, slerp, bn)
     save_grid(images, out, nrow=steps)
     click.echo(f"{points - 1} walks of {steps} steps -> {out}")
@@ -210,8 +197,8 @@ def index_list(ctx, param, value: str) -> list[int]:
 @click.option("--noise", type=float, default=0.25, show_default=True,
               help="Uniform noise added to Y for the extra samples (paper: +-0.25).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@out_option("arithmetic.png")
-@bn_option
+@png_out_option("arithmetic.png")
+@bn_option()
 @device_option
 @user_errors
 def arithmetic_cmd(ckpt, z_path, a, b, c, noise, seed, out, bn, device):
@@ -220,7 +207,7 @@ def arithmetic_cmd(ckpt, z_path, a, b, c, noise, seed, out, bn, device):
     Rows: A's exemplars and G(mean z[A]); the same for B and C; G(Y) followed by 8 samples of
     Y + U(-noise, noise); last, the same arithmetic done on pixels, for contrast.
     """
-    G, _, config = load_models(ckpt, pick_device(device))
+    G, _, config = load_models(ckpt, resolve_device(device))
     if not z_path.is_file():
         raise click.ClickException(f"{z_path}: no such file")
     z = torch.from_numpy(np.load(z_path, allow_pickle=False)).float()

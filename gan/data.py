@@ -1,11 +1,18 @@
-"""Training batches from shards: streamed (the default) or decoded once into a uint8 cache.
+"""Training images from WebDataset shards: the one way the project opens, counts, checks,
+iterates and decodes them, and the two batch sources `gan train` draws from.
 
-Streaming wraps `pipeline.reader.training_dataset` in a DataLoader: shards are split across DDP
-ranks and loader workers, shuffled per epoch with a seed derived from (seed, epoch), and decoded
-per sample. Decoding PNG/JPEG costs ~2.5-4.7k images/s per core, far below what a GPU consumes
-at 64x64, so `cache="ram"|"gpu"` decodes the shards once into a uint8 array (a memory-mapped
-file, optionally copied to the GPU), shuffles by index each epoch and converts to float on the
-device.
+Open: `shard_urls` / `open_shards` turn a spec (a `pipeline shards` output folder, a .tar, a
+glob or a brace pattern) into shard files and their sample counts. Check: `check_image_size`
+reads the first image, so a run made for another size fails at once, with the fix. Iterate:
+`training_dataset` is a small webdataset chain (shard shuffle -> split across ranks and loader
+workers -> sample shuffle -> decode) on `pipeline.sources.read_shards`, so memory stays flat
+however many shards there are; `image_batches` reads them in stored order for analyses.
+
+Streaming (`StreamingBatches`) wraps `training_dataset` in a DataLoader, shuffled per epoch with
+a seed derived from (seed, epoch). Decoding PNG/JPEG costs ~2.5-4.7k images/s per core, far below
+what a GPU consumes at 64x64, so `cache="ram"|"gpu"` decodes the shards once into a uint8 array
+(a memory-mapped file, optionally copied to the GPU), shuffles by index each epoch and converts
+to float on the device (`CachedBatches`).
 
 Both sources have a fixed number of full batches per epoch, the same on every rank (DDP would
 hang if one rank ran out of data first), and can start an epoch `skip` batches in, which is how
@@ -21,16 +28,15 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.files import write_json_atomic
 from pipeline.pixels import to_float
-from pipeline.reader import decode_sample, training_dataset
-from pipeline.sources import SHARD_IMAGE_EXTS, ShardSource, SourceError, open_source
+from pipeline.sources import SHARD_IMAGE_EXTS, ShardSource, SourceError, open_source, read_shards
 
 SHUFFLE_BUFFER = 1000
 CACHES = ("none", "ram", "gpu")
@@ -40,13 +46,11 @@ class DataError(Exception):
     """The shards cannot feed this run (empty, too few for the ranks, wrong size); for users."""
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A distinct, reproducible shuffle seed per epoch."""
-    return seed * 100_003 + epoch
+# ---------------------------------------------------------------------------------------------
+# Open, count, check
 
 
-def open_shards(spec: str | os.PathLike) -> tuple[list[str], list[int]]:
-    """The shard files of a source and their sample counts (from index.json, else counted)."""
+def _shard_source(spec: str | os.PathLike) -> ShardSource:
     try:
         source = open_source(spec)
     except SourceError as err:
@@ -54,6 +58,12 @@ def open_shards(spec: str | os.PathLike) -> tuple[list[str], list[int]]:
     if not isinstance(source, ShardSource):
         raise DataError(f"{spec}: expected WebDataset shards (a folder with index.json, a .tar, a "
                         f"glob or a brace pattern), found a {source.kind} source")
+    return source
+
+
+def open_shards(spec: str | os.PathLike) -> tuple[list[str], list[int]]:
+    """The shard files of a source and their sample counts (from index.json, else counted)."""
+    source = _shard_source(spec)
     counts = source.counts or [_count_samples(url) for url in source.urls]
     if sum(counts) == 0:
         raise DataError(f"{spec}: the shards hold no samples")
@@ -66,6 +76,91 @@ def _count_samples(url: str) -> int:
     with tarfile.open(url) as tar:
         keys = {m.name.rsplit(".", 1)[0] for m in tar if os.path.splitext(m.name)[1] in exts}
     return len(keys)
+
+
+def check_image_size(urls: list[str], image_size: int) -> None:
+    """Fail before a long run, with the fix, if the shards hold another image size: the first
+    image decides (shards are made at one size)."""
+    for sample in read_shards(urls):
+        if any(ext in sample for ext in SHARD_IMAGE_EXTS):
+            try:
+                decode_image(sample, image_size)
+            except ValueError as err:
+                raise DataError(str(err)) from None
+            return
+    raise DataError("no images in these shards")
+
+
+# ---------------------------------------------------------------------------------------------
+# Decode and iterate
+
+
+def decode_image(sample: dict, image_size: int | None = None) -> np.ndarray:
+    """One shard sample -> S x S x 3 uint8 RGB; a wrong size is a ValueError, not a resize."""
+    ext = next((e for e in SHARD_IMAGE_EXTS if e in sample), None)
+    if ext is None:
+        raise ValueError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image")
+    bgr = cv2.imdecode(np.frombuffer(sample[ext], np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"sample {sample['__key__']}: image does not decode")
+    if image_size is not None and bgr.shape[:2] != (image_size, image_size):
+        raise ValueError(
+            f"sample {sample['__key__']} is {bgr.shape[1]}x{bgr.shape[0]}, expected "
+            f"{image_size}x{image_size}: make shards with --size {image_size}"
+        )
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def decode_sample(sample: dict, image_size: int | None = None) -> torch.Tensor:
+    """One shard sample -> 3 x S x S float32 in [-1, 1], the networks' input."""
+    return to_float(decode_image(sample, image_size))
+
+
+def training_dataset(
+    shards: str | os.PathLike | list[str],
+    *,
+    image_size: int | None = None,
+    shuffle: int = SHUFFLE_BUFFER,
+    seed: int = 0,
+):
+    """An iterable of image tensors for a DataLoader; shards are split across DDP ranks and
+    loader workers, and shuffled (shard order, then a `shuffle`-sample buffer) unless 0."""
+    urls = shards if isinstance(shards, list) else _shard_source(shards).urls
+    dataset = read_shards(urls, shuffle=shuffle, seed=seed, by_rank=True, by_worker=True)
+    return dataset.map(functools.partial(decode_sample, image_size=image_size))
+
+
+def image_batches(urls: list[str], image_size: int, batch_size: int = 256,
+                  limit: int | None = None) -> Iterator[torch.Tensor]:
+    """The first `limit` (default all) images of `urls` in stored order, as [B, 3, S, S] float
+    batches in [-1, 1]; memory stays flat. A wrong image size is a DataError on the first image.
+    """
+    batch: list[torch.Tensor] = []
+    seen = 0
+    try:
+        for image in training_dataset(urls, image_size=image_size, shuffle=0):
+            batch.append(image)
+            seen += 1
+            if len(batch) == batch_size or seen == limit:
+                yield torch.stack(batch)
+                batch = []
+            if seen == limit:
+                return
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    if batch:
+        yield torch.stack(batch)
+    if seen == 0:
+        raise DataError("no images in these shards")
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch sources for `gan train`
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A distinct, reproducible shuffle seed per epoch."""
+    return seed * 100_003 + epoch
 
 
 def streaming_steps(counts: list[int], batch_size: int, world: int, workers: int) -> int:
@@ -141,8 +236,8 @@ class CachedBatches:
             yield batch.pin_memory() if pin else batch
 
 
-def to_model_input(batch: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """A loader batch on `device` as float NCHW in [-1, 1].
+def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A loader batch on `device` as float NCHW in [-1, 1], channels_last in memory.
 
     Cached batches arrive as uint8 NHWC: they cross to the device as bytes (4x less than float)
     and are converted there; their NCHW view is channels_last already.
@@ -150,7 +245,7 @@ def to_model_input(batch: torch.Tensor, device: torch.device, channels_last: boo
     batch = batch.to(device, non_blocking=True)
     if batch.dtype == torch.uint8:
         return to_float(batch)
-    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+    return batch.contiguous(memory_format=torch.channels_last)
 
 
 def build_cache(urls: list[str], counts: list[int], folder: Path, *, image_size: int,
@@ -169,15 +264,13 @@ def build_cache(urls: list[str], counts: list[int], folder: Path, *, image_size:
     meta_path.unlink(missing_ok=True)
     images = np.memmap(data_path, np.uint8, "w+", shape=shape)
     # Every shard, whatever this process's rank (training_dataset would split them by rank).
-    dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None,
-                             workersplitter=wds.split_by_worker, empty_check=False)
-    dataset = dataset.map(functools.partial(decode_sample, image_size=image_size))
+    dataset = read_shards(urls, by_worker=True)
+    dataset = dataset.map(functools.partial(decode_image, image_size=image_size))
     loader = DataLoader(dataset, batch_size=256, num_workers=workers)
     filled = 0
     with tqdm(total=total, desc="decoding cache", unit="img", disable=not progress) as bar:
         for batch in loader:
-            pixels = batch.add(1).mul_(127.5).round_().to(torch.uint8).permute(0, 2, 3, 1)
-            images[filled:filled + len(batch)] = pixels.numpy()
+            images[filled:filled + len(batch)] = batch.numpy()
             filled += len(batch)
             bar.update(len(batch))
     if filled != total:

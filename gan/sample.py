@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.cli_common import BN_MODES
 from pipeline.files import write_png_atomic
 from pipeline.pixels import to_uint8
 from pipeline.sheets import contact_sheet
 
 PRIORS = ("uniform", "normal")
-BN_MODES = ("batch", "running")
 
 
 def sample_z(

@@ -2,38 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from pipeline.sinks import Sample, ShardSink, write_index
+from pipeline.sinks import write_image_shards
 
 # The colour every training image is close to (RGB); G's samples should drift towards it.
 TARGET_RGB = (220, 120, 30)
 
 
+def orange_images(n: int, size: int, seed: int) -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        rgb = np.clip(np.array(TARGET_RGB) + rng.normal(0, 12, (size, size, 3)), 0, 255)
+        yield rgb.astype(np.uint8)
+
+
 def write_shards(out: Path, shards: int = 2, per_shard: int = 32, size: int = 32,
                  seed: int = 0) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    sink = ShardSink(out, "train")
-    entries = []
-    for s in range(shards):
-        for i in range(per_shard):
-            rgb = np.clip(np.array(TARGET_RGB) + rng.normal(0, 12, (size, size, 3)), 0, 255)
-            ok, png = cv2.imencode(".png", rgb.astype(np.uint8)[..., ::-1])
-            assert ok
-            sink.write(Sample(f"img{s:02d}{i:04d}", "png", png.tobytes()))
-        entries.append(sink.close_shard())
-    write_index(out, entries, image_size=size, format="png")
+    """`shards` PNG shards of `per_shard` orange size x size images, with index.json."""
+    write_image_shards(out, orange_images(shards * per_shard, size, seed), prefix="train",
+                       per_shard=per_shard, image_size=size, format="png")
     return out
 
 
 @pytest.fixture
-def make_shards(tmp_path: Path) -> Callable[..., Path]:
+def training_shards(tmp_path: Path) -> Callable[..., Path]:
     def make(name: str = "shards", **kwargs) -> Path:
         return write_shards(tmp_path / name, **kwargs)
 

@@ -15,7 +15,8 @@ import torch
 from click.testing import CliRunner
 
 from gan.cli import main
-from gan.train import read_metrics, train
+from gan.metrics import read_metrics
+from gan.train import train
 from tests.gan.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +48,8 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_help_explains_the_options() -> None:
     result = invoke("train", "--help")
     assert result.exit_code == 0
-    for text in ("--cache", "--arch", "compact", "uniform", "[default: 0.0002]", "--resume"):
+    for text in ("--cache", "--arch", "compact", "uniform", "[default: 0.0002]", "--resume",
+                 "--overwrite", "--no-progress"):
         assert text in result.output
     for command in ("sample", "interpolate", "arithmetic"):
         assert "--bn" in invoke(command, "--help").output
@@ -58,19 +60,27 @@ def test_missing_shards(tmp_path: Path) -> None:
                       "nope")
 
 
-def test_wrong_image_size(make_shards, tmp_path: Path) -> None:
-    shards = make_shards(shards=1, per_shard=8, size=32)
+def test_wrong_image_size(training_shards, tmp_path: Path) -> None:
+    shards = training_shards(shards=1, per_shard=8, size=32)
     result = invoke("train", "--data", shards, "--out", tmp_path / "run", "--image-size", "64")
     assert_user_error(result, "--size 64")
     assert not (tmp_path / "run").exists()
 
 
-def test_gpu_cache_without_gpu(make_shards, tmp_path: Path) -> None:
+def test_gpu_cache_without_gpu(training_shards, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    result = invoke("train", "--data", make_shards(shards=1, per_shard=8), "--out",
+    result = invoke("train", "--data", training_shards(shards=1, per_shard=8), "--out",
                     tmp_path / "run", "--image-size", "32", "--cache", "gpu", "--batch-size", "4")
     assert_user_error(result, "needs a CUDA device")
+
+
+def test_an_existing_run_is_refused_in_one_line(checkpoint: Path) -> None:
+    run, shards = checkpoint.parents[1], checkpoint.parents[2] / "shards"
+    assert_user_error(invoke("train", "--data", shards, "--out", run, "--image-size", "32"),
+                      "already holds a finished run")
+    assert_user_error(invoke("train", "--data", shards, "--out", run, "--resume", "--overwrite"),
+                      "not both")
 
 
 def test_sample_writes_a_numbered_grid_and_z(checkpoint: Path, tmp_path: Path) -> None:
@@ -104,15 +114,16 @@ def test_arithmetic(checkpoint: Path, tmp_path: Path) -> None:
                              "--a", "0", "--b", "1", "--c", "2"), "expected an (N, 16)")
 
 
-def test_bad_checkpoint(tmp_path: Path) -> None:
+def test_bad_checkpoint_or_device(checkpoint: Path, tmp_path: Path) -> None:
     (tmp_path / "x.pt").write_text("hello")
     assert_user_error(invoke("sample", "--ckpt", tmp_path / "x.pt"), "not a readable checkpoint")
     assert_user_error(invoke("sample", "--ckpt", tmp_path / "y.pt"), "no such checkpoint")
+    assert_user_error(invoke("sample", "--ckpt", checkpoint, "--device", "gpu"), "--device 'gpu'")
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_write_one_set_of_files(make_shards, tmp_path: Path) -> None:
-    shards = make_shards(shards=4, per_shard=16)  # 2 shards per rank, 2 batches each
+def test_ddp_two_cpu_processes_write_one_set_of_files(training_shards, tmp_path: Path) -> None:
+    shards = training_shards(shards=4, per_shard=16)  # 2 shards per rank, 2 batches each
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -1,4 +1,5 @@
-"""Training batches: equal epochs per rank, reproducible order, exact skip, the uint8 cache."""
+"""Reading training shards (open, check, decode, iterate) and the batches built on it: equal
+epochs per rank, reproducible order, exact skip, the uint8 cache."""
 
 from __future__ import annotations
 
@@ -14,10 +15,68 @@ from gan.data import (
     DataError,
     StreamingBatches,
     build_cache,
+    check_image_size,
+    decode_sample,
+    image_batches,
     open_shards,
     streaming_steps,
     to_model_input,
+    training_dataset,
 )
+from pipeline.geometry import encode_image
+from pipeline.sinks import read_index
+from tests.gan.conftest import write_shards
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """30 images in 5 shards, enough to split across two loader workers."""
+    return write_shards(tmp_path_factory.mktemp("reader") / "shards", shards=5, per_shard=6)
+
+
+def test_loader_yields_every_sample_once_in_tanh_range(shards: Path) -> None:
+    dataset = training_dataset(shards, image_size=32, shuffle=16, seed=1)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=2)
+    batches = list(loader)
+    images = torch.cat(batches)
+    total = sum(s["samples"] for s in read_index(shards))
+    assert len(read_index(shards)) > 2  # several shards to split across the two workers
+    assert images.shape == (total, 3, 32, 32) and images.dtype == torch.float32
+    assert images.min() >= -1 and images.max() <= 1 and images.std() > 0.1
+    unique = {tuple(img.flatten()[:64].tolist()) for img in images}
+    assert len(unique) == total  # split across workers without loss or repetition
+
+
+def test_shuffle_changes_order_but_not_content(shards: Path) -> None:
+    plain = torch.stack(list(training_dataset(shards, image_size=32, shuffle=0)))
+    mixed = torch.stack(list(training_dataset(shards, image_size=32, shuffle=16, seed=3)))
+    assert not torch.equal(plain, mixed)
+    assert torch.allclose(plain.sum(0), mixed.sum(0), atol=1e-3)
+    # Analyses read the same images in stored order, in batches, up to a limit.
+    batches = list(image_batches(open_shards(shards)[0], 32, batch_size=4, limit=10))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat(batches), plain[:10])
+
+
+def test_wrong_image_size_says_how_to_fix(shards: Path) -> None:
+    sample = next(iter(training_dataset(shards, shuffle=0).map(lambda x: x)))
+    assert sample.shape == (3, 32, 32)
+    raw = {"__key__": "k", "png": encode_image(np.zeros((48, 48, 3), np.uint8), "png")}
+    with pytest.raises(ValueError, match="--size 64"):
+        decode_sample(raw, image_size=64)
+    urls, _ = open_shards(shards)
+    check_image_size(urls, 32)
+    with pytest.raises(DataError, match="is 32x32, expected 64x64: make shards with --size 64"):
+        check_image_size(urls, 64)
+    with pytest.raises(DataError, match="--size 64"):
+        next(image_batches(urls, 64))
+
+
+def test_decode_sample_pixel_values() -> None:
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[..., 0] = 255  # red in RGB
+    tensor = decode_sample({"__key__": "k", "png": encode_image(img, "png")}, 4)
+    assert torch.all(tensor[0] == 1) and torch.all(tensor[1:] == -1)
 
 
 def _stream(shards: Path, workers: int, seed: int = 0) -> StreamingBatches:
@@ -26,8 +85,8 @@ def _stream(shards: Path, workers: int, seed: int = 0) -> StreamingBatches:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_steps_per_epoch_is_what_the_loader_delivers(make_shards, workers: int) -> None:
-    shards = make_shards(shards=3, per_shard=20)
+def test_steps_per_epoch_is_what_the_loader_delivers(training_shards, workers: int) -> None:
+    shards = training_shards(shards=3, per_shard=20)
     batches = _stream(shards, workers)
     # Worker 0 of 2 reads shards 0 and 2, worker 1 shard 1; each drops its own partial batch.
     expected = {0: 60 // 8, 2: (40 // 8) + (20 // 8)}[workers]
@@ -41,8 +100,8 @@ def test_ranks_get_the_same_number_of_steps() -> None:
     assert streaming_steps([20, 8, 10], batch_size=4, world=1, workers=1) == 9
 
 
-def test_epoch_order_is_reproducible_and_changes_per_epoch(make_shards) -> None:
-    batches = _stream(make_shards(shards=2, per_shard=24), workers=0)
+def test_epoch_order_is_reproducible_and_changes_per_epoch(training_shards) -> None:
+    batches = _stream(training_shards(shards=2, per_shard=24), workers=0)
     first = torch.cat(list(batches.epoch(0)))
     assert torch.equal(first, torch.cat(list(batches.epoch(0))))
     assert not torch.equal(first, torch.cat(list(batches.epoch(1))))
@@ -50,13 +109,13 @@ def test_epoch_order_is_reproducible_and_changes_per_epoch(make_shards) -> None:
     assert torch.equal(tail, first[2 * 8:])
 
 
-def test_too_few_samples_for_a_batch(make_shards) -> None:
+def test_too_few_samples_for_a_batch(training_shards) -> None:
     with pytest.raises(DataError, match="no full batch"):
-        _stream(make_shards(shards=1, per_shard=5), workers=0)
+        _stream(training_shards(shards=1, per_shard=5), workers=0)
 
 
-def test_shards_without_index_are_counted(make_shards) -> None:
-    shards = make_shards(shards=2, per_shard=7)
+def test_shards_without_index_are_counted(training_shards) -> None:
+    shards = training_shards(shards=2, per_shard=7)
     (shards / "index.json").unlink()
     urls, counts = open_shards(str(shards / "*.tar"))
     assert counts == [7, 7] and len(urls) == 2
@@ -66,12 +125,15 @@ def test_not_shards(tmp_path: Path) -> None:
     with pytest.raises(DataError):
         open_shards(tmp_path / "missing")
     (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"x")
     with pytest.raises(DataError, match="expected WebDataset shards"):
         open_shards(tmp_path / "photos")
+    with pytest.raises(DataError, match="expected WebDataset shards"):
+        training_dataset(tmp_path / "photos")
 
 
-def test_cache_holds_every_image_exactly(make_shards, tmp_path: Path) -> None:
-    shards = make_shards(shards=2, per_shard=12)
+def test_cache_holds_every_image_exactly(training_shards, tmp_path: Path) -> None:
+    shards = training_shards(shards=2, per_shard=12)
     urls, counts = open_shards(shards)
     images = build_cache(urls, counts, tmp_path / "cache", image_size=32, workers=2,
                          progress=False)
@@ -84,7 +146,7 @@ def test_cache_holds_every_image_exactly(make_shards, tmp_path: Path) -> None:
     build_cache(urls, counts, tmp_path / "cache", image_size=32, workers=0, progress=False)
     assert (tmp_path / "cache" / "images-32px.u8").stat().st_mtime_ns == stamp
     shutil.rmtree(shards)
-    shards = make_shards(shards=1, per_shard=12, seed=9)
+    shards = training_shards(shards=1, per_shard=12, seed=9)
     urls, counts = open_shards(shards)
     assert build_cache(urls, counts, tmp_path / "cache", image_size=32, workers=0,
                        progress=False).shape[0] == 12
@@ -108,6 +170,6 @@ def test_cached_ranks_split_each_epoch(tmp_path: Path) -> None:
 
 def test_uint8_batches_become_the_tanh_range() -> None:
     batch = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 2, 2, 3)
-    x = to_model_input(batch, torch.device("cpu"), channels_last=True)
+    x = to_model_input(batch, torch.device("cpu"))
     assert x.shape == (2, 3, 2, 2)
     assert x[0].eq(-1).all() and x[1].eq(1).all()

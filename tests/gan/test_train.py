@@ -11,8 +11,11 @@ import torch
 
 import gan.train as train_module
 from gan.checkpoint import load_checkpoint, load_models
+from gan.metrics import read_metrics
+from gan.runtime import TrainingError
 from gan.sample import generate, sample_z
-from gan.train import TrainingError, read_metrics, train
+from gan.train import train
+from pipeline.outputs import OutputError
 from pipeline.pixels import to_uint8
 from tests.gan.conftest import TARGET_RGB, TINY
 
@@ -24,8 +27,8 @@ def _color_error(G, seed: int = 5) -> float:
 
 
 @pytest.mark.slow
-def test_short_run_learns_and_writes_its_files(make_shards, tmp_path: Path) -> None:
-    shards = make_shards(shards=2, per_shard=64)
+def test_short_run_learns_and_writes_its_files(training_shards, tmp_path: Path) -> None:
+    shards = training_shards(shards=2, per_shard=64)
     run = tmp_path / "run"
     summary = train(shards, run, **{**TINY, "batch_size": 16}, steps=60, lr=1e-3,
                     sample_every=30, ckpt_every=30, seed=3)
@@ -50,9 +53,9 @@ def test_short_run_learns_and_writes_its_files(make_shards, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(("cache", "workers"), [("none", 2), ("ram", 0)])
-def test_resume_is_exact(make_shards, tmp_path: Path, cache: str, workers: int) -> None:
+def test_resume_is_exact(training_shards, tmp_path: Path, cache: str, workers: int) -> None:
     """6 steps/epoch; stop at step 4 (mid-epoch), resume to 9 (across an epoch boundary)."""
-    shards = make_shards(shards=2, per_shard=24)
+    shards = training_shards(shards=2, per_shard=24)
     options = {**TINY, "workers": workers, "cache": cache, "sample_every": 100, "seed": 1}
     train(shards, tmp_path / "whole", **options, steps=9, ckpt_every=100)
     train(shards, tmp_path / "split", **options, steps=4, ckpt_every=100)
@@ -73,8 +76,8 @@ def test_resume_is_exact(make_shards, tmp_path: Path, cache: str, workers: int) 
     assert losses == again
 
 
-def test_resume_drops_metrics_logged_after_the_checkpoint(make_shards, tmp_path: Path) -> None:
-    shards = make_shards(shards=1, per_shard=32)
+def test_resume_drops_metrics_logged_after_the_checkpoint(training_shards, tmp_path: Path) -> None:
+    shards = training_shards(shards=1, per_shard=32)
     run = tmp_path / "run"
     train(shards, run, **TINY, steps=3, sample_every=100, ckpt_every=100)
     with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:  # a crash after step 3
@@ -83,23 +86,52 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(make_shards, tmp_path:
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4, 5]
 
 
-def test_existing_run_needs_resume_and_resume_needs_a_run(make_shards, tmp_path: Path) -> None:
-    shards = make_shards(shards=1, per_shard=16)
+def test_existing_run_needs_resume_or_overwrite_and_resume_needs_a_run(
+    training_shards, tmp_path: Path
+) -> None:
+    shards = training_shards(shards=1, per_shard=16)
+    run = tmp_path / "run"
     with pytest.raises(TrainingError, match="no checkpoint"):
-        train(shards, tmp_path / "run", **TINY, steps=1, resume=True)
+        train(shards, run, **TINY, steps=1, resume=True)
     # A run that crashed before its first checkpoint leaves a log; a fresh run starts over.
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
-    train(shards, tmp_path / "run", **TINY, steps=1, sample_every=100)
-    assert len(read_metrics(tmp_path / "run" / "metrics.jsonl")[0]) > 1
-    with pytest.raises(TrainingError, match="already holds a run"):
-        train(shards, tmp_path / "run", **TINY, steps=1)
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
+    summary = train(shards, run, **TINY, steps=1, sample_every=100)
+    assert len(read_metrics(run / "metrics.jsonl")[0]) > 1
+    assert json.loads((run / "summary.json").read_text()) == summary  # the finished mark
+    # A finished run: every command's rule (refused unless --overwrite).
+    with pytest.raises(OutputError, match="already holds a finished run.*--overwrite"):
+        train(shards, run, **TINY, steps=1)
+    # An unfinished one (a checkpoint, no summary): --resume continues it.
+    (run / "summary.json").unlink()
+    with pytest.raises(TrainingError, match="already holds a run: pass --resume"):
+        train(shards, run, **TINY, steps=1)
+    with pytest.raises(ValueError, match="not both"):
+        train(shards, run, **TINY, steps=1, resume=True, overwrite=True)
+
+
+def test_overwrite_replaces_only_the_runs_own_files(training_shards, tmp_path: Path) -> None:
+    shards = training_shards(shards=1, per_shard=24)
+    run = tmp_path / "run"
+    options = {**TINY, "cache": "ram", "sample_every": 2, "ckpt_every": 2}
+    train(shards, run, **options, steps=4)
+    (run / "notes.txt").write_text("mine")
+    summary = train(shards, run, **options, steps=2, seed=5, overwrite=True)
+    assert summary["steps"] == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "last.pt", "step-0000002.pt"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-0000002.png"]
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["seed"] == 5
+    assert (run / "notes.txt").read_text() == "mine"
+    assert (run / "cache" / "images-32px.u8").is_file()  # the cache checks itself: kept
+    assert (run / "summary.json").is_file()
 
 
 def test_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(
-    make_shards, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    training_shards, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shards = make_shards(shards=1, per_shard=64)
+    shards = training_shards(shards=1, per_shard=64)
     real_step = train_module.gan_step
     calls = []
 
@@ -116,22 +148,22 @@ def test_nan_losses_stop_the_run_and_keep_the_last_good_checkpoint(
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
-def test_exploding_weights_are_never_checkpointed(make_shards, tmp_path: Path) -> None:
-    shards = make_shards(shards=1, per_shard=16)
+def test_exploding_weights_are_never_checkpointed(training_shards, tmp_path: Path) -> None:
+    shards = training_shards(shards=1, per_shard=16)
     run = tmp_path / "run"
     with pytest.raises(TrainingError, match="non-finite.*no checkpoint had been written"):
         train(shards, run, **TINY, steps=2, ckpt_every=1, lr=float("inf"))
     assert not (run / "checkpoints" / "last.pt").exists()
 
 
-def test_epochs_and_steps_are_exclusive(make_shards, tmp_path: Path) -> None:
+def test_epochs_and_steps_are_exclusive(training_shards, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not both"):
-        train(make_shards(shards=1, per_shard=8), tmp_path / "run", **TINY, epochs=1, steps=1)
+        train(training_shards(shards=1, per_shard=8), tmp_path / "run", **TINY, epochs=1, steps=1)
 
 
-def test_epochs_count_full_batches(make_shards, tmp_path: Path) -> None:
+def test_epochs_count_full_batches(training_shards, tmp_path: Path) -> None:
     # Two loader workers each read one shard: 2 full batches of 8 each, the rest dropped.
-    shards = make_shards(shards=2, per_shard=20)
+    shards = training_shards(shards=2, per_shard=20)
     summary = train(shards, tmp_path / "run", **{**TINY, "workers": 2}, epochs=2,
                     sample_every=100)
     assert summary["steps"] == 8
@@ -139,8 +171,8 @@ def test_epochs_count_full_batches(make_shards, tmp_path: Path) -> None:
     assert [r["epoch"] for r in rows] == [0] * 4 + [1] * 4
 
 
-def test_paper_arch_with_normal_prior_trains_and_reloads(make_shards, tmp_path: Path) -> None:
-    shards = make_shards(shards=1, per_shard=16)
+def test_paper_arch_with_normal_prior_trains_and_reloads(training_shards, tmp_path: Path) -> None:
+    shards = training_shards(shards=1, per_shard=16)
     options = {**TINY, "arch": "paper", "prior": "normal"}
     train(shards, tmp_path / "run", **options, steps=2, sample_every=100)
     G, D, config = load_models(tmp_path / "run" / "checkpoints" / "last.pt")
@@ -150,8 +182,10 @@ def test_paper_arch_with_normal_prior_trains_and_reloads(make_shards, tmp_path: 
     assert torch.all(torch.isfinite(generate(G, sample_z(4, 16, "normal"))))
 
 
-def test_bf16_precision_is_opt_in_on_cpu_and_kept_on_resume(make_shards, tmp_path: Path) -> None:
-    shards = make_shards(shards=1, per_shard=24)
+def test_bf16_precision_is_opt_in_on_cpu_and_kept_on_resume(
+    training_shards, tmp_path: Path
+) -> None:
+    shards = training_shards(shards=1, per_shard=24)
     options = {**TINY, "cache": "ram", "sample_every": 100, "ckpt_every": 100, "seed": 2}
     train(shards, tmp_path / "fp32", **options, steps=3)
     train(shards, tmp_path / "auto", **options, steps=3, precision="auto")

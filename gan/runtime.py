@@ -1,0 +1,78 @@
+"""Where a training run executes: its device, its place among torchrun's processes, and the
+precision its step computes in.
+
+One process = one device. Under torchrun (WORLD_SIZE > 1) each process joins the process group
+(NCCL on GPUs, gloo on CPUs) and takes cuda:LOCAL_RANK; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from pipeline.devices import resolve_device
+
+PRECISIONS = ("auto", "bf16", "fp32")  # auto = bf16 autocast on CUDA, fp32 on CPU
+
+
+class TrainingError(Exception):
+    """The run cannot go on (diverged, nothing to resume, ...); the message is for the user."""
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def start_runtime(device: str) -> Runtime:
+    """Pick the device and, under torchrun, join the process group (NCCL on GPUs, else gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda requested but no CUDA device is available")
+    if world == 1:
+        return Runtime(dev)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        # Long timeout: rank 0 may spend a while decoding the cache while the others wait.
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(hours=2))
+    return Runtime(dev, dist.get_rank(), dist.get_world_size())
+
+
+def stop_runtime(rt: Runtime) -> None:
+    """Leave the process group (torchrun runs only)."""
+    if rt.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(rt: Runtime) -> None:
+    if rt.world > 1:
+        dist.barrier()
+
+
+def autocast_for(precision: str, rt: Runtime) -> Callable[[], contextlib.AbstractContextManager]:
+    """The step's autocast context: bf16 on CUDA by default (or when asked for on a CPU), else
+    none, i.e. plain fp32."""
+    if precision == "bf16" or (precision == "auto" and rt.cuda):
+        return lambda: torch.autocast(rt.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
