@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import tracemalloc
 
 import faiss
-import lmdb
 import numpy as np
 import pytest
 import torch
@@ -19,6 +17,7 @@ from pipeline.cli import main
 from pipeline.crops import CropParams, extract_crops
 from pipeline.dedup import dedup as run_dedup
 from pipeline.dedup import hash_crops
+from pipeline.files import read_jsonl
 from pipeline.grouping import group_codes, keep_order
 from pipeline.manifest import read_manifest
 from pipeline.shards import make_shards
@@ -27,32 +26,7 @@ from pipeline.sources import open_source
 FAST = {"epochs": 1, "min_steps": 300, "batch_size": 32, "workers": 1, "progress": False}
 
 
-def natural_tiles(n: int, side: int = 64) -> list[np.ndarray]:
-    """Distinct, non-overlapping tiles of real photographs (not flat ones)."""
-    out = []
-    for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "camera.png"):
-        img = demo.photo(name)
-        for y in range(0, img.shape[0] - side + 1, side):
-            for x in range(0, img.shape[1] - side + 1, side):
-                tile = np.ascontiguousarray(img[y : y + side, x : x + side])
-                if tile.std() > 20:
-                    out.append(tile)
-    assert len(out) >= n
-    return out[:n]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """CI boxes are small and shared: one thread avoids OpenMP oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiles() -> list[np.ndarray]:
-    return natural_tiles(60)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_folder(folder, tiles, copies=()):
@@ -66,8 +40,7 @@ def write_folder(folder, tiles, copies=()):
 
 
 def groups_of(out) -> list[dict]:
-    with open(out / "groups.jsonl", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    return list(read_jsonl(out / "groups.jsonl"))
 
 
 def test_exact_copies_collide_and_distinct_photos_do_not(tmp_path, tiles):
@@ -86,14 +59,9 @@ def test_exact_copies_collide_and_distinct_photos_do_not(tmp_path, tiles):
 
 def lsun_lmdb(folder, images) -> list[str]:
     """LSUN's layout: 40-hex-char keys, WebP values, in `folder` (data.mdb inside)."""
-    keys = []
-    folder.mkdir(parents=True)
-    with lmdb.open(str(folder), map_size=1 << 28) as env, env.begin(write=True) as txn:
-        for i, img in enumerate(images):
-            value = demo.encode(img, "WEBP", quality=90)
-            key = hashlib.sha1(f"{i}".encode()).hexdigest()
-            txn.put(key.encode(), value)
-            keys.append(key)
+    keys = [hashlib.sha1(f"{i}".encode()).hexdigest() for i in range(len(images))]
+    demo.write_lmdb(folder, zip(keys, (demo.encode(img, "WEBP", quality=90) for img in images),
+                                strict=True))
     return keys
 
 

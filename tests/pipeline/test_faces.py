@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pipeline import demo
 from pipeline.cli import main as cli
-from pipeline.detectors import DetectorError, detection_scale, make_spec
+from pipeline.detectors import DetectorError, detection_scale, load_detector, make_spec
 from pipeline.faces import FaceParams, detect_faces, faces_chunk, find_faces, square_around
 from pipeline.manifest import read_manifest
 from pipeline.sheets import decode_encoded
@@ -115,10 +115,15 @@ def test_boxes_map_back_to_the_original_after_max_side_downscaling():
     assert iou(shrunk, true_face) > 0.5
 
 
-def test_downscaling_never_hides_faces_of_the_search_floor():
+def test_detection_scale_keeps_the_search_floor_above_the_detector_window():
     # a 4000 px photo shrunk to 1024 would turn a 48 px face into 12 px, below the 20 px window
     assert detection_scale(4000, 3000, 1024, 48, 20) == pytest.approx(20 / 48)
     assert detection_scale(300, 200, 1024, 48, 20) == 1.0
+    for side in (300, 1024, 2000, 4000, 12_000):
+        for floor in (20, 24, 48, 64, 200):
+            scale = detection_scale(side, side, 1024, floor, 20)
+            assert floor * scale >= 20 - 1e-9  # a face of the floor still fills the window
+            assert scale <= 1.0 and (scale == 1.0 or side * scale >= 1024 - 1e-9)
 
 
 def test_exif_rotated_photo_gives_upright_crops():
@@ -273,8 +278,8 @@ def test_cli_output_is_identical_for_any_worker_count(scraped, tmp_path, stage_o
 
 @pytest.mark.parametrize("args, message", [
     (["--cascade", "no_such_cascade"], "no such file or bundled cascade"),
-    (["--detector", "yunet"], "needs --model"),
-    (["--detector", "yunet", "--model", "missing.onnx"], "no such file"),
+    (["--detector", "yunet"], "needs --yunet-onnx"),
+    (["--detector", "yunet", "--yunet-onnx", "missing.onnx"], "no such file"),
 ])
 def test_detector_problems_end_in_one_line(scraped, tmp_path, args, message):
     result = CliRunner().invoke(cli, ["faces", str(scraped), "--out", str(tmp_path / "o"), *args])
@@ -286,7 +291,7 @@ def test_a_file_that_is_not_a_yunet_model_is_refused(tmp_path):
     model = tmp_path / "face.onnx"
     model.write_bytes(b"not an onnx file")
     with pytest.raises(DetectorError, match="could not load it as YuNet"):
-        make_spec("yunet", model=model)
+        load_detector(make_spec("yunet", yunet_onnx=model))
 
 
 def test_opencv_without_cascades_fails_at_start_with_the_fix(monkeypatch):

@@ -38,7 +38,7 @@ def make_corpus(folder: Path, n: int, seed: int = 0) -> Path:
     base = [demo.photo(name) for name in ("coffee.png", "chelsea.png", "rocket.jpg")]
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        img = demo._variant(base[i % 3], rng)
+        img = demo.variant(base[i % 3], rng)
         img = cv2.resize(img, (int(rng.integers(70, 260)), int(rng.integers(70, 260))))
         fmt = ("JPEG", "PNG", "WEBP")[i % 3]
         (folder / f"img_{i:04d}.{fmt.lower()}").write_bytes(demo.encode(img, fmt))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import tarfile
 
-import lmdb
 import numpy as np
 import pytest
 import webdataset as wds
@@ -13,6 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline import demo
+from pipeline.geometry import encode_image
+from pipeline.sinks import write_image_shards
 from pipeline.sources import (
     FolderSource,
     ListSource,
@@ -27,8 +28,13 @@ from pipeline.sources import (
 
 
 @pytest.fixture(scope="module")
-def png() -> bytes:
-    return demo.encode(demo.photo("coffee.png")[::8, ::8].copy(), "PNG")
+def small_photo() -> np.ndarray:
+    return demo.photo("coffee.png")[::8, ::8].copy()
+
+
+@pytest.fixture(scope="module")
+def png(small_photo) -> bytes:
+    return demo.encode(small_photo, "PNG")
 
 
 def test_folder_is_recursive_sorted_and_ignores_extensions(tmp_path, png):
@@ -44,18 +50,11 @@ def test_folder_is_recursive_sorted_and_ignores_extensions(tmp_path, png):
     assert records[2].read() == png
 
 
-def write_lmdb(folder, items: dict[bytes, bytes]) -> None:
-    folder.mkdir(parents=True)
-    with lmdb.open(str(folder), map_size=1 << 26) as env, env.begin(write=True) as txn:
-        for k, v in items.items():
-            txn.put(k, v)
-
-
 def test_lmdb_in_lsun_layout_is_detected_from_folder_parent_and_file(tmp_path, png):
     webp = demo.encode(demo.photo("coffee.png")[::8, ::8].copy(), "WEBP")
     keys = [hashlib.sha1(str(i).encode()).hexdigest().encode() for i in range(3)]
     folder = tmp_path / "lsun" / "bedroom_train_lmdb"
-    write_lmdb(folder, {k: webp for k in keys})
+    demo.write_lmdb(folder, [(k, webp) for k in keys])
     for spec in (folder, tmp_path / "lsun", folder / "data.mdb"):
         source = open_source(spec)
         assert isinstance(source, LmdbSource), spec
@@ -66,37 +65,33 @@ def test_lmdb_in_lsun_layout_is_detected_from_folder_parent_and_file(tmp_path, p
 
 
 def test_parent_with_several_lmdbs_asks_to_choose(tmp_path, png):
-    write_lmdb(tmp_path / "a_lmdb", {b"k": png})
-    write_lmdb(tmp_path / "b_lmdb", {b"k": png})
+    demo.write_lmdb(tmp_path / "a_lmdb", [(b"k", png)])
+    demo.write_lmdb(tmp_path / "b_lmdb", [(b"k", png)])
     with pytest.raises(SourceError, match="several LMDB"):
         open_source(tmp_path)
 
 
-def write_shards(folder, n_shards: int, per_shard: int, png: bytes) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for s in range(n_shards):
-        name = folder / f"part-{s:06d}.tar"
-        with wds.TarWriter(str(name)) as w:
-            for i in range(per_shard):
-                w.write({"__key__": f"s{s}_{i}", "png": png, "json": b"{}"})
-        names.append(str(name))
-    return names
+def write_shards(folder, n_shards: int, per_shard: int, rgb: np.ndarray) -> list[str]:
+    """`n_shards` shards part-000000.tar, ... of `per_shard` copies of `rgb` each."""
+    shards = write_image_shards(folder, [rgb] * (n_shards * per_shard), prefix="part",
+                                per_shard=per_shard)
+    return [str(folder / s["name"]) for s in shards]
 
 
-def test_shards_by_path_glob_and_brace_pattern(tmp_path, png):
-    names = write_shards(tmp_path / "sh", 3, 2, png)
+def test_shards_by_path_glob_and_brace_pattern(tmp_path, small_photo):
+    names = write_shards(tmp_path / "sh", 3, 2, small_photo)
+    assert len(names) == 3
     for spec in (names[0], str(tmp_path / "sh" / "*.tar"),
                  str(tmp_path / "sh" / "part-{000000..000002}.tar")):
         source = open_source(spec)
         assert isinstance(source, ShardSource), spec
     records = list(open_source(str(tmp_path / "sh" / "part-{000000..000002}.tar")))
-    assert [r.key for r in records] == [f"s{s}_{i}" for s in range(3) for i in range(2)]
-    assert all(r.read() == png for r in records)
+    assert [r.key for r in records] == [f"{i:06d}" for i in range(6)]
+    assert all(r.read() == encode_image(small_photo, "png") for r in records)
 
 
-def test_missing_shards_in_a_pattern_are_named(tmp_path, png):
-    write_shards(tmp_path / "sh", 2, 1, png)
+def test_missing_shards_in_a_pattern_are_named(tmp_path, small_photo):
+    write_shards(tmp_path / "sh", 2, 1, small_photo)
     with pytest.raises(SourceError, match="missing"):
         open_source(str(tmp_path / "sh" / "part-{000000..000004}.tar"))
     with pytest.raises(SourceError, match="matches no shard"):
