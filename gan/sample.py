@@ -24,6 +24,7 @@ from pipeline.pixels import to_uint8
 from pipeline.sheets import contact_sheet
 
 PRIORS = ("uniform", "normal")
+ARITHMETIC_SAMPLES = 8  # noisy samples of Y in the Fig. 7 sheet, as in the paper
 
 
 def sample_z(
@@ -126,7 +127,7 @@ def interpolate(generator: nn.Module, prior: str, points: int = 9, steps: int = 
 
 
 def arithmetic(generator: nn.Module, z: torch.Tensor, a: Sequence[int], b: Sequence[int],
-               c: Sequence[int], noise: float = 0.25, samples: int = 8, seed: int = 0,
+               c: Sequence[int], noise: float = 0.25, seed: int = 0,
                bn: str = "batch") -> dict[str, torch.Tensor]:
     """Paper Fig. 7: Y = mean(z[a]) - mean(z[b]) + mean(z[c]); G(Y), G(Y + U(-noise, noise))
     and, for contrast, the same arithmetic on the exemplar images' pixels.
@@ -144,7 +145,7 @@ def arithmetic(generator: nn.Module, z: torch.Tensor, a: Sequence[int], b: Seque
     means = [z[list(idx)].mean(0) for idx in (a, b, c)]
     y = means[0] - means[1] + means[2]
     rng = torch.Generator().manual_seed(seed)
-    jitter = torch.rand(samples, z.shape[1], generator=rng).mul_(2 * noise).sub_(noise)
+    jitter = torch.rand(ARITHMETIC_SAMPLES, z.shape[1], generator=rng).mul_(2 * noise).sub_(noise)
     exemplars = z[list(a) + list(b) + list(c)]
     batch = torch.cat([exemplars, torch.stack(means), y[None], y[None] + jitter])
     images = generate(generator, batch, bn)

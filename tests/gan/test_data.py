@@ -24,6 +24,7 @@ from gan.data import (
     training_dataset,
 )
 from pipeline.geometry import encode_image
+from pipeline.pixels import to_uint8
 from pipeline.sinks import read_index
 from tests.gan.conftest import write_shards
 
@@ -139,7 +140,7 @@ def test_cache_holds_every_image_exactly(training_shards, tmp_path: Path) -> Non
                          progress=False)
     assert images.shape == (24, 32, 32, 3) and images.dtype == np.uint8
     streamed = torch.cat(list(_stream(shards, workers=0).epoch(0)))  # all 24, as floats
-    as_bytes = streamed.add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    as_bytes = to_uint8(streamed)
     assert sorted(x.tobytes() for x in as_bytes) == sorted(x.tobytes() for x in images)
     # A second build reuses the file; changed shards rebuild it.
     stamp = (tmp_path / "cache" / "images-32px.u8").stat().st_mtime_ns

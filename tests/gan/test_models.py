@@ -1,4 +1,4 @@
-"""The networks follow the paper's architecture rules (DESIGN.md §2) and the hook contract."""
+"""The networks follow the paper's architecture rules and the hook contract."""
 
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ def test_shapes_and_ranges(arch: str, size: int) -> None:
 @pytest.mark.parametrize(
     ("arch", "g_millions", "d_millions"), [("paper", 18.9, 17.2), ("compact", 3.6, 2.8)]
 )
-def test_parameter_counts_match_design(arch: str, g_millions: float, d_millions: float) -> None:
+def test_parameter_counts_match_the_help(arch: str, g_millions: float, d_millions: float) -> None:
     G, D = Generator(64, arch=arch), Discriminator(64, arch=arch)
-    # DESIGN.md gives the counts to one decimal.
+    # `gan train --help` quotes them (--arch) to one decimal.
     assert count_parameters(G) / 1e6 == pytest.approx(g_millions, abs=0.05)
     assert count_parameters(D) / 1e6 == pytest.approx(d_millions, abs=0.05)
 
