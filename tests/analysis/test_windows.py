@@ -33,7 +33,9 @@ def test_rooms_are_annotated_by_the_window_colour(rooms):
 
 
 @pytest.mark.slow
-def test_dropping_the_window_maps_removes_windows_and_keeps_the_room(rooms, tmp_path):
+def test_dropping_the_window_maps_removes_windows_and_keeps_the_room(rooms, tmp_path,
+                                                                      one_torch_thread):
+    # One thread: the float sums (and so the trained G) then match on every machine.
     result = rooms.window_removal_experiment(tmp_path)
     assert result["window_frequency_before"] > 0.2
     assert result["window_frequency_after"] < 0.3 * result["window_frequency_before"]
