@@ -4,27 +4,94 @@
 there) is never replaced silently: the command refuses unless `--overwrite` is given. What a
 command does with an *unfinished* run (start over, or continue with `--resume`) is its own
 business; this module only decides whether it may touch the folder at all.
+
+One writer at a time: `hold_output` takes an exclusive lock on the folder for the whole run, so
+a second command pointed at the same folder stops at once, naming the first, instead of
+interleaving its manifest or metrics with it. The lock is an `fcntl.flock` on `OUT/.lock`; the
+operating system drops it when the holding process ends, however it ends (kill -9 included), so
+a crashed run never leaves a stale lock behind.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+LOCK_NAME = ".lock"
 
 
 class OutputError(Exception):
     """The output folder cannot be used as asked; the message says what to do instead."""
 
 
+@contextmanager
+def hold_output(out: Path, *, command: str) -> Iterator[Path]:
+    """Hold the exclusive lock on `out` (created if missing) while the block runs; yields `out`
+    as a Path. A folder already held by another process is an OutputError naming the holder
+    (its command, pid, host and start time)."""
+    out = make_folder(out)
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                f"{out} is in use by {_describe_holder(fd)}; wait for it to end or choose "
+                "another --out"
+            ) from None
+        _write_holder(fd, {"command": command, "pid": os.getpid(), "host": socket.gethostname(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        try:
+            yield out
+        finally:
+            # Emptied while still held: a reader never sees a finished holder as the current one.
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def make_folder(out: Path) -> Path:
+    """`out` as a Path, created with its parents; a file in the way is an OutputError."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next(p for p in out.parents if p.exists())
+        raise OutputError(f"cannot create {out}: {blocking} is a file, not a folder; "
+                          "choose another --out") from None
+    return out
+
+
 def claim_output(out: Path, *, overwrite: bool, finished: str = "summary.json") -> Path:
     """Create `out` if needed and refuse a finished run (`out/finished` exists) unless
     `overwrite`. Returns `out` as a Path."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out)
     if (out / finished).exists() and not overwrite:
         raise OutputError(
             f"{out} already holds a finished run ({finished}); "
             "pass --overwrite to replace it, or choose another --out"
         )
     return out
+
+
+def _write_holder(fd: int, holder: dict) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder).encode("utf-8"), 0)
+
+
+def _describe_holder(fd: int) -> str:
+    """The holder written in the lock file, in words (it may not have written it yet)."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        return (f"`{holder['command']}` (pid {holder['pid']} on {holder['host']}, "
+                f"since {holder['started']})")
+    except (ValueError, KeyError, TypeError):
+        return "another process"
