@@ -79,17 +79,22 @@ def main() -> None:
 @click.option("--exclude", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="File of keys to leave out, one per line (e.g. dedup's duplicates.txt).")
 @max_pixels_option
+@click.option("--label-from", type=click.Choice(["parent"]), default=None,
+              help="Label every sample with its class: the name of the folder the image sits "
+                   "in (SRC/<class>/<image>). Writes a .cls member (the class index) and "
+                   "\"label\" in each .json, and OUT/labels.json, the sorted class names.")
 @workers_option
 @restart_options
 @user_errors
-def shards(src, out, size, fmt, maxcount, exclude, max_pixels, workers, resume, overwrite):
+def shards(src, out, size, fmt, maxcount, exclude, max_pixels, label_from, workers, resume,
+           overwrite):
     """Center-crop every image in SRC to a square, resize it (area interpolation) to --size,
     and write WebDataset training shards to --out."""
     from pipeline.shards import make_shards
 
     summary = make_shards(list(src), out, size=size, fmt=fmt, maxcount=maxcount,
                           exclude=exclude, workers=workers, max_pixels=max_pixels,
-                          resume=resume, overwrite=overwrite)
+                          label_from=label_from, resume=resume, overwrite=overwrite)
     click.echo(summary["line"])
 
 

@@ -3,22 +3,33 @@ input every training run reads.
 
 The per-chunk worker is pure (records in, outcomes out); `make_shards` is the Python entry point
 the CLI calls with the same defaults.
+
+With `label_from="parent"` each sample also carries its class (the usual one-folder-per-class
+layout, as CIFAR-10 or SVHN unpacked into `SRC/<class>/<image>`): a `.cls` member holding the
+class index as ASCII text (the WebDataset convention), `"label"` (the index) and `"class"` (the
+folder name) in its `.json`, and `OUT/labels.json` lists the class names, sorted, so index i is
+`labels[i]`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from pipeline.files import write_json_atomic
 from pipeline.geometry import center_crop, encode_image, resize_area
 from pipeline.manifest import Outcome
 from pipeline.parallel import default_workers
-from pipeline.runner import Stage, run_stage
+from pipeline.runner import Stage, StageError, run_stage
 from pipeline.sinks import Sample
-from pipeline.sources import Record, open_sources, safe_key
+from pipeline.sources import Record, Source, open_sources, safe_key
 from pipeline.statuses import EXCLUDED, KEPT, UNREADABLE
+
+LABEL_SOURCES = ("parent",)
+LABELS_NAME = "labels.json"
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,7 @@ class ShardParams:
     fmt: str = "png"
     max_pixels: int = DEFAULT_MAX_PIXELS
     exclude: frozenset[str] = frozenset()
+    classes: tuple[str, ...] = ()  # sorted class names when samples are labelled
 
 
 def shard_chunk(records: list[Record], params: ShardParams) -> list[Outcome]:
@@ -49,8 +61,39 @@ def _shard_one(rec: Record, params: ShardParams) -> Outcome:
     height, width = rgb.shape[:2]
     crop = resize_area(center_crop(rgb), params.size)
     meta = {**rec.meta, "stage": "shards", "size": params.size, "decoded_hw": [height, width]}
-    sample = Sample(safe_key(rec.key), params.fmt, encode_image(crop, params.fmt), meta)
+    members = {}
+    if params.classes:
+        name = parent_label(rec)
+        label = params.classes.index(name)
+        meta.update({"label": label, "class": name})
+        members["cls"] = str(label).encode("ascii")
+    sample = Sample(safe_key(rec.key), params.fmt, encode_image(crop, params.fmt), meta, members)
     return Outcome(rec.key, KEPT, samples=[sample])
+
+
+def parent_label(rec: Record) -> str:
+    """The name of the folder the image sits in, within its source ("cat" for `cat/1.jpg`;
+    empty for an image at the top of the source)."""
+    return PurePosixPath(rec.meta.get("source_key", rec.key)).parent.name
+
+
+def class_names(source: Source) -> tuple[str, ...]:
+    """The sorted class names of a one-folder-per-class source; every image must be in one, or
+    its class would silently be the source folder's own name."""
+    names = set()
+    for rec in source:
+        name = parent_label(rec)
+        if not name:
+            raise StageError(f"--label-from parent: {rec.key} is not inside a class folder; "
+                             "lay the source out as SRC/<class>/<image>")
+        names.add(name)
+    return tuple(sorted(names))
+
+
+def _write_labels(out: Path, classes: tuple[str, ...]) -> dict:
+    """OUT/labels.json (written before summary.json marks the output finished)."""
+    write_json_atomic(out / LABELS_NAME, list(classes))
+    return {"classes": len(classes)}
 
 
 def read_exclude(path: str | os.PathLike) -> frozenset[str]:
@@ -69,20 +112,30 @@ def make_shards(
     exclude: str | os.PathLike | None = None,
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    label_from: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Center-crop every image in `sources` to `size` and write WebDataset shards to `out`."""
+    """Center-crop every image in `sources` to `size` and write WebDataset shards to `out`
+    (labelled by `label_from`, if given)."""
     if size < 1:
         raise ValueError("size must be positive")
+    if label_from not in (None, *LABEL_SOURCES):
+        raise ValueError(f"label_from must be one of {LABEL_SOURCES} or None, got {label_from!r}")
     source = open_sources(list(sources))
     excluded = read_exclude(exclude) if exclude else frozenset()
-    params = ShardParams(size=size, fmt=fmt, max_pixels=max_pixels, exclude=excluded)
+    classes = class_names(source) if label_from else ()
+    params = ShardParams(size=size, fmt=fmt, max_pixels=max_pixels, exclude=excluded,
+                         classes=classes)
     settings = {"sources": [str(s) for s in sources], "size": size, "format": fmt,
                 "maxcount": maxcount, "max_pixels": max_pixels,
-                "exclude": str(exclude) if exclude else None, "excluded_keys": len(excluded)}
+                "exclude": str(exclude) if exclude else None, "excluded_keys": len(excluded),
+                "label_from": label_from}
     stage = Stage("shards", shard_chunk, params, settings, KEPT,
-                  index_info={"image_size": size, "format": fmt})
+                  extra_outputs=(LABELS_NAME,) if label_from else (),
+                  index_info={"image_size": size, "format": fmt},
+                  summarize=functools.partial(_write_labels, classes=classes) if label_from
+                  else None)
     return run_stage(stage, source, Path(out), workers=workers or default_workers(),
                      maxcount=maxcount, resume=resume, overwrite=overwrite, progress=progress)

@@ -30,12 +30,14 @@ INDEX_NAME = "index.json"
 
 @dataclass
 class Sample:
-    """One training sample: `key` is tar-safe (see sources.safe_key), `meta` becomes `.json`."""
+    """One training sample: `key` is tar-safe (see sources.safe_key), `meta` becomes `.json`,
+    `members` are further `<key>.<ext>` members (e.g. `cls`, a class index as ASCII text)."""
 
     key: str
     ext: str
     image: bytes
     meta: dict = field(default_factory=dict)
+    members: dict[str, bytes] = field(default_factory=dict)
 
 
 class ShardSink:
@@ -58,7 +60,8 @@ class ShardSink:
             self._writer = tarfile.open(  # noqa: SIM115 - closed in close_shard()
                 self._tmp, "w", format=tarfile.GNU_FORMAT)
         meta = json.dumps(sample.meta, sort_keys=True).encode("utf-8")
-        for ext, data in sorted({sample.ext: sample.image, "json": meta}.items()):
+        members = {**sample.members, sample.ext: sample.image, "json": meta}
+        for ext, data in sorted(members.items()):
             self._add_member(f"{sample.key}.{ext}", data)
         self.count += 1
 
