@@ -13,8 +13,9 @@ import torch
 def to_float(pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 RGB, channels last ((N,) S, S, 3) -> float32 channels first ((N,) 3, S, S) in
     [-1, 1], on the tensor's own device (so a uint8 batch can cross to a GPU as bytes first)."""
-    t = torch.as_tensor(pixels)
-    return t.movedim(-1, -3).float().div_(127.5).sub_(1.0)
+    if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
+        pixels = pixels.copy()  # a read-only memmap: torch refuses to share its memory
+    return torch.as_tensor(pixels).movedim(-1, -3).float().div_(127.5).sub_(1.0)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -23,3 +23,11 @@ def test_to_float_is_channels_first_in_range_and_round_trips() -> None:
     assert x.min() >= -1 and x.max() <= 1
     assert to_float(pixels[0]).shape == (3, 5, 5)
     np.testing.assert_array_equal(to_uint8(x), pixels)
+
+
+def test_to_float_takes_a_read_only_memmap_without_warning(tmp_path, recwarn) -> None:
+    path = tmp_path / "crops.u8"
+    np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3).tofile(path)
+    crops = np.memmap(path, np.uint8, "r", shape=(2, 4, 4, 3))
+    np.testing.assert_array_equal(to_uint8(to_float(crops)), crops)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
