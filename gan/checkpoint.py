@@ -1,7 +1,7 @@
 """Self-describing checkpoints that load with `torch.load(weights_only=True)`.
 
 A checkpoint holds only plain data (tensors, numbers, strings, lists, dicts): G, D, both Adam
-states, the step counters, every RNG state and the run config. So it can be loaded without
+states, the step counters, every rank's RNG states and the run config. So it can be loaded without
 unpickling arbitrary objects, and `gan sample` or `analysis` can rebuild the models from the
 file alone (nanoGPT's rule: the checkpoint carries the model arguments).
 """
@@ -18,6 +18,7 @@ import torch
 
 from gan.models import Discriminator, Generator, build_models
 from pipeline.files import write_bytes_atomic
+from pipeline.torch_files import UnsafeFileError, load_plain
 
 FORMAT = "dcgan-pipeline/checkpoint"
 VERSION = 1
@@ -30,10 +31,17 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write `state` (plain data) atomically: a crash mid-write leaves the previous file intact."""
+    """Write `state` (plain data) atomically: a crash mid-write, or a full disk, leaves the
+    previous file intact and the partial one under a .tmp name."""
+    path = Path(path)
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
-    write_bytes_atomic(Path(path), buffer.getvalue())
+    try:
+        write_bytes_atomic(path, buffer.getvalue())
+    except OSError as err:
+        raise CheckpointError(
+            f"{path}: could not write the checkpoint ({err.strerror}); the previous one is "
+            f"intact, the partial file is {path.name}.tmp") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -43,10 +51,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # arbitrary bytes fail in arbitrary ways
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
+        state = load_plain(path)
+    except UnsafeFileError as err:
+        raise CheckpointError(str(err)) from None
+    except ValueError as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a dcgan-pipeline checkpoint (written by `gan train`)")
     if state.get("version") != VERSION:
@@ -70,12 +79,21 @@ def load_models(
     return generator.to(device).eval(), discriminator.to(device).eval(), dict(config)
 
 
+def z_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The seed of rank `rank`'s z stream: distinct per rank (so DDP ranks draw different fakes)
+    and, with `step`, a fresh stream to continue from when a stored one cannot be used."""
+    entropy = [seed % 2**64, rank, step]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+
+
 def rng_state(z_rng: torch.Generator) -> dict:
-    """Every random number generator a run draws from, as plain data (tensors and lists), so
-    that a resumed run continues their sequences exactly."""
+    """Every random number generator this process draws from, as plain data (tensors and
+    lists), so that a resumed run continues their sequences exactly. The z generator's device
+    type is kept with its state: a CUDA generator's state does not fit a CPU one."""
     py = random.getstate()
     np_state = np.random.get_state()
     state = {
+        "device": z_rng.device.type,
         "z": z_rng.get_state(),
         "torch": torch.get_rng_state(),
         "python": [py[0], list(py[1]), py[2]],
@@ -86,13 +104,18 @@ def rng_state(z_rng: torch.Generator) -> dict:
     return state
 
 
-def set_rng_state(state: dict, z_rng: torch.Generator) -> None:
-    """Put back what `rng_state` stored."""
-    z_rng.set_state(state["z"])
+def set_rng_state(state: dict, z_rng: torch.Generator) -> bool:
+    """Put back what `rng_state` stored; False (and `z_rng` untouched) when the stored z state
+    is for another device type. CUDA states are restored only for the GPUs that exist here."""
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if torch.cuda.is_available():
+        for index, cuda_state in enumerate(state.get("cuda", [])[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+    if state.get("device", z_rng.device.type) != z_rng.device.type:
+        return False
+    z_rng.set_state(state["z"])
+    return True

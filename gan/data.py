@@ -210,30 +210,59 @@ class CachedBatches:
     """uint8 images decoded once, shuffled by index per epoch; float conversion on the device.
 
     The cache is a memory-mapped file (`RUN/cache/`, reused by a resumed run when the shards are
-    unchanged); with `on_device` it is copied once to the GPU so a batch never crosses PCIe.
-    Rank r of `world` takes every world-th index of each epoch's permutation.
+    unchanged). Each rank owns a fixed share of it for the whole run (every world-th image of a
+    permutation seeded by `seed`) and reshuffles only its share each epoch, so with `on_device`
+    a rank copies just its share to its GPU, once: 8 GPUs hold one copy of the data between
+    them, not 8, and a batch never crosses PCIe.
     """
 
     def __init__(self, images: np.ndarray, *, batch_size: int, seed: int, device: torch.device,
                  on_device: bool = False, rank: int = 0, world: int = 1):
-        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.device = device
-        self.images = torch.from_numpy(images)
-        if on_device:
-            self.images = self.images.to(device)
+        share = rank_share(len(images), seed, rank, world)
+        if on_device:  # only this rank's images go to its GPU; indices now count within them
+            self.images = torch.from_numpy(images[np.sort(share)]).to(device)
+            self.share = torch.arange(len(share), device=device)
+        else:
+            self.images = torch.from_numpy(images)
+            self.share = torch.from_numpy(share)
         self.steps_per_epoch = len(images) // world // batch_size
         if self.steps_per_epoch == 0:
             raise DataError(f"{len(images)} cached images give no full batch of {batch_size} "
                             f"for each of {world} rank(s)")
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
-        rng = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        order = torch.randperm(len(self.images), generator=rng)
-        mine = order[self.rank::self.world].to(self.images.device)
+        rng = torch.Generator().manual_seed(epoch_seed(self.seed, epoch) * 1009 + self.rank)
+        mine = self.share[torch.randperm(len(self.share), generator=rng).to(self.share.device)]
         pin = self.device.type == "cuda" and self.images.device.type == "cpu"
         for step in range(skip, self.steps_per_epoch):
             batch = self.images[mine[step * self.batch_size:(step + 1) * self.batch_size]]
             yield batch.pin_memory() if pin else batch
+
+
+def rank_share(n: int, seed: int, rank: int, world: int) -> np.ndarray:
+    """The cache rows rank `rank` of `world` trains on for the whole run: disjoint shares of
+    (nearly) equal size that together cover all `n` images."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    return order[rank::world]
+
+
+GPU_HEADROOM = 2 << 30  # bytes left free for the models, activations and cuDNN workspaces
+
+
+def check_gpu_cache_fits(n_images: int, image_size: int, world: int, free_bytes: int,
+                         device: str) -> None:
+    """DataError, before anything is decoded, when one rank's share of the uint8 cache would
+    not fit in `free_bytes` of its GPU with GPU_HEADROOM to spare; the message says how much
+    is needed and what to use instead."""
+    need = -(-n_images // world) * image_size * image_size * 3
+    if need + GPU_HEADROOM > free_bytes:
+        raise DataError(
+            f"--cache gpu needs {need / 2**30:.1f} GiB on {device} for its share of "
+            f"{n_images} {image_size}x{image_size} images (+{GPU_HEADROOM / 2**30:.0f} GiB for "
+            f"training), but {free_bytes / 2**30:.1f} GiB is free: use --cache ram instead, "
+            f"or more GPUs (each holds 1/N of the images)")
 
 
 def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:

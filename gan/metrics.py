@@ -3,7 +3,9 @@ loss plot drawn at the end.
 
 The per-step statistics stay on the device and are copied out every `log_every` steps, so the
 host never waits for the device inside a step; that copy is also where non-finite losses are
-caught.
+caught. Under DDP the statistics are averaged over the ranks first, so every rank logs and
+checks the same numbers and all stop together when one diverges (a rank stopping alone would
+leave the others waiting for it forever).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from gan.runtime import TrainingError
+from gan.runtime import Runtime, TrainingError, mean_over_ranks
 from pipeline.files import read_jsonl, write_bytes_atomic, write_figure_atomic
 
 STATS = ("loss_D", "loss_G", "D_x", "D_G_z")
@@ -25,17 +27,17 @@ LOGGED = (*STATS, "images_per_s", "data_wait")  # what the progress bar and Tens
 class MetricsLog:
     """Per-step statistics, kept on the device and written out by `flush`.
 
-    Every process collects (each needs the divergence check); only the one `enabled` (rank 0)
-    writes files.
+    Every process collects (each needs the divergence check); only rank 0 writes files.
     """
 
-    def __init__(self, path: Path, enabled: bool, images_per_step: int):
-        self.path, self.enabled, self.images_per_step = path, enabled, images_per_step
+    def __init__(self, path: Path, rt: Runtime, images_per_step: int):
+        self.path, self.rt, self.images_per_step = path, rt, images_per_step
+        self.enabled = rt.is_main
         self.pending: list[tuple[int, int, torch.Tensor]] = []
         self.window_start = time.perf_counter()
         self.data_wait = 0.0
         self.last: dict = {}
-        self.tensorboard = _tensorboard(path.parent) if enabled else None
+        self.tensorboard = _tensorboard(path.parent) if self.enabled else None
 
     def add(self, step: int, epoch: int, stats: torch.Tensor, data_wait: float) -> None:
         self.pending.append((step, epoch, stats))
@@ -46,7 +48,8 @@ class MetricsLog:
         NaN/inf (the steps before it are written)."""
         if not self.pending:
             return self.last
-        values = torch.stack([s for _, _, s in self.pending]).cpu().tolist()
+        stacked = torch.stack([s for _, _, s in self.pending])
+        values = mean_over_ranks(stacked, self.rt).cpu().tolist()
         elapsed = max(time.perf_counter() - self.window_start, 1e-9)
         rate = self.images_per_step * len(values) / elapsed
         wait = min(self.data_wait / elapsed, 1.0)
@@ -81,7 +84,11 @@ class MetricsLog:
         of them for a fresh run in a folder where an earlier run crashed before a checkpoint."""
         if not (self.enabled and self.path.is_file()):
             return
-        kept = [row for row in read_jsonl(self.path) if row["step"] <= step]
+        rows = list(read_jsonl(self.path))
+        if not all(isinstance(row, dict) and isinstance(row.get("step"), int) for row in rows):
+            raise TrainingError(f"{self.path}: a line without a step number; this is not the "
+                                f"run's own log (move it away, or --overwrite the run)")
+        kept = [row for row in rows if row["step"] <= step]
         write_bytes_atomic(self.path, "".join(json.dumps(row) + "\n" for row in kept).encode())
 
 

@@ -21,13 +21,14 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> 
             + bce(fake_logits, torch.zeros_like(fake_logits)))
 
 
-def gan_step(G: nn.Module, D: nn.Module, D_raw: nn.Module, opt_G: torch.optim.Optimizer,
+def gan_step(G: nn.Module, D: nn.Module, D_plain: nn.Module, opt_G: torch.optim.Optimizer,
              opt_D: torch.optim.Optimizer, real: torch.Tensor, z: torch.Tensor,
              autocast: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor:
     """One D update then one G update; returns [loss_D, loss_G, D(x), D(G(z))] on the device.
 
-    `D` may be DDP-wrapped (its gradients are all-reduced); the G update runs through `D_raw`
-    with D's parameters frozen, so no D weight gradients are computed or synchronised there.
+    `D` may be DDP-wrapped (its gradients are all-reduced); the G update runs through
+    `D_plain`, the same network without the DDP wrapper, with D's parameters frozen, so no D
+    weight gradients are computed or synchronised there.
     """
     with autocast():
         fake = G(z)
@@ -39,15 +40,15 @@ def gan_step(G: nn.Module, D: nn.Module, D_raw: nn.Module, opt_G: torch.optim.Op
     loss_D.backward()
     opt_D.step()
 
-    D_raw.requires_grad_(False)
+    D_plain.requires_grad_(False)
     opt_G.zero_grad(set_to_none=True)
     with autocast():
-        gen_logits = D_raw(fake)
+        gen_logits = D_plain(fake)
         loss_G = nn.functional.binary_cross_entropy_with_logits(gen_logits,
                                                                 torch.ones_like(gen_logits))
     loss_G.backward()
     opt_G.step()
-    D_raw.requires_grad_(True)
+    D_plain.requires_grad_(True)
     with torch.no_grad():
         return torch.stack([loss_D.float(), loss_G.float(),
                             torch.sigmoid(real_logits.float()).mean(),

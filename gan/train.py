@@ -11,8 +11,10 @@ Speed without changing the maths: channels_last tensors and fused Adam everywher
 bf16 autocast, cudnn benchmark, pinned host memory with non-blocking copies, and no host syncs
 inside the step: the per-step statistics stay on the device and are copied out every
 `log_every` steps. `precision="bf16"` asks for bf16 autocast on a CPU too (~1.6x faster where it
-has bf16 units, but no longer the fp32 computation, so it is opt-in there). Multi-GPU/multi-node
-runs go through torchrun (DDP); only rank 0 writes files.
+has bf16 units, but no longer the fp32 computation, so it is opt-in there); `precision="fp32"`
+also turns TF32 off on GPUs. Multi-GPU/multi-node runs go through torchrun (DDP); only rank 0
+writes files. Each rank draws its own z stream (seeded from the seed and the rank), and a
+checkpoint keeps every rank's RNG states, so a multi-rank run resumes exactly too.
 
 A run folder holds `metrics.jsonl` (one line per step), `samples/step-*.png` (a fixed z batch
 for the whole run), `checkpoints/last.pt` and `checkpoints/step-*.pt`, `loss_curve.png`,
@@ -20,7 +22,9 @@ for the whole run), `checkpoints/last.pt` and `checkpoints/step-*.pt`, `loss_cur
 `overwrite=True` (the rule of every command, pipeline.outputs) or continued for more steps with
 `resume=True`; an unfinished one (a checkpoint but no summary) is continued with `resume=True`
 or started over with `overwrite=True`. `resume=True` continues exactly: on CPU, N steps +
-resume + M steps equals an uninterrupted N + M step run bit for bit.
+resume + M steps equals an uninterrupted N + M step run bit for bit, with one rank or several.
+Resuming with another number of ranks, or on another device type, continues from z streams
+re-derived from (seed, rank, step) and says so: correct training, but not the same numbers.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,13 +42,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from gan.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from gan.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    z_seed,
+)
 from gan.data import (
     CACHES,
     CachedBatches,
     DataError,
     StreamingBatches,
     build_cache,
+    check_gpu_cache_fits,
     check_image_size,
     open_shards,
     to_model_input,
@@ -56,6 +68,8 @@ from gan.runtime import (
     TrainingError,
     autocast_for,
     barrier,
+    gather_from_ranks,
+    set_tf32,
     start_runtime,
     stop_runtime,
 )
@@ -139,7 +153,7 @@ def claim_run(config: TrainConfig, out: Path) -> dict | None:
             raise TrainingError(f"--resume: no checkpoint at {last}")
         return load_checkpoint(last)
     if out.exists():  # so claim_output creates nothing
-        claim_output(out, overwrite=config.overwrite, finished=FINISHED)
+        claim_output(out, command="gan train", overwrite=config.overwrite, finished=FINISHED)
     if last.exists() and not config.overwrite:
         raise TrainingError(f"{out} already holds a run: pass --resume to continue it, "
                             f"--overwrite to start it over, or choose another --out")
@@ -154,17 +168,38 @@ def resumed_config(config: TrainConfig, state: dict) -> TrainConfig:
     return TrainConfig(**stored)
 
 
-def make_batches(config: TrainConfig, rt: Runtime, out: Path) -> StreamingBatches | CachedBatches:
+def shard_list(urls: list[str], counts: list[int]) -> list[list]:
+    """What identifies the training data whatever folder it was moved to: shard names and
+    their sample counts (stored in checkpoints)."""
+    return [[Path(url).name, count] for url, count in zip(urls, counts, strict=True)]
+
+
+def check_same_data(checkpoint: dict, shards: list[list], data: str) -> None:
+    """A resumed run must read the shards it started on (moved is fine, other data is not)."""
+    trained_on = checkpoint.get("shards")
+    if trained_on is None or trained_on == shards:
+        return
+    raise TrainingError(
+        f"--resume: this run trained on other shards ({checkpoint['config']['data']}: "
+        f"{len(trained_on)} shards, {sum(c for _, c in trained_on)} images) than --data {data} "
+        f"({len(shards)} shards, {sum(c for _, c in shards)} images); resume with its own data, "
+        f"or start a new run in another --out")
+
+
+def make_batches(config: TrainConfig, rt: Runtime, out: Path, urls: list[str],
+                 counts: list[int]) -> StreamingBatches | CachedBatches:
     """The run's batch source: streamed from shards, or a decoded cache in RAM or on the GPU."""
-    urls, counts = open_shards(config.data)
     check_image_size(urls, config.image_size)
     if config.cache == "none":
         return StreamingBatches(urls, counts, image_size=config.image_size,
                                 batch_size=config.batch_size, workers=config.workers,
                                 seed=config.seed, rank=rt.rank, world=rt.world,
                                 pin_memory=rt.cuda)
-    if config.cache == "gpu" and not rt.cuda:
-        raise TrainingError("--cache gpu needs a CUDA device (use --cache ram on CPU)")
+    if config.cache == "gpu":
+        if not rt.cuda:
+            raise TrainingError("--cache gpu needs a CUDA device (use --cache ram on CPU)")
+        check_gpu_cache_fits(sum(counts), config.image_size, rt.world,
+                             torch.cuda.mem_get_info(rt.device)[0], str(rt.device))
     if rt.is_main:
         build_cache(urls, counts, out / "cache", image_size=config.image_size,
                     workers=config.workers, progress=config.progress)
@@ -180,6 +215,7 @@ def prepare_folder(config: TrainConfig, rt: Runtime, out: Path) -> None:
     """Rank 0 empties a run being overwritten, marks the run unfinished until it ends, and
     writes config.json."""
     if rt.is_main:
+        claim_output(out, command="gan train", overwrite=True, finished=FINISHED)
         if config.overwrite:
             for name in RUN_FILES:
                 path = out / name
@@ -196,8 +232,9 @@ def prepare_folder(config: TrainConfig, rt: Runtime, out: Path) -> None:
 
 @dataclass
 class TrainState:
-    """What the steps change and a checkpoint stores. `G` and `D` are what the step calls (DDP
-    wrappers under torchrun); `G_raw` and `D_raw` are the networks themselves."""
+    """What the steps change and a checkpoint stores. `G_raw` and `D_raw` are the networks
+    themselves; `G` and `D` are what the step calls (DDP wrappers under torchrun, compiled with
+    --compile) and `D_plain` is D as the G update calls it (never the DDP wrapper)."""
 
     G_raw: nn.Module
     D_raw: nn.Module
@@ -210,6 +247,7 @@ class TrainState:
     batch_in_epoch: int = 0
     G: nn.Module | None = None
     D: nn.Module | None = None
+    D_plain: nn.Module | None = None
 
     def advance(self, steps_per_epoch: int) -> None:
         """Count a step; at the end of an epoch the counters point at the next one already (so
@@ -220,21 +258,24 @@ class TrainState:
 
 
 def new_state(config: TrainConfig, rt: Runtime) -> TrainState:
-    """Seeded networks (the paper's init), their optimizers and the z generators."""
+    """Seeded networks (the paper's init), their optimizers and this rank's z generator."""
     torch.manual_seed(config.seed)
     G, D = build_models(dataclasses.asdict(config))
     G = G.to(rt.device, memory_format=torch.channels_last)
     D = D.to(rt.device, memory_format=torch.channels_last)
     opt_G = make_optimizer(G, config.lr, config.beta1)
     opt_D = make_optimizer(D, config.lr, config.beta1)
-    z_rng = torch.Generator(rt.device).manual_seed(config.seed + 1)
+    z_rng = torch.Generator(rt.device).manual_seed(z_seed(config.seed, rt.rank))
     fixed_z = sample_z(SAMPLE_GRID, config.nz, config.prior,
                        torch.Generator().manual_seed(config.seed + 2))
     return TrainState(G, D, opt_G, opt_D, z_rng, fixed_z)
 
 
-def restore(st: TrainState, checkpoint: dict) -> None:
-    """Put a checkpoint's networks, optimizers, counters and RNG states back."""
+def restore(st: TrainState, checkpoint: dict, config: TrainConfig, rt: Runtime,
+            steps_per_epoch: int) -> str | None:
+    """Put a checkpoint's networks, optimizers, counters and RNG states back. Returns a note
+    for the user when the run cannot continue exactly (another number of ranks, another
+    device type): then this rank's z stream is re-derived from (seed, rank, step)."""
     st.G_raw.load_state_dict(checkpoint["G"])
     st.D_raw.load_state_dict(checkpoint["D"])
     st.opt_G.load_state_dict(checkpoint["opt_G"])
@@ -242,22 +283,61 @@ def restore(st: TrainState, checkpoint: dict) -> None:
     st.step, st.epoch = checkpoint["step"], checkpoint["epoch"]
     st.batch_in_epoch = checkpoint["batch_in_epoch"]
     st.fixed_z = checkpoint["fixed_z"]
-    set_rng_state(checkpoint["rng"], st.z_rng)
+    states = checkpoint["rng"]
+    if isinstance(states, dict):  # written before checkpoints kept every rank's states
+        states = [states]
+    note = None
+    if len(states) != rt.world:
+        note = (f"the checkpoint was written by {len(states)} rank(s), this run has {rt.world}: "
+                f"z streams re-derived from (seed, rank, step)")
+        set_rng_state(states[rt.rank % len(states)], torch.Generator())  # host RNGs only
+        exact = False
+    else:
+        exact = set_rng_state(states[rt.rank], st.z_rng)
+        if not exact:
+            note = (f"the checkpoint's z streams were drawn on {states[rt.rank]['device']}, this "
+                    f"run draws on {rt.device.type}: z streams re-derived from (seed, rank, step)")
+    if not exact:
+        st.z_rng.manual_seed(z_seed(config.seed, rt.rank, st.step))
+    if st.batch_in_epoch >= steps_per_epoch:  # fewer steps per epoch with more ranks
+        st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+    return note
 
 
-def accelerate(st: TrainState, config: TrainConfig, rt: Runtime) -> None:
-    """cudnn autotuning on CUDA, torch.compile when asked for, DDP wrappers under torchrun."""
-    if rt.cuda:
-        torch.backends.cudnn.benchmark = True
-    if config.compile:
-        st.G_raw.compile()
-        st.D_raw.compile()
-    st.G, st.D = st.G_raw, st.D_raw
+def wrap_models(G: nn.Module, D: nn.Module, rt: Runtime, compile_with: str | None
+                ) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(G, D, D_plain) as the step calls them: DDP wrappers under torchrun, compiled with
+    `compile_with` (a torch.compile backend) when given.
+
+    DDP is wrapped first and compiled second, the order in which torch.compile splits the
+    backward at DDP's gradient buckets so that their all-reduce overlaps the rest of the
+    backward (compiling the network inside DDP would hand DDP every gradient at the end).
+    D runs twice (real, fake) before its one backward, so DDP must not broadcast its buffers
+    before each forward: that overwrites in place the BatchNorm statistics the first forward
+    saved for backward ("modified by an inplace operation" on CUDA). D's running statistics
+    play no part in training (D always runs in train mode there); each rank keeps its own and
+    rank 0's are saved.
+    """
+    D_plain = D
     if rt.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [rt.device.index] if rt.cuda else None
-        st.G, st.D = DDP(st.G_raw, device_ids=ids), DDP(st.D_raw, device_ids=ids)
+        G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids, broadcast_buffers=False)
+    if compile_with is not None:
+        G, D = torch.compile(G, backend=compile_with), torch.compile(D, backend=compile_with)
+        D_plain = D if rt.world == 1 else torch.compile(D_plain, backend=compile_with)
+    return G, D, D_plain
+
+
+def accelerate(st: TrainState, config: TrainConfig, rt: Runtime) -> None:
+    """cudnn autotuning on CUDA, TF32 as the precision says, DDP wrappers under torchrun,
+    torch.compile when asked for."""
+    if rt.cuda:
+        torch.backends.cudnn.benchmark = True
+    set_tf32(config.precision)
+    st.G, st.D, st.D_plain = wrap_models(st.G_raw, st.D_raw, rt,
+                                         "inductor" if config.compile else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +354,8 @@ class Run:
     batches: StreamingBatches | CachedBatches
     metrics: MetricsLog
     total_steps: int
+    shards: list[list]  # shard names and counts, kept in checkpoints (see check_same_data)
+    notes: list[str]  # said to the user once and kept in the summary
 
 
 def epoch_batches(run: Run, epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, float]]:
@@ -299,17 +381,20 @@ def save_samples(st: TrainState, run: Run) -> None:
 
 
 def save_state(st: TrainState, run: Run, name: str) -> None:
-    """`checkpoints/<name>` (rank 0); non-finite weights are an error, never a checkpoint."""
-    if not run.rt.is_main:
-        return
+    """`checkpoints/<name>`, with every rank's RNG states (gathered to rank 0, which writes);
+    non-finite weights are an error, never a checkpoint. Every rank calls this (the gathering
+    is collective, and every rank decides alike: DDP keeps the weights equal)."""
     params = [p for m in (st.G_raw, st.D_raw) for p in m.parameters()]
     if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
         raise TrainingError(f"weights became non-finite by step {st.step}")
-    save_checkpoint(run.out / "checkpoints" / name, {
-        "config": dataclasses.asdict(run.config), "step": st.step, "epoch": st.epoch,
-        "batch_in_epoch": st.batch_in_epoch, "G": st.G_raw.state_dict(),
-        "D": st.D_raw.state_dict(), "opt_G": st.opt_G.state_dict(),
-        "opt_D": st.opt_D.state_dict(), "fixed_z": st.fixed_z, "rng": rng_state(st.z_rng)})
+    rng = gather_from_ranks(rng_state(st.z_rng), run.rt)
+    if run.rt.is_main:
+        save_checkpoint(run.out / "checkpoints" / name, {
+            "config": dataclasses.asdict(run.config), "step": st.step, "epoch": st.epoch,
+            "batch_in_epoch": st.batch_in_epoch, "G": st.G_raw.state_dict(),
+            "D": st.D_raw.state_dict(), "opt_G": st.opt_G.state_dict(),
+            "opt_D": st.opt_D.state_dict(), "fixed_z": st.fixed_z, "rng": rng,
+            "shards": run.shards})
 
 
 def train_loop(st: TrainState, run: Run) -> dict:
@@ -323,7 +408,7 @@ def train_loop(st: TrainState, run: Run) -> dict:
         while st.step < run.total_steps:  # epochs
             for real, waited in epoch_batches(run, st.epoch, st.batch_in_epoch):
                 z = sample_z(len(real), config.nz, config.prior, st.z_rng)
-                stats = gan_step(st.G, st.D, st.D_raw, st.opt_G, st.opt_D, real, z, autocast)
+                stats = gan_step(st.G, st.D, st.D_plain, st.opt_G, st.opt_D, real, z, autocast)
                 run.metrics.add(st.step + 1, st.epoch, stats, waited)
                 st.advance(run.batches.steps_per_epoch)
                 bar.update(1)
@@ -368,7 +453,7 @@ def finish(st: TrainState, run: Run, last: dict) -> dict:
         "steps": st.step, "epochs": st.step / run.batches.steps_per_epoch, "ranks": rt.world,
         "device": str(rt.device), **{k: last.get(k) for k in (*STATS, "images_per_s")},
         "checkpoint": str(out / "checkpoints" / "last.pt"),
-        "loss_curve": str(curve) if curve else None,
+        "loss_curve": str(curve) if curve else None, "notes": run.notes,
     }
     if rt.is_main:  # one line per run, not per process
         summary["line"] = (f"trained {st.step} steps ({summary['epochs']:.2f} epochs) on "
@@ -401,16 +486,26 @@ def train(data: str | os.PathLike, out: str | os.PathLike, **options) -> dict:
 
 
 def _run(config: TrainConfig, rt: Runtime, out: Path, checkpoint: dict | None) -> dict:
-    batches = make_batches(config, rt, out)  # first: bad shards leave no run folder behind
+    urls, counts = open_shards(config.data)  # first: bad shards leave no run folder behind
+    batches = make_batches(config, rt, out, urls, counts)
+    total_steps = config.steps or (config.epochs or 1) * batches.steps_per_epoch
+    if checkpoint is not None:
+        check_same_data(checkpoint, shard_list(urls, counts), config.data)
+        if checkpoint["step"] >= total_steps:
+            raise TrainingError(f"{out}: the run has done {checkpoint['step']} steps already; "
+                                f"to continue it, pass --steps (the new total) or --epochs")
     prepare_folder(config, rt, out)
     st = new_state(config, rt)
+    notes = []
     if checkpoint is not None:
-        restore(st, checkpoint)
-    metrics = MetricsLog(out / "metrics.jsonl", rt.is_main, config.batch_size * rt.world)
+        note = restore(st, checkpoint, config, rt, batches.steps_per_epoch)
+        notes = [note] if note else []
+    if notes and rt.is_main:
+        print(f"note: {notes[0]}", file=sys.stderr)
+    metrics = MetricsLog(out / "metrics.jsonl", rt, config.batch_size * rt.world)
     metrics.truncate_after(st.step)  # a fresh run starts a fresh log
     accelerate(st, config, rt)
-    total_steps = config.steps or (config.epochs or 1) * batches.steps_per_epoch
-    run = Run(config, rt, out, batches, metrics, total_steps)
+    run = Run(config, rt, out, batches, metrics, total_steps, shard_list(urls, counts), notes)
     try:
         last = train_loop(st, run)
     except TrainingError as err:

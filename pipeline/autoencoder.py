@@ -20,7 +20,6 @@ The model is saved as a plain state dict plus a JSON-able config, loadable with
 from __future__ import annotations
 
 import math
-import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from tqdm import tqdm
 from pipeline.devices import resolve_device
 from pipeline.files import write_bytes_atomic
 from pipeline.pixels import to_float
+from pipeline.torch_files import UnsafeFileError, load_plain
 
 LEARNING_RATE = 1e-3  # Adam, cosine-annealed to 0 over the run
 
@@ -219,9 +219,10 @@ def save_model(model: SemanticHashAutoencoder, path: Path, extra: dict | None = 
 def load_model(path: Path) -> tuple[SemanticHashAutoencoder, dict]:
     """Load a hash saved by `save_model` without unpickling anything but tensors and plain data."""
     try:
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError,
-            IndexError, TypeError) as err:  # what a damaged or foreign file raises in there
+        payload = load_plain(path)
+    except UnsafeFileError:
+        raise
+    except ValueError as err:
         raise ValueError(f"{path}: not a file saved by torch.save ({err})") from None
     try:
         config = HashConfig(**payload["config"])
