@@ -117,9 +117,13 @@ def _load(spec: DetectorSpec):
     """The OpenCV detector for `spec`, built on first use in this process."""
     if spec not in _loaded:
         if spec.kind == "haar":
-            cascade = cv2.CascadeClassifier(spec.path)
+            try:
+                cascade = cv2.CascadeClassifier(spec.path)
+            except cv2.error:  # a file that is not a cascade's XML
+                cascade = cv2.CascadeClassifier()
             if cascade.empty():
-                raise DetectorError(f"{spec.path}: OpenCV could not load it as a Haar cascade")
+                raise DetectorError(f"{spec.path}: OpenCV could not load it as a Haar cascade; "
+                                    "give a cascade XML file or a bundled name")
             _loaded[spec] = cascade
         else:
             try:

@@ -1,9 +1,17 @@
 """The one rule for output folders, shared by every command that writes one.
 
-`--out` must be a folder (created when missing). A finished run in it (its summary file is
-there) is never replaced silently: the command refuses unless `--overwrite` is given. What a
-command does with an *unfinished* run (start over, or continue with `--resume`) is its own
-business; this module only decides whether it may touch the folder at all.
+`--out` must be a folder (created when missing). A command writes only into an empty folder or
+into one it owns: the first thing it writes there is `OUT/.owner.json`, naming the command
+(`pipeline shards`, `gan train`, ...). A folder that holds anything else (someone's files, or
+another command's output) is refused, with or without `--overwrite`: `--overwrite` replaces a
+command's own finished run, and removes only the files that command writes, so it can never
+delete someone else's data or leave another stage's shards mixed into the new output. (Deleting
+a folder of another command is a decision for a person, not for a flag.)
+
+A finished run (its summary file is there) is never replaced silently: the command refuses
+unless `--overwrite` is given. What a command does with an *unfinished* run of its own (start
+over, or continue with `--resume`) is its own business; this module only decides whether it
+may touch the folder at all.
 
 One writer at a time: `hold_output` takes an exclusive lock on the folder for the whole run, so
 a second command pointed at the same folder stops at once, naming the first, instead of
@@ -23,7 +31,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.files import write_json_atomic
+
 LOCK_NAME = ".lock"
+OWNER_NAME = ".owner.json"
 
 
 class OutputError(Exception):
@@ -70,16 +81,40 @@ def make_folder(out: Path) -> Path:
     return out
 
 
-def claim_output(out: Path, *, overwrite: bool, finished: str = "summary.json") -> Path:
-    """Create `out` if needed and refuse a finished run (`out/finished` exists) unless
-    `overwrite`. Returns `out` as a Path."""
+def claim_output(out: Path, *, command: str, overwrite: bool,
+                 finished: str = "summary.json") -> Path:
+    """Create `out` if needed, make sure `command` owns it (an empty folder becomes its own),
+    and refuse a finished run (`out/finished` exists) unless `overwrite`. Returns `out` as a
+    Path. Call it while holding the folder (`hold_output`)."""
     out = make_folder(out)
+    owner = read_owner(out)
+    if owner is None:
+        found = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
+        if found:
+            more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+            raise OutputError(f"{out} is not empty ({found[0]}{more}) and was not written by "
+                              f"`{command}`; choose an empty or new --out")
+        write_json_atomic(out / OWNER_NAME, {"command": command})
+    elif owner != command:
+        raise OutputError(f"{out} holds the output of `{owner}` ({OWNER_NAME}), not of "
+                          f"`{command}`; choose another --out")
     if (out / finished).exists() and not overwrite:
         raise OutputError(
             f"{out} already holds a finished run ({finished}); "
             "pass --overwrite to replace it, or choose another --out"
         )
     return out
+
+
+def read_owner(out: Path) -> str | None:
+    """The command that owns `out`, from its marker; None when there is none."""
+    try:
+        with open(Path(out) / OWNER_NAME, encoding="utf-8") as f:
+            return json.load(f)["command"]
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        raise OutputError(f"{Path(out) / OWNER_NAME} is damaged; choose another --out") from None
 
 
 def _write_holder(fd: int, holder: dict) -> None:

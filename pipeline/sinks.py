@@ -8,10 +8,15 @@ record's samples. A WebDataset shard is a plain tar of `<key>.<ext>` members; th
 library writes it directly: webdataset's TarWriter would import torch (~1 s in every process)
 and add a PAX header to every member. Members have fixed metadata (mtime 0, GNU format) so
 the same samples always give byte-identical shards.
+
+Keys are unique per output: a key already written (two names that became the same tar-safe
+key, or one key in two input shards) gets a suffix hashed from its sample's provenance, so
+webdataset never sees two samples under one name. Ordinary names keep their keys unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -43,11 +48,13 @@ class Sample:
 class ShardSink:
     """Writes samples to `OUT/<prefix>-000000.tar`, `...-000001.tar`, ... one shard at a time."""
 
-    def __init__(self, out: Path, prefix: str, start_shard: int = 0):
+    def __init__(self, out: Path, prefix: str, start_shard: int = 0,
+                 taken: set[str] | None = None):
         self.out = out
         self.prefix = prefix
         self.next_shard = start_shard
         self.count = 0  # samples in the open shard
+        self.taken = set(taken or ())  # keys already in the output (a resume's kept shards)
         self._writer: tarfile.TarFile | None = None
         self._tmp: Path | None = None
 
@@ -61,9 +68,21 @@ class ShardSink:
                 self._tmp, "w", format=tarfile.GNU_FORMAT)
         meta = json.dumps(sample.meta, sort_keys=True).encode("utf-8")
         members = {**sample.members, sample.ext: sample.image, "json": meta}
+        key = self._unique(sample.key, meta)
         for ext, data in sorted(members.items()):
-            self._add_member(f"{sample.key}.{ext}", data)
+            self._add_member(f"{key}.{ext}", data)
         self.count += 1
+
+    def _unique(self, key: str, meta: bytes) -> str:
+        """`key`, or, if the output already has it, `key-<hash of the provenance>` (with a
+        counter in the unlikely case that is taken too)."""
+        digest = hashlib.sha1(meta).hexdigest()[:8]
+        candidate, number = key, 1
+        while candidate in self.taken:
+            candidate = f"{key}-{digest}" + (f"-{number}" if number > 1 else "")
+            number += 1
+        self.taken.add(candidate)
+        return candidate
 
     def _add_member(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -87,6 +106,15 @@ class ShardSink:
 def write_index(out: Path, shards: list[dict], **info: object) -> None:
     total = sum(s["samples"] for s in shards)
     write_json_atomic(out / INDEX_NAME, {**info, "samples": total, "shards": shards})
+
+
+def shard_keys(out: Path, shards: list[dict]) -> set[str]:
+    """The sample keys in the finished shards `shards` of `out` (what a resumed run keeps)."""
+    keys: set[str] = set()
+    for shard in shards:
+        with tarfile.open(out / shard["name"]) as tar:
+            keys.update(name.split(".", 1)[0] for name in tar.getnames())
+    return keys
 
 
 def read_index(folder: Path) -> list[dict]:

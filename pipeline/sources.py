@@ -7,14 +7,26 @@ looking at the path: users never say what kind of source they have.
 
 Folder and list sources hand out the *path* and let the worker process read the bytes, so the
 main process does not become a bottleneck copying file contents through pipes.
+
+A run sees one input set: a folder or list is listed once (the first time it is counted or
+read) and that listing is what the run processes, so a file deleted meanwhile becomes an
+`unreadable` record instead of a miscount, and a file added meanwhile is not half-included.
+`fingerprint()` hashes that input set (keys, sizes, modification times) so that `--resume` can
+tell whether it is continuing over the same inputs. A folder that cannot be listed becomes a
+record too (`unreadable`, with the reason), so the counts still add up to what is on disk.
+
+Reads are bounded: only regular files are opened (a FIFO or a device in a list would hang or
+never end), and a record larger than `max_bytes` is `too_large` before a byte of it is read.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import re
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,60 +34,157 @@ from pathlib import Path
 
 import lmdb
 
+from pipeline.statuses import TOO_LARGE, UNREADABLE
+
 # Sample members that hold the image when reading WebDataset shards, in order of preference.
 SHARD_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "ppm", "tif", "tiff", "gif")
+# Larger files are `too_large` unread: no image a 64x64 training set needs comes near it, and a
+# worker holding a few of them stays within a laptop's memory.
+DEFAULT_MAX_BYTES = 256 * 2**20
 
 
 class SourceError(Exception):
     """The path cannot be read as any kind of source; the message is for the user."""
 
 
+class ReadError(OSError):
+    """A record's bytes cannot be had; `status` is what the manifest records for it."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Record:
-    """One input item. `key` is stable and unique within its source."""
+    """One input item. `key` is stable and unique within its source. `error` is set when the
+    source already knows the item cannot be read (a folder it could not list)."""
 
     key: str
     meta: dict = field(default_factory=dict)
     data: bytes | None = None
     path: str | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
+    error: str | None = None
 
     def read(self) -> bytes:
-        """The item's bytes; raises OSError with a readable message if they cannot be had."""
+        """The item's bytes, or ReadError: `unreadable` (vanished, not a regular file, I/O
+        error) or `too_large` (over `max_bytes`, refused before reading)."""
+        if self.error is not None:
+            raise ReadError(UNREADABLE, self.error)
         if self.data is not None:
+            self._check_size(len(self.data))
             return self.data
         if self.path is None:
-            raise OSError("record carries no image data")
-        with open(self.path, "rb") as f:
-            return f.read()
+            raise ReadError(UNREADABLE, "record carries no image data")
+        try:
+            return self._read_file(self.path)
+        except ReadError:
+            raise
+        except OSError as err:
+            raise ReadError(UNREADABLE, f"{err.strerror or err}: {self.path}") from None
+
+    def _read_file(self, path: str) -> bytes:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ReadError(UNREADABLE, f"not a regular file ({_file_kind(info.st_mode)})")
+            self._check_size(info.st_size)
+            data = f.read(self.max_bytes + 1)  # the file may have grown since fstat
+            self._check_size(len(data))
+            return data
+
+    def _check_size(self, size: int) -> None:
+        if size > self.max_bytes:
+            raise ReadError(TOO_LARGE, f"{size} bytes, over the --max-bytes limit of "
+                                       f"{self.max_bytes}")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISDIR, "a folder"))
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _fingerprint(parts: Iterator[object]) -> str:
+    """A short hash of an input set, from its items' identities (key, size, mtime, ...)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part).encode("utf-8") + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def _file_identity(path: str) -> list:
+    """(size, mtime in ns) of a file, or the error that stands in for them."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        return [err.strerror]
+    return [info.st_size, info.st_mtime_ns]
 
 
 class FolderSource:
-    """Every regular file under a folder, recursively, in sorted order; content decides later."""
+    """Every file under a folder, recursively, in sorted order; content decides later. Listed
+    once per run (see the module doc); `skip` is a folder never read (the run's own --out)."""
 
     kind = "folder"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES, skip: Path | None = None):
         self.root = root
+        self.max_bytes = max_bytes
+        self.skip = os.path.realpath(skip) if skip is not None else None
+        self._listing: list[tuple[str, str | None]] | None = None
 
-    def _files(self) -> Iterator[tuple[str, str]]:
-        """(path, key) of every regular file; plain strings, as this runs once per image."""
-        root = str(self.root)
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, root)
-            prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                if os.path.isfile(path):  # skips FIFOs and sockets, which would block a read
-                    yield path, prefix + name
+    def listing(self) -> list[tuple[str, str | None]]:
+        """(key, error) of every file, and of every folder that could not be listed (its key
+        ends with '/'); taken once, then kept."""
+        if self._listing is None:
+            self._listing = list(self._walk())
+        return self._listing
+
+    def _walk(self, folder: str = "", prefix: str = "") -> Iterator[tuple[str, str | None]]:
+        """In os.walk's order: a folder's files sorted, then its subfolders, each in turn.
+        Symbolic links to folders are not followed (a loop would never end)."""
+        try:
+            with os.scandir(folder or self.root) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError as err:
+            if not prefix:
+                raise SourceError(f"{self.root}: cannot list it ({err.strerror})") from None
+            yield prefix, f"folder not listed: {err.strerror}"
+            return
+        folders = [e for e in entries if _is_folder(e)]
+        yield from ((prefix + e.name, None) for e in entries if not _is_folder(e))
+        for entry in folders:
+            if not entry.is_symlink() and os.path.realpath(entry.path) != self.skip:
+                yield from self._walk(entry.path, prefix + entry.name + "/")
 
     def count(self) -> int:
-        return sum(1 for _ in self._files())
+        return len(self.listing())
+
+    def record_keys(self) -> Iterator[tuple[str, str]]:
+        return ((key, key) for key, _ in self.listing())
+
+    def fingerprint(self) -> str:
+        return _fingerprint([key, error, _file_identity(os.path.join(self.root, key))]
+                            for key, error in self.listing())
 
     def __iter__(self) -> Iterator[Record]:
         source = str(self.root)
-        for path, key in self._files():
-            yield Record(key, {"source": source, "source_key": key}, path=path)
+        for key, error in self.listing():
+            yield Record(key, {"source": source, "source_key": key},
+                         path=os.path.join(source, key), max_bytes=self.max_bytes, error=error)
 
 
 class LmdbSource:
@@ -83,8 +192,9 @@ class LmdbSource:
 
     kind = "lmdb"
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, max_bytes: int = DEFAULT_MAX_BYTES):
         self.folder = folder
+        self.max_bytes = max_bytes
 
     def _open(self) -> lmdb.Environment:
         return lmdb.open(
@@ -95,11 +205,21 @@ class LmdbSource:
         with self._open() as env:
             return env.stat()["entries"]
 
+    def fingerprint(self) -> str:
+        return _fingerprint([self.count(), _file_identity(str(self.folder / "data.mdb"))])
+
+    def record_keys(self) -> Iterator[tuple[str, str]]:
+        with self._open() as env, env.begin(write=False) as txn:
+            for raw_key in txn.cursor().iternext(keys=True, values=False):
+                key = raw_key.decode("utf-8", errors="backslashreplace")
+                yield key, key
+
     def __iter__(self) -> Iterator[Record]:
         with self._open() as env, env.begin(write=False) as txn:
             for raw_key, value in txn.cursor():
                 key = raw_key.decode("utf-8", errors="backslashreplace")
-                yield Record(key, {"source": str(self.folder), "source_key": key}, data=value)
+                yield Record(key, {"source": str(self.folder), "source_key": key}, data=value,
+                             max_bytes=self.max_bytes)
 
 
 class ShardSource:
@@ -107,12 +227,30 @@ class ShardSource:
 
     kind = "shards"
 
-    def __init__(self, urls: list[str], counts: list[int] | None = None):
+    def __init__(self, urls: list[str], counts: list[int] | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES):
         self.urls = urls
         self.counts = counts
+        self.max_bytes = max_bytes
 
     def count(self) -> int | None:
         return sum(self.counts) if self.counts is not None else None
+
+    def fingerprint(self) -> str:
+        return _fingerprint([url, _file_identity(url)] for url in self.urls)
+
+    def record_keys(self) -> Iterator[tuple[str, str]]:
+        """Sample keys from the tar headers alone (webdataset's rule: the member name up to the
+        first dot of its last part)."""
+        for url in self.urls:
+            last = None
+            with tarfile.open(url) as tar:
+                for name in tar.getnames():
+                    folder, _, base = name.rpartition("/")
+                    key = (folder + "/" if folder else "") + base.split(".", 1)[0]
+                    if key != last:
+                        yield key, key
+                        last = key
 
     def __iter__(self) -> Iterator[Record]:
         for sample in read_shards(self.urls):
@@ -120,7 +258,7 @@ class ShardSource:
             url = sample.get("__url__", "")
             ext = next((e for e in SHARD_IMAGE_EXTS if e in sample), None)
             meta = {"source": url, "source_key": key}
-            yield Record(key, meta, data=sample[ext] if ext else None)
+            yield Record(key, meta, data=sample[ext] if ext else None, max_bytes=self.max_bytes)
 
 
 def read_shards(urls: list[str], *, shuffle: int = 0, seed: int = 0, by_rank: bool = False,
@@ -147,25 +285,35 @@ class ListSource:
 
     kind = "list"
 
-    def __init__(self, list_file: Path):
+    def __init__(self, list_file: Path, max_bytes: int = DEFAULT_MAX_BYTES):
         self.list_file = list_file
+        self.max_bytes = max_bytes
+        self._entries: list[str] | None = None
 
-    def _entries(self) -> Iterator[str]:
-        with open(self.list_file, encoding="utf-8") as f:
-            for line in f:
-                entry = line.strip()
-                if entry and not entry.startswith("#"):
-                    yield entry
+    def entries(self) -> list[str]:
+        """The listed paths, read once per run (see the module doc)."""
+        if self._entries is None:
+            with open(self.list_file, encoding="utf-8") as f:
+                self._entries = [e for e in (line.strip() for line in f)
+                                 if e and not e.startswith("#")]
+        return self._entries
+
+    def _path(self, entry: str) -> str:
+        return entry if os.path.isabs(entry) else str(self.list_file.parent / entry)
 
     def count(self) -> int:
-        return sum(1 for _ in self._entries())
+        return len(self.entries())
+
+    def fingerprint(self) -> str:
+        return _fingerprint([e, _file_identity(self._path(e))] for e in self.entries())
+
+    def record_keys(self) -> Iterator[tuple[str, str]]:
+        return ((entry, entry) for entry in self.entries())
 
     def __iter__(self) -> Iterator[Record]:
-        base = self.list_file.parent
-        for entry in self._entries():
-            path = Path(entry) if os.path.isabs(entry) else base / entry
+        for entry in self.entries():
             meta = {"source": str(self.list_file), "source_key": entry}
-            yield Record(entry, meta, path=str(path))
+            yield Record(entry, meta, path=self._path(entry), max_bytes=self.max_bytes)
 
 
 class MultiSource:
@@ -181,10 +329,20 @@ class MultiSource:
         counts = [s.count() for s in self.sources]
         return None if None in counts else sum(counts)
 
+    def fingerprint(self) -> str:
+        return _fingerprint([label, source.fingerprint()]
+                            for label, source in zip(self.labels, self.sources, strict=True))
+
+    def record_keys(self) -> Iterator[tuple[str, str]]:
+        for label, source in zip(self.labels, self.sources, strict=True):
+            for key, own in source.record_keys():
+                yield f"{label}/{key}", own
+
     def __iter__(self) -> Iterator[Record]:
         for label, source in zip(self.labels, self.sources, strict=True):
             for rec in source:
-                yield Record(f"{label}/{rec.key}", rec.meta, rec.data, rec.path)
+                yield Record(f"{label}/{rec.key}", rec.meta, rec.data, rec.path, rec.max_bytes,
+                             rec.error)
 
 
 Source = FolderSource | LmdbSource | ShardSource | ListSource | MultiSource
@@ -200,30 +358,39 @@ SOURCES_HELP = f"SRC is any mix of: {SOURCE_KINDS}."
 EXPECTED = f"expected {SOURCE_KINDS}"
 
 
-def open_source(spec: str | os.PathLike) -> Source:
-    """Detect what `spec` is and return the matching source; SourceError if it is none."""
+def open_source(spec: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                skip: Path | None = None) -> Source:
+    """Detect what `spec` is and return the matching source; SourceError if it is none.
+    Records over `max_bytes` are `too_large`; the folder `skip` (the run's --out) is never
+    read, and a source inside it is refused."""
     spec = str(spec)
     if _is_pattern(spec):
-        return _shards_from_pattern(spec)
+        return _shards_from_pattern(spec, max_bytes)
     path = Path(spec)
     if not path.exists():
         raise SourceError(f"{spec}: no such file or folder ({EXPECTED})")
+    if skip is not None and Path(skip).resolve() in (path.resolve(), *path.resolve().parents):
+        raise SourceError(f"{spec}: it is inside --out {skip}, and a run never reads its own "
+                          "output; choose another --out")
     if path.is_dir():
-        return _open_folder(path)
+        return _open_folder(path, max_bytes, skip)
+    if not path.is_file():  # a FIFO or device would hang or never end when sniffed
+        raise SourceError(f"{spec}: not a regular file or folder ({EXPECTED})")
     if path.name == "data.mdb":
-        return LmdbSource(path.parent)
+        return LmdbSource(path.parent, max_bytes)
     if _is_tar(path):
-        return ShardSource([str(path)])
+        return ShardSource([str(path)], max_bytes=max_bytes)
     if _is_text(path):
-        return ListSource(path)
+        return ListSource(path, max_bytes)
     raise SourceError(f"{spec}: not a recognised source ({EXPECTED})")
 
 
-def open_sources(specs: list[str | os.PathLike]) -> Source:
-    """One source for one spec; a key-prefixed chain for several."""
+def open_sources(specs: list[str | os.PathLike], *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 skip: Path | None = None) -> Source:
+    """One source for one spec; a key-prefixed chain for several (see `open_source`)."""
     if not specs:
         raise SourceError(f"no source given ({EXPECTED})")
-    sources = [open_source(s) for s in specs]
+    sources = [open_source(s, max_bytes=max_bytes, skip=skip) for s in specs]
     if len(sources) == 1:
         return sources[0]
     labels: list[str] = []
@@ -235,29 +402,30 @@ def open_sources(specs: list[str | os.PathLike]) -> Source:
     return MultiSource(sources, labels)
 
 
-def _open_folder(path: Path) -> Source:
+def _open_folder(path: Path, max_bytes: int, skip: Path | None) -> Source:
     if (path / "data.mdb").is_file():
-        return LmdbSource(path)
+        return LmdbSource(path, max_bytes)
     lmdb_children = sorted(p.parent for p in path.glob("*/data.mdb"))
     if lmdb_children:
         if len(lmdb_children) > 1:
             names = ", ".join(str(p) for p in lmdb_children)
             raise SourceError(f"{path}: holds several LMDB folders ({names}); name one of them")
-        return LmdbSource(lmdb_children[0])
+        return LmdbSource(lmdb_children[0], max_bytes)
     index = path / "index.json"
     if index.is_file():
         from pipeline.sinks import read_index
 
         shards = read_index(path)
-        return ShardSource([str(path / s["name"]) for s in shards], [s["samples"] for s in shards])
-    return FolderSource(path)
+        return ShardSource([str(path / s["name"]) for s in shards], [s["samples"] for s in shards],
+                           max_bytes)
+    return FolderSource(path, max_bytes, skip)
 
 
 def _is_pattern(spec: str) -> bool:
     return bool(re.search(r"\{[^}]*\.\.[^}]*\}|[*?\[]", spec))
 
 
-def _shards_from_pattern(spec: str) -> ShardSource:
+def _shards_from_pattern(spec: str, max_bytes: int) -> ShardSource:
     import braceexpand
 
     urls: list[str] = []
@@ -269,7 +437,7 @@ def _shards_from_pattern(spec: str) -> ShardSource:
         raise SourceError(f"{spec}: the pattern matches no shard files")
     if missing:
         raise SourceError(f"{spec}: {len(missing)} shard(s) missing, first {missing[0]}")
-    return ShardSource(urls)
+    return ShardSource(urls, max_bytes=max_bytes)
 
 
 def _is_tar(path: Path) -> bool:
@@ -297,8 +465,10 @@ def safe_key(key: str) -> str:
     characters a tar tool might mangle, no absolute or parent-relative parts.
 
     Dots become '_' ("photo.jpg" -> "photo_jpg"); other unusual characters also become '_',
-    and then a short hash of the original key is appended so different keys stay different.
-    The original key always travels in the sample's .json.
+    and then a short hash of the original key is appended. Dots and underscores still meet
+    ("a.b.png" and "a_b.png" both give "a_b_png"), so the shard writer, which sees every key of
+    an output, makes a repeated key unique (`sinks.ShardSink`). The original key always
+    travels in the sample's .json.
     """
     raw_parts = key.replace("\\", "/").split("/")
     parts = [p for p in raw_parts if p not in ("", ".", "..")]
