@@ -1,10 +1,11 @@
 """Pass 1 of `pipeline dedup`: every record's small center crop, streamed to a file on disk.
 
 Each record is decoded and turned into its side x side center crop by a pure per-chunk worker
-(`crop_chunk`) mapped over all cores. Crops stream in input order into a uint8 file that the
-later passes read as a memory map, so no pass ever holds the images in RAM. Alongside, a
-JSON-lines log gets one line per input, in input order: the crop's row, or why the record could
-not be decoded (the manifest is written from it once the groups are known).
+(`crop_chunk`) mapped over all cores, or a Ray cluster's (pipeline.engines). Crops stream in
+input order into a uint8 file that the later passes read as a memory map, so no pass ever holds
+the images in RAM. Alongside, a JSON-lines log gets one line per input, in input order: the
+crop's row, or why the record could not be decoded (the manifest is written from it once the
+groups are known).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, image_size
+from pipeline.engines import Engine, LocalEngine
 from pipeline.geometry import center_crop, resize_area
-from pipeline.parallel import chunked, map_ordered
+from pipeline.parallel import chunked
 from pipeline.sources import Record, Source
 from pipeline.statuses import UNREADABLE
 
@@ -87,8 +89,11 @@ class Crops:
 
 
 def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *,
-                  chunk_size: int = 64, progress: bool = True) -> Crops:
-    """Stream every record's crop into OUT/crops.u8 and its key into OUT/records.jsonl."""
+                  engine: Engine | None = None, chunk_size: int = 64,
+                  progress: bool = True) -> Crops:
+    """Stream every record's crop into OUT/crops.u8 and its key into OUT/records.jsonl, the
+    chunks mapped on `engine` (default: the local pool of `workers` processes)."""
+    engine = engine or LocalEngine(workers)
     total = source.count()
     pixels = array("q")  # 8 bytes per image, not a Python int object each
     rejected: dict[str, int] = {}
@@ -96,7 +101,7 @@ def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *
     bar = tqdm(total=total, unit="img", desc="crops", disable=not progress, dynamic_ncols=True)
     with open(out / CROPS_NAME, "wb") as crop_file, \
             open(out / LOG_NAME, "w", encoding="utf-8") as log:
-        for chunk in map_ordered(crop_chunk, params, chunked(iter(source), chunk_size), workers):
+        for chunk in engine.map(crop_chunk, params, chunked(iter(source), chunk_size)):
             crop_file.write(chunk.crops.tobytes())
             row = len(pixels)
             for entry in chunk.entries:

@@ -3,8 +3,8 @@
 This is img2dataset's split: a stage is a pure function `fn(chunk, params) -> results` and this
 module is the interchangeable "distributor". Results come back in input order whatever the
 worker count, so outputs are identical for 1 or N workers; at most a few chunks per worker are
-in flight, so memory stays flat however large the source is. A distributed engine (Ray) would
-map the same function over partitions.
+in flight, so memory stays flat however large the source is. This is the `local` engine;
+`pipeline.engines` maps the same functions as Ray tasks on a cluster.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from itertools import islice
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+IN_FLIGHT_PER_WORKER = 3  # chunks submitted ahead per worker: busy workers, bounded memory
 
 _fn: Callable | None = None
 _params: Any = None
@@ -64,7 +66,7 @@ def map_ordered(
         pending: deque = deque()
         for chunk in chunks:
             pending.append(pool.submit(_run_chunk, chunk))
-            if len(pending) >= 3 * workers:
+            if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()

@@ -1,0 +1,188 @@
+"""Where per-chunk work runs: this machine's process pool (`local`) or a Ray cluster (`ray`).
+
+Both engines offer the same `map(fn, params, chunks)`: `fn(chunk, params)` for every chunk,
+yielded in input order, with a fixed number of chunks in flight. The driver (the runner, dedup's
+passes) consumes results in that order, so the outputs do not depend on the engine, the number
+of workers or the order in which tasks happen to finish, and memory stays flat however long the
+input is.
+
+Ray core tasks, not Ray Data: the stages already are "map a pure function over ordered chunks,
+then write in order on the driver", which is exactly a bounded window of tasks; a Ray Data
+pipeline would add its own scheduling, block sizes and ordering rules to reason about for no
+gain. `params` go into the object store once (`ray.put`) and each worker process fetches them
+once, so a large exclude set or the dedup autoencoder crosses the network once per node.
+
+A task whose worker process dies (killed, out of memory, node lost) is retried by Ray
+(`MAX_RETRIES`); the chunk is recomputed from its records, so the output is the same as an
+undisturbed run. Errors raised by a stage's function are bugs and are not retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from pipeline.parallel import IN_FLIGHT_PER_WORKER, map_ordered
+
+T = TypeVar("T")
+
+ENGINES = ("local", "ray")
+ENGINE_HELP = ("Where per-chunk work runs: 'local' (this machine's process pool) or 'ray' (a Ray "
+               "cluster, see --ray-address). Output is identical for either.")
+RAY_ADDRESS_HELP = ("Ray cluster to join with --engine ray (e.g. 10.0.0.1:6379); default: the "
+                    "RAY_ADDRESS variable, else a Ray started on this machine for the run.")
+RAY_MISSING = "--engine ray needs Ray: pip install 'dcgan-pipeline[ray]'"
+MAX_RETRIES = 3  # re-runs of a chunk whose worker process died
+
+
+class EngineError(Exception):
+    """The engine cannot be used as asked (Ray missing, cluster unreachable); for the user."""
+
+
+class LocalEngine:
+    """This machine's ordered process pool (pipeline.parallel)."""
+
+    name = "local"
+    distributed = False  # the driver's own machine: dedup hashes on --device in-process
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn: Callable[[list, Any], T], params: Any,
+            chunks: Iterable[list]) -> Iterator[T]:
+        return map_ordered(fn, params, chunks, self.workers)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "nodes": 1, "cpus": self.workers}
+
+
+class RayEngine:
+    """Ray core tasks on the cluster at `address` (or RAY_ADDRESS), else on a Ray started on
+    this machine with `workers` CPUs, listening on 127.0.0.1 only.
+
+    Used as a context manager, it holds one Ray session across several `map` calls (dedup's
+    passes); `map` alone opens one for itself. A Ray session that was already running in this
+    process (a test's `ray.init`) is used and left running.
+    """
+
+    name = "ray"
+    distributed = True
+
+    def __init__(self, workers: int, address: str | None = None):
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise EngineError(RAY_MISSING) from None
+        self.workers = workers
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self._depth = 0  # nested `with`s: only the outermost starts and stops the session
+        self._owned = False  # this engine started the session, so it ends it
+        self._info: dict = {"name": self.name, "nodes": 0, "cpus": 0}
+
+    def __enter__(self) -> RayEngine:
+        import ray
+
+        if self._depth == 0:
+            if not ray.is_initialized():
+                self._connect()
+                self._owned = True
+            alive = [node for node in ray.nodes() if node["Alive"]]
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+            self._info = {"name": self.name, "nodes": len(alive), "cpus": cpus}
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import ray
+
+        self._depth -= 1
+        if self._depth == 0 and self._owned:
+            ray.shutdown()
+            self._owned = False
+
+    def _connect(self) -> None:
+        import ray
+
+        quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+        if self.address:
+            try:
+                ray.init(address=self.address, **quiet)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise EngineError(f"cannot join the Ray cluster at {self.address}: "
+                                  f"{str(err).splitlines()[0]}") from None
+            return
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local run reports nothing
+        ray.init(num_cpus=self.workers, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", **quiet)
+
+    def map(self, fn: Callable[[list, Any], T], params: Any,
+            chunks: Iterable[list]) -> Iterator[T]:
+        """Submit chunks as tasks, at most a few per cluster CPU in flight; yield results in
+        submission order (waiting on the oldest task is the backpressure)."""
+        import ray
+
+        with self:
+            task = ray.remote(_run_chunk).options(num_cpus=1, max_retries=MAX_RETRIES,
+                                                  retry_exceptions=False)
+            job = [ray.put((fn, params))]  # in a list, so tasks get the reference, not a copy
+            window = IN_FLIGHT_PER_WORKER * max(1, self._info["cpus"])
+            pending: deque = deque()
+            try:
+                for chunk in chunks:
+                    pending.append(task.remote(job, chunk))
+                    if len(pending) >= window:
+                        yield ray.get(pending.popleft())
+                while pending:
+                    yield ray.get(pending.popleft())
+            finally:
+                for ref in pending:  # the run stopped early: leave nothing running
+                    ray.cancel(ref)
+
+    def describe(self) -> dict:
+        return dict(self._info)
+
+
+Engine = LocalEngine | RayEngine
+
+# Per Ray worker process: the (fn, params) of the current job, fetched from the object store once.
+_job: dict[str, tuple] = {}
+
+
+def _run_chunk(job: list, chunk: list) -> Any:
+    """One Ray task: `fn(chunk, params)`, with the job's (fn, params) cached in this worker."""
+    ref = job[0]
+    if ref.hex() not in _job:
+        import cv2
+        import ray
+
+        cv2.setNumThreads(1)  # Ray gives each task one CPU
+        _job.clear()
+        _job[ref.hex()] = ray.get(ref)
+    fn, params = _job[ref.hex()]
+    return fn(chunk, params)
+
+
+def open_engine(name: str, *, workers: int, address: str | None = None) -> Engine:
+    """The engine a stage was asked for; EngineError (before any output is touched) if it
+    cannot be had."""
+    if name == "local":
+        return LocalEngine(workers)
+    if name == "ray":
+        return RayEngine(workers, address)
+    raise EngineError(f"unknown engine {name!r}; expected one of {', '.join(ENGINES)}")
+
+
+def engine_line(info: dict) -> str:
+    """How the summary line names where the run ran: "local, 8 CPUs" / "ray, 3 nodes, 96 CPUs"."""
+    nodes = "" if info["name"] == "local" else f", {info['nodes']} node" + \
+        ("s" if info["nodes"] != 1 else "")
+    return f"{info['name']}{nodes}, {info['cpus']} CPU" + ("s" if info["cpus"] != 1 else "")
