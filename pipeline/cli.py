@@ -26,12 +26,13 @@ from pipeline.dedup import (
     DEFAULT_RADIUS,
     DEFAULT_TRAIN_SAMPLES,
 )
+from pipeline.engines import ENGINE_HELP, ENGINES, RAY_ADDRESS_HELP, EngineError
 from pipeline.outputs import OutputError
 from pipeline.parallel import default_workers
 from pipeline.runner import StageError
-from pipeline.sources import SOURCES_HELP, SourceError
+from pipeline.sources import DEFAULT_MAX_BYTES, SOURCES_HELP, SourceError
 
-user_errors = one_line_errors(SourceError, StageError, OutputError)
+user_errors = one_line_errors(SourceError, StageError, OutputError, EngineError)
 
 
 def workers_option(fn):
@@ -39,6 +40,13 @@ def workers_option(fn):
         "--workers", type=click.IntRange(min=1), default=default_workers(), show_default=True,
         help="Worker processes (default: all cores). Output is identical for any value.",
     )(fn)
+
+
+def engine_options(fn):
+    """--engine and --ray-address: where the per-chunk work runs (pipeline.engines)."""
+    fn = click.option("--ray-address", metavar="ADDR", default=None, help=RAY_ADDRESS_HELP)(fn)
+    return click.option("--engine", type=click.Choice(ENGINES), default="local",
+                        show_default=True, help=ENGINE_HELP)(fn)
 
 
 def shard_format_option(fn):
@@ -57,6 +65,13 @@ def max_pixels_option(fn):
     return click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
                         show_default=True,
                         help="Refuse images whose header claims more pixels (bomb guard).")(fn)
+
+
+def max_bytes_option(fn):
+    return click.option("--max-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_BYTES,
+                        show_default=True,
+                        help="Record larger files as too_large, unread (only regular files are "
+                             "read: a FIFO or a device is recorded as unreadable).")(fn)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,22 +94,26 @@ def main() -> None:
 @click.option("--exclude", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="File of keys to leave out, one per line (e.g. dedup's duplicates.txt).")
 @max_pixels_option
+@max_bytes_option
 @click.option("--label-from", type=click.Choice(["parent"]), default=None,
               help="Label every sample with its class: the name of the folder the image sits "
                    "in (SRC/<class>/<image>). Writes a .cls member (the class index) and "
                    "\"label\" in each .json, and OUT/labels.json, the sorted class names.")
 @workers_option
+@engine_options
 @restart_options
 @user_errors
-def shards(src, out, size, fmt, maxcount, exclude, max_pixels, label_from, workers, resume,
-           overwrite):
+def shards(src, out, size, fmt, maxcount, exclude, max_pixels, max_bytes, label_from, workers,
+           engine, ray_address, resume, overwrite):
     """Center-crop every image in SRC to a square, resize it (area interpolation) to --size,
     and write WebDataset training shards to --out."""
     from pipeline.shards import make_shards
 
     summary = make_shards(list(src), out, size=size, fmt=fmt, maxcount=maxcount,
-                          exclude=exclude, workers=workers, max_pixels=max_pixels,
-                          label_from=label_from, resume=resume, overwrite=overwrite)
+                          exclude=exclude, workers=workers, engine=engine,
+                          ray_address=ray_address, max_pixels=max_pixels,
+                          max_bytes=max_bytes, label_from=label_from, resume=resume,
+                          overwrite=overwrite)
     click.echo(summary["line"])
 
 
@@ -134,15 +153,17 @@ def shards(src, out, size, fmt, maxcount, exclude, max_pixels, label_from, worke
 @shard_format_option
 @maxcount_option
 @max_pixels_option
+@max_bytes_option
 @click.option("--debug-boxes", is_flag=True,
               help="Also write OUT/debug_boxes.png: the first photos with detections, boxes "
                    "drawn (green kept, red too small, yellow crop).")
 @workers_option
+@engine_options
 @restart_options
 @user_errors
 def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale_factor,
-          min_neighbors, max_side, search_below, fmt, maxcount, max_pixels, debug_boxes,
-          workers, resume, overwrite):
+          min_neighbors, max_side, search_below, fmt, maxcount, max_pixels, max_bytes,
+          debug_boxes, workers, engine, ray_address, resume, overwrite):
     """Detect faces in every photo in SRC (OpenCV) and write one square crop per face of at
     least --min-size pixels, resized to --size, to WebDataset training shards in --out."""
     from pipeline.faces import detect_faces
@@ -151,8 +172,10 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
                            detector=detector, cascade=cascade, yunet_onnx=yunet_onnx,
                            scale_factor=scale_factor, min_neighbors=min_neighbors,
                            max_side=max_side, search_below=search_below, fmt=fmt,
-                           maxcount=maxcount, max_pixels=max_pixels, debug_boxes=debug_boxes,
-                           workers=workers, resume=resume, overwrite=overwrite)
+                           maxcount=maxcount, max_pixels=max_pixels, max_bytes=max_bytes,
+                           debug_boxes=debug_boxes,
+                           workers=workers, engine=engine, ray_address=ray_address,
+                           resume=resume, overwrite=overwrite)
     click.echo(summary["line"])
 
 
@@ -185,11 +208,13 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Training sample, initialization and corruption seed.")
 @max_pixels_option
+@max_bytes_option
 @workers_option
+@engine_options
 @overwrite_option
 @user_errors
 def dedup(src, out, model, train_samples, epochs, min_steps, noise, dropout, radius, batch_size,
-          device, seed, max_pixels, workers, overwrite):
+          device, seed, max_pixels, max_bytes, workers, engine, ray_address, overwrite):
     """Find near duplicates with the paper's semantic hash: 32x32 center crops, a
     3072-128-3072 de-noising autoencoder, codes binarized at the ReLU threshold, equal codes
     grouped in linear time. Writes OUT/duplicates.txt for `pipeline shards --exclude`."""
@@ -198,7 +223,9 @@ def dedup(src, out, model, train_samples, epochs, min_steps, noise, dropout, rad
     summary = run_dedup(list(src), out, model=model, train_samples=train_samples, epochs=epochs,
                         min_steps=min_steps, noise=noise, dropout=dropout, radius=radius,
                         batch_size=batch_size, device=device, workers=workers,
-                        max_pixels=max_pixels, seed=seed, overwrite=overwrite)
+                        engine=engine, ray_address=ray_address,
+                        max_pixels=max_pixels, max_bytes=max_bytes, seed=seed,
+                        overwrite=overwrite)
     click.echo(summary["line"])
 
 @main.command()

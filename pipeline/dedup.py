@@ -7,7 +7,8 @@ Four passes, each linear in the number of images and none holding the images in 
    that the later passes read as a memory map; undecodable records get their status at once.
 2. **Train** the 3072-128-3072 autoencoder on a random sample of the crops (pipeline.autoencoder),
    or load a saved one with `model=` so the same hash applies to new data.
-3. **Hash.** Encode all crops in large batches; the active ReLUs are the 128-bit code.
+3. **Hash.** Encode all crops in large batches; the active ReLUs are the 128-bit code. With
+   `--engine ray` the batches are tasks on the cluster (pipeline.engines).
 4. **Group** equal codes with one sort of the codes, never all pairs (pipeline.grouping); with
    `radius > 0`, codes within that Hamming distance of a group's anchor join it.
 
@@ -26,7 +27,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from pipeline.crops import CROPS_NAME, LOG_NAME, SIDE, CropParams, Crops, extract_crops
 from pipeline.decode import DEFAULT_MAX_PIXELS
+from pipeline.engines import Engine, engine_line, open_engine
 from pipeline.files import (
     read_jsonl,
     write_bytes_atomic,
@@ -51,11 +53,11 @@ from pipeline.manifest import (
     stage_summary,
     summary_line,
 )
-from pipeline.outputs import claim_output
+from pipeline.outputs import claim_output, hold_output
 from pipeline.parallel import default_workers
 from pipeline.runner import StageError
 from pipeline.sheets import contact_sheet
-from pipeline.sources import open_sources
+from pipeline.sources import DEFAULT_MAX_BYTES, open_sources
 from pipeline.statuses import DUPLICATE, UNIQUE
 
 if TYPE_CHECKING:  # torch is imported only when hashing, so `pipeline --help` stays quick
@@ -97,6 +99,48 @@ def hash_crops(model: SemanticHashAutoencoder, crops: np.ndarray, *, device: str
         chunk = np.asarray(crops[start : start + batch])
         codes[start : start + len(chunk)] = semantic_hash(model, chunk, dev)
     return codes
+
+
+@dataclass(frozen=True)
+class HashJob:
+    """What every hashing task shares: the model (in Ray's object store once) and the crops
+    file, which the workers read themselves (OUT must be on a filesystem every node reads)."""
+
+    model: SemanticHashAutoencoder
+    crops: str
+    shape: tuple[int, ...]
+
+
+def hash_all(model: SemanticHashAutoencoder | None, crops: np.ndarray, engine: Engine, *,
+             device: str, progress: bool) -> np.ndarray:
+    """Every crop's code: on the cluster's workers, or here on `device`; all zero without a
+    model (fewer than two images to train on)."""
+    if model is None:
+        return np.zeros((len(crops), BITS // 8), np.uint8)
+    if engine.distributed:
+        return hash_on_cluster(model, crops, engine, progress=progress)
+    return hash_crops(model, crops, device=device, progress=progress)
+
+
+def hash_rows(chunk: list[int], job: HashJob) -> np.ndarray:
+    """Codes of crops [start, stop) (`chunk`), on the worker's CPU."""
+    from pipeline.autoencoder import semantic_hash
+
+    start, stop = chunk
+    crops = np.memmap(job.crops, np.uint8, "r", shape=job.shape)
+    return semantic_hash(job.model, np.asarray(crops[start:stop]), "cpu")
+
+
+def hash_on_cluster(model: SemanticHashAutoencoder, crops: np.ndarray, engine: Engine, *,
+                    batch: int = ENCODE_BATCH, progress: bool = True) -> np.ndarray:
+    """`hash_crops` as tasks on `engine`, in the same batches, so the codes are the same."""
+    if len(crops) == 0:
+        return np.zeros((0, model.config.bits // 8), np.uint8)
+    job = HashJob(model, str(crops.filename), crops.shape)
+    chunks = ([start, min(start + batch, len(crops))] for start in range(0, len(crops), batch))
+    results = engine.map(hash_rows, job, chunks)
+    return np.concatenate(list(tqdm(results, total=-(-len(crops) // batch), unit="batch",
+                                    desc="hash", disable=not progress, dynamic_ncols=True)))
 
 
 # ---- outputs ----------------------------------------------------------------------------------
@@ -223,7 +267,10 @@ def dedup(
     batch_size: int = 256,
     device: str = "auto",
     workers: int | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
@@ -236,58 +283,63 @@ def dedup(
     """
     check_request(radius=radius, train_samples=train_samples, model=model, device=device)
     out = Path(out)
-    source = open_sources(list(sources))
+    source = open_sources(list(sources), max_bytes=max_bytes, skip=out)
     hash_model, info = load_saved_model(model) if model is not None else (None, None)
-    claim_output(out, overwrite=overwrite)
-    for name in OUTPUTS:
-        (out / name).unlink(missing_ok=True)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
+    mapper = open_engine(engine, workers=workers or default_workers(), address=ray_address)
+    with hold_output(out, command="pipeline dedup"), mapper:
+        claim_output(out, command="pipeline dedup", overwrite=overwrite)
+        for name in OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
 
-    with _timed(timings, "crops_s"):
-        crops = extract_crops(source, out, CropParams(max_pixels=max_pixels),
-                              workers or default_workers(), progress=progress)
-    history: list[float] = []
-    if hash_model is None and len(crops.images) >= 2:
-        with _timed(timings, "train_s"):
-            hash_model, info, history = train_hash(
-                crops, out, sources, train_samples=train_samples, epochs=epochs,
-                min_steps=min_steps, noise=noise, dropout=dropout, code_noise=code_noise,
-                batch_size=batch_size, seed=seed, device=device, progress=progress)
-    with _timed(timings, "hash_s"):
-        codes = (hash_crops(hash_model, crops.images, device=device, progress=progress)
-                 if hash_model is not None
-                 else np.zeros((len(crops.images), BITS // 8), np.uint8))
-    with _timed(timings, "group_s"):
-        groups = resolve_groups(group_codes(codes, radius), crops.pixels)
-        counts = write_outputs(out, groups, codes, progress)
-        write_collision_sheet(out, crops, groups)
-    del crops  # closes the memory map before its file goes
-    (out / CROPS_NAME).unlink(missing_ok=True)
-    (out / LOG_NAME).unlink(missing_ok=True)
+        with _timed(timings, "crops_s"):
+            crops = extract_crops(source, out, CropParams(max_pixels=max_pixels),
+                                  workers or default_workers(), engine=mapper,
+                                  progress=progress)
+        history: list[float] = []
+        if hash_model is None and len(crops.images) >= 2:
+            with _timed(timings, "train_s"):
+                hash_model, info, history = train_hash(
+                    crops, out, sources, train_samples=train_samples, epochs=epochs,
+                    min_steps=min_steps, noise=noise, dropout=dropout, code_noise=code_noise,
+                    batch_size=batch_size, seed=seed, device=device, progress=progress)
+        with _timed(timings, "hash_s"):
+            codes = hash_all(hash_model, crops.images, mapper, device=device,
+                             progress=progress)
+        with _timed(timings, "group_s"):
+            groups = resolve_groups(group_codes(codes, radius), crops.pixels)
+            counts = write_outputs(out, groups, codes, progress)
+            write_collision_sheet(out, crops, groups)
+        del crops  # closes the memory map before its file goes
+        (out / CROPS_NAME).unlink(missing_ok=True)
+        (out / LOG_NAME).unlink(missing_ok=True)
 
-    seconds = time.perf_counter() - started
-    summary = stage_summary(
-        "dedup", counts, seconds, sum(counts.values()),
-        images=int(len(codes)),
-        groups=groups.count,
-        duplicates=counts.get(DUPLICATE, 0),
-        bit_usage=bit_usage(codes),
-        model=str(model) if model is not None else str(out / MODEL_NAME),
-        model_info=info or {},
-        loss_per_epoch=[round(x, 6) for x in history],
-        settings={"sources": [str(s) for s in sources], "radius": radius,
-                  "train_samples": train_samples, "epochs": epochs, "min_steps": min_steps,
-                  "noise": noise, "dropout": dropout, "code_noise": code_noise,
-                  "batch_size": batch_size, "seed": seed, "max_pixels": max_pixels,
-                  "hash": asdict(hash_model.config) if hash_model is not None else None},
-        timings_s={k: round(v, 3) for k, v in timings.items()},
-    )
-    write_json_atomic(out / SUMMARY_NAME, summary)
-    usage = summary["bit_usage"]
-    summary["line"] = (summary_line("dedup", counts, UNIQUE, seconds, str(out))
-                       + f"; {groups.count} groups, bits on {usage['ever_on']}/{usage['bits']}")
-    return summary
+        seconds = time.perf_counter() - started
+        summary = stage_summary(
+            "dedup", counts, seconds, sum(counts.values()),
+            images=int(len(codes)),
+            groups=groups.count,
+            duplicates=counts.get(DUPLICATE, 0),
+            bit_usage=bit_usage(codes),
+            model=str(model) if model is not None else str(out / MODEL_NAME),
+            model_info=info or {},
+            loss_per_epoch=[round(x, 6) for x in history],
+            settings={"sources": [str(s) for s in sources], "radius": radius,
+                      "train_samples": train_samples, "epochs": epochs, "min_steps": min_steps,
+                      "noise": noise, "dropout": dropout, "code_noise": code_noise,
+                      "batch_size": batch_size, "seed": seed, "max_pixels": max_pixels,
+                      "max_bytes": max_bytes,
+                      "hash": asdict(hash_model.config) if hash_model is not None else None},
+            timings_s={k: round(v, 3) for k, v in timings.items()},
+            engine=mapper.describe(),
+        )
+        write_json_atomic(out / SUMMARY_NAME, summary)
+        usage = summary["bit_usage"]
+        summary["line"] = (summary_line("dedup", counts, UNIQUE, seconds, str(out))
+                           + f" ({engine_line(summary['engine'])})"
+                           + f"; {groups.count} groups, bits on {usage['ever_on']}/{usage['bits']}")
+        return summary
 
 
 def check_request(*, radius: int, train_samples: int, model: object, device: str) -> None:

@@ -119,7 +119,7 @@ def _load(spec: DetectorSpec):
         if spec.kind == "haar":
             try:
                 cascade = cv2.CascadeClassifier(spec.path)
-            except cv2.error:  # a file that is not a cascade's XML
+            except (cv2.error, SystemError):  # a file that is not a cascade's XML
                 cascade = cv2.CascadeClassifier()
             if cascade.empty():
                 raise DetectorError(f"{spec.path}: OpenCV could not load it as a Haar cascade; "

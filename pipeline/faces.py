@@ -48,8 +48,15 @@ from pipeline.parallel import default_workers
 from pipeline.runner import Stage, run_stage
 from pipeline.sheets import contact_sheet
 from pipeline.sinks import Sample
-from pipeline.sources import Record, open_sources, safe_key
-from pipeline.statuses import FACES, FACES_TOO_SMALL, NO_FACE, UNREADABLE
+from pipeline.sources import (
+    DEFAULT_MAX_BYTES,
+    ReadError,
+    Record,
+    Source,
+    open_sources,
+    safe_key,
+)
+from pipeline.statuses import FACES, FACES_TOO_SMALL, NO_FACE
 
 DEBUG_NAME = "debug_boxes.png"
 DEBUG_PHOTOS = 16
@@ -119,12 +126,8 @@ def faces_chunk(records: list[Record], params: FaceParams) -> list[Outcome]:
 
 def _faces_one(rec: Record, params: FaceParams) -> Outcome:
     try:
-        data = rec.read()
-    except OSError as err:
-        return Outcome(rec.key, UNREADABLE, str(err))
-    try:
-        rgb = decode_image(data, max_pixels=params.max_pixels, min_side=params.min_size)
-    except DecodeError as err:
+        rgb = decode_image(rec.read(), max_pixels=params.max_pixels, min_side=params.min_size)
+    except (ReadError, DecodeError) as err:
         return Outcome(rec.key, err.status, err.reason)
     found = detect(params.detector, rgb, smallest=params.search_floor, max_side=params.max_side)
     kept = [b for b in found if max(b[2], b[3]) >= params.min_size]
@@ -175,7 +178,7 @@ def _octaves(sizes: list[int], min_size: int) -> dict[str, int]:
             for k in range(max(counts, default=-1) + 1)}
 
 
-def write_debug_boxes(sources: list[str | os.PathLike], out: Path, params: FaceParams,
+def write_debug_boxes(source: Source, out: Path, params: FaceParams,
                       count: int = DEBUG_PHOTOS) -> int:
     """OUT/debug_boxes.png: the first `count` photos with detections, boxes drawn (green kept,
     red too small, yellow the crop square). Returns the number of photos drawn."""
@@ -186,11 +189,11 @@ def write_debug_boxes(sources: list[str | os.PathLike], out: Path, params: FaceP
             if len(wanted) == count:
                 break
     tiles = []
-    for rec in takewhile(lambda _: len(tiles) < len(wanted), open_sources(list(sources))):
+    for rec in takewhile(lambda _: len(tiles) < len(wanted), source):
         if rec.key in wanted:
             try:
                 rgb = decode_image(rec.read(), max_pixels=params.max_pixels)
-            except (OSError, DecodeError):  # changed since the run; the manifest stands
+            except (ReadError, DecodeError):  # changed since the run; the manifest stands
                 wanted.pop(rec.key)
                 continue
             tiles.append(_debug_tile(rgb, wanted[rec.key], params.margin))
@@ -237,8 +240,11 @@ def detect_faces(
     fmt: str = "png",
     maxcount: int = 10_000,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     debug_boxes: bool = False,
     workers: int | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -251,20 +257,22 @@ def detect_faces(
                          "scale_factor > 1, 0 < search_below <= 1")
     spec = load_detector(make_spec(detector, cascade=cascade, yunet_onnx=yunet_onnx,
                                    scale_factor=scale_factor, min_neighbors=min_neighbors))
-    source = open_sources(list(sources))
+    source = open_sources(list(sources), max_bytes=max_bytes, skip=Path(out))
     params = FaceParams(spec, min_size=min_size, margin=margin, size=size, max_side=max_side,
                         fmt=fmt, max_pixels=max_pixels, search_below=search_below)
     settings = {"sources": [str(s) for s in sources], **params.provenance(),
                 "detector_path": spec.path, "search_floor": params.search_floor,
-                "format": fmt, "maxcount": maxcount, "max_pixels": max_pixels}
+                "format": fmt, "maxcount": maxcount, "max_pixels": max_pixels,
+                "max_bytes": max_bytes}
     stage = Stage("faces", faces_chunk, params, settings, FACES, extra_outputs=(DEBUG_NAME,),
                   index_info={"image_size": size, "format": fmt},
                   summarize=partial(face_size_summary, min_size=min_size))
     out = Path(out)
     summary = run_stage(stage, source, out, workers=workers or default_workers(),
+                        engine=engine, ray_address=ray_address,
                         maxcount=maxcount, resume=resume, overwrite=overwrite, progress=progress)
     if debug_boxes:
-        summary["debug_photos"] = write_debug_boxes(sources, out, params)
+        summary["debug_photos"] = write_debug_boxes(source, out, params)
     sizes = summary["face_sizes"]
     spread = (f" ({sizes['min']}-{sizes['max']} px, median {sizes['median']:g})"
               if summary["faces_kept"] else "")

@@ -5,16 +5,23 @@ everything around it: output-folder safety, ordered parallel mapping, the manife
 rollover, checkpoints for `--resume`, the contact sheet and the summary.
 
 Restart rules (the same for every stage):
+- one run at a time: the folder is locked for the whole run (pipeline.outputs.hold_output), and
+  only an empty folder or one this stage owns is used (pipeline.outputs.claim_output);
 - a finished output folder (it has `summary.json`) is refused unless `overwrite`;
 - an unfinished one (killed midway) is started over, or continued with `resume`;
 - a checkpoint (`progress.json`) is written each time a shard is completed, at an input-record
   boundary, so a resumed run skips exactly the records whose samples are already in finished
-  shards and ends with the same shards as an uninterrupted run.
+  shards and ends with the same shards as an uninterrupted run;
+- the checkpoint holds the fingerprint of the run's input set (pipeline.sources), and a resume
+  over a different input set is refused: skipping "the first N records" of other inputs would
+  leave some without a status and give others two.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from pipeline.engines import Engine, engine_line, open_engine
 from pipeline.files import write_json_atomic, write_png_atomic
 from pipeline.manifest import (
     MANIFEST_NAME,
@@ -33,15 +41,17 @@ from pipeline.manifest import (
     stage_summary,
     summary_line,
 )
-from pipeline.outputs import claim_output
-from pipeline.parallel import chunked, map_ordered
+from pipeline.outputs import claim_output, hold_output
+from pipeline.parallel import chunked
 from pipeline.sheets import contact_sheet, decode_encoded
-from pipeline.sinks import INDEX_NAME, ShardSink, write_index
-from pipeline.sources import Record, Source
+from pipeline.sinks import INDEX_NAME, ShardSink, shard_keys, write_index
+from pipeline.sources import SHARD_IMAGE_EXTS, Record, Source
 
 PROGRESS_NAME = "progress.json"
 SHEET_NAME = "contact_sheet.png"
 SHEET_SIZE = 64  # samples shown on the contact sheet
+# Errors that mean the disk (or the user's file-size limit) is full, not that the code is wrong.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class StageError(Exception):
@@ -69,31 +79,50 @@ def run_stage(
     out: Path,
     *,
     workers: int,
+    engine: str = "local",
+    ray_address: str | None = None,
     maxcount: int = 10_000,
     resume: bool = False,
     overwrite: bool = False,
     chunk_size: int = 32,
     progress: bool = True,
 ) -> dict:
-    """Run `stage` over `source` into `out`; returns the summary (also in OUT/summary.json)."""
+    """Run `stage` over `source` into `out`; returns the summary (also in OUT/summary.json).
+    `source` should have been opened with `skip=out`, so the run never reads its own output.
+    The chunks run on `engine` (pipeline.engines: "local" with `workers` processes, or "ray")."""
     if maxcount < 1:
         raise StageError("--maxcount must be at least 1")
-    out = Path(out)
-    state = _prepare_output(stage, out, resume=resume, overwrite=overwrite)
+    mapper = open_engine(engine, workers=workers, address=ray_address)
+    with hold_output(Path(out), command=f"pipeline {stage.name}") as out:
+        try:
+            return _run_held(stage, source, out, engine=mapper, maxcount=maxcount,
+                             resume=resume, overwrite=overwrite, chunk_size=chunk_size,
+                             progress=progress)
+        except OSError as err:
+            if err.errno not in DISK_FULL:
+                raise
+            raise StageError(
+                f"{out}: {err.strerror} while writing; finished shards are kept and the "
+                "unfinished one stays .tmp: free some space, then rerun with --resume") from None
+
+
+def _run_held(stage: Stage, source: Source, out: Path, *, engine: Engine, maxcount: int,
+              resume: bool, overwrite: bool, chunk_size: int, progress: bool) -> dict:
     started = time.perf_counter()
-    total = source.count()
+    total = source.count()  # lists a folder: from here on, that listing is the input set
+    inputs = {"count": total, "fingerprint": source.fingerprint()}
+    state = _prepare_output(stage, out, inputs, resume=resume, overwrite=overwrite)
     manifest = Manifest(out / MANIFEST_NAME, state["manifest_offset"], state["counts"])
-    sink = ShardSink(out, stage.name, start_shard=len(state["shards"]))
     shards: list[dict] = state["shards"]
+    sink = ShardSink(out, stage.name, start_shard=len(shards), taken=shard_keys(out, shards))
     records_done = state["records_done"]
-    preview: list[bytes] = []
+    preview = _first_images(out, shards, SHEET_SIZE)
 
     records = islice(iter(source), records_done, None)
     bar = tqdm(total=total, initial=records_done, unit="img", disable=not progress,
                desc=stage.name, dynamic_ncols=True)
     try:
-        for outcomes in map_ordered(stage.worker, stage.params, chunked(records, chunk_size),
-                                    workers):
+        for outcomes in engine.map(stage.worker, stage.params, chunked(records, chunk_size)):
             for outcome in outcomes:
                 manifest.record(outcome)
                 for sample in outcome.samples:
@@ -103,7 +132,7 @@ def run_stage(
                 records_done += 1
                 if sink.count >= maxcount:
                     shards.append(sink.close_shard())
-                    _checkpoint(stage, out, records_done, manifest, shards)
+                    _checkpoint(stage, out, inputs, records_done, manifest, shards)
             bar.update(len(outcomes))
             bar.set_postfix({stage.main_status: manifest.counts[stage.main_status]}, refresh=False)
     finally:
@@ -117,22 +146,30 @@ def run_stage(
     write_index(out, shards, stage=stage.name, **stage.index_info)
     if preview:
         write_png_atomic(out / SHEET_NAME, contact_sheet([decode_encoded(b) for b in preview]))
-    summary = _summary(stage, manifest, shards, seconds, total, state)
+    summary = _summary(stage, manifest, shards, seconds, total, state, inputs)
     if stage.summarize is not None:
         summary.update(stage.summarize(out))
+    summary["engine"] = engine.describe()
     write_json_atomic(out / SUMMARY_NAME, summary)
     (out / PROGRESS_NAME).unlink(missing_ok=True)
     summary["line"] = summary_line(stage.name, summary["counts"], stage.main_status,
-                                   seconds, str(out))
+                                   seconds, str(out)) + f" ({engine_line(summary['engine'])})"
+    if total == 0:
+        summary["line"] += "; warning: nothing was found in the source"
     return summary
 
 
-def _prepare_output(stage: Stage, out: Path, *, resume: bool, overwrite: bool) -> dict:
+def _prepare_output(stage: Stage, out: Path, inputs: dict, *, resume: bool,
+                    overwrite: bool) -> dict:
     """Decide fresh start / resume / refusal, and clean up only files this stage owns."""
+    if resume and overwrite:
+        raise StageError("give --resume (continue the run in --out) or --overwrite (replace "
+                         "it), not both")
     fresh = {"records_done": 0, "manifest_offset": 0, "counts": {}, "shards": [],
              "resumed_from": 0}
-    claim_output(out, overwrite=overwrite, finished=SUMMARY_NAME)
-    if resume and not overwrite and (out / PROGRESS_NAME).exists():
+    claim_output(out, command=f"pipeline {stage.name}", overwrite=overwrite,
+                 finished=SUMMARY_NAME)
+    if resume and (out / PROGRESS_NAME).exists():
         with open(out / PROGRESS_NAME, encoding="utf-8") as f:
             saved = json.load(f)
         if saved["stage"] != stage.name or saved["settings"] != stage.settings:
@@ -140,10 +177,30 @@ def _prepare_output(stage: Stage, out: Path, *, resume: bool, overwrite: bool) -
                 f"{out} holds an unfinished run with other settings "
                 f"({saved['settings']}); rerun without --resume to start over"
             )
+        if saved.get("inputs") != inputs:
+            then = saved.get("inputs", {}).get("count", "?")
+            raise StageError(
+                f"{out}: the source changed since this run began ({then} inputs then, "
+                f"{inputs['count']} now, or the same number with other files); rerun without "
+                "--resume to start over")
         _remove_partial_shards(out, stage.name, keep=saved["shards"])
         return {**saved, "resumed_from": saved["records_done"]}
     _clean(out, stage)
     return fresh
+
+
+def _first_images(out: Path, shards: list[dict], n: int) -> list[bytes]:
+    """The encoded images of the first `n` samples in `shards` (a resumed run's contact sheet
+    starts with them, as an uninterrupted run's does)."""
+    images: list[bytes] = []
+    for shard in shards:
+        with tarfile.open(out / shard["name"]) as tar:
+            for member in tar:
+                if len(images) == n:
+                    return images
+                if member.name.rsplit(".", 1)[-1] in SHARD_IMAGE_EXTS:
+                    images.append(tar.extractfile(member).read())
+    return images
 
 
 def _clean(out: Path, stage: Stage) -> None:
@@ -161,11 +218,12 @@ def _remove_partial_shards(out: Path, prefix: str, keep: list[dict]) -> None:
             path.unlink()
 
 
-def _checkpoint(stage: Stage, out: Path, records_done: int, manifest: Manifest,
+def _checkpoint(stage: Stage, out: Path, inputs: dict, records_done: int, manifest: Manifest,
                 shards: list[dict]) -> None:
     write_json_atomic(out / PROGRESS_NAME, {
         "stage": stage.name,
         "settings": stage.settings,
+        "inputs": inputs,
         "records_done": records_done,
         "manifest_offset": manifest.offset,
         "counts": dict(manifest.counts),
@@ -174,13 +232,15 @@ def _checkpoint(stage: Stage, out: Path, records_done: int, manifest: Manifest,
 
 
 def _summary(stage: Stage, manifest: Manifest, shards: list[dict], seconds: float,
-             expected: int | None, state: dict) -> dict:
+             expected: int | None, state: dict, inputs: dict) -> dict:
     if expected is not None and manifest.total != expected:
-        raise RuntimeError(f"manifest holds {manifest.total} records, source had {expected}")
+        raise StageError(f"the source gave {manifest.total} records but was counted as "
+                         f"{expected} (its index.json does not match its shards?)")
     return stage_summary(
         stage.name, manifest.counts, seconds, manifest.total - state["resumed_from"],
         samples=sum(s["samples"] for s in shards),
         shards=len(shards),
         settings=stage.settings,
+        inputs_fingerprint=inputs["fingerprint"],
         resumed_from_record=state["resumed_from"],
     )

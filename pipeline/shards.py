@@ -25,8 +25,8 @@ from pipeline.manifest import Outcome
 from pipeline.parallel import default_workers
 from pipeline.runner import Stage, StageError, run_stage
 from pipeline.sinks import Sample
-from pipeline.sources import Record, Source, open_sources, safe_key
-from pipeline.statuses import EXCLUDED, KEPT, UNREADABLE
+from pipeline.sources import DEFAULT_MAX_BYTES, ReadError, Record, Source, open_sources, safe_key
+from pipeline.statuses import EXCLUDED, KEPT
 
 LABEL_SOURCES = ("parent",)
 LABELS_NAME = "labels.json"
@@ -50,13 +50,9 @@ def _shard_one(rec: Record, params: ShardParams) -> Outcome:
     if rec.key in params.exclude:
         return Outcome(rec.key, EXCLUDED, "listed in --exclude")
     try:
-        data = rec.read()
-    except OSError as err:
-        return Outcome(rec.key, UNREADABLE, str(err))
-    try:
-        rgb = decode_image(data, max_pixels=params.max_pixels, min_side=params.size,
+        rgb = decode_image(rec.read(), max_pixels=params.max_pixels, min_side=params.size,
                            draft_side=params.size)
-    except DecodeError as err:
+    except (ReadError, DecodeError) as err:
         return Outcome(rec.key, err.status, err.reason)
     height, width = rgb.shape[:2]
     crop = resize_area(center_crop(rgb), params.size)
@@ -98,8 +94,35 @@ def _write_labels(out: Path, classes: tuple[str, ...]) -> dict:
 
 def read_exclude(path: str | os.PathLike) -> frozenset[str]:
     """Keys to leave out, one per line (the format of dedup's duplicates.txt)."""
-    with open(path, encoding="utf-8") as f:
-        return frozenset(line.rstrip("\n") for line in f if line.strip())
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        text = "\0"
+    if "\0" in text:
+        raise StageError(f"--exclude {path}: not a text file of keys; give a list with one key "
+                         "per line, like dedup's duplicates.txt")
+    return frozenset(line for line in text.split("\n") if line.strip())
+
+
+def match_exclude(listed: frozenset[str], source: Source, path: str | os.PathLike
+                  ) -> tuple[frozenset[str], int]:
+    """The record keys `listed` names, and how many listed keys name none. A listed key names
+    a record by its key, or by its key within its own source: dedup run over one of several
+    sources wrote keys without the source-name prefix a multi-source run adds. Matching
+    nothing at all means the list belongs to other data: refused, rather than silently
+    excluding nothing."""
+    matched, used = set(), set()
+    for key, own in source.record_keys():
+        for name in (key, own):
+            if name in listed:
+                matched.add(key)
+                used.add(name)
+    if listed and not matched:
+        example = next(iter(sorted(listed)))
+        raise StageError(f"--exclude {path}: none of its {len(listed)} keys (e.g. {example!r}) "
+                         "names an input of this source; was it written for other data?")
+    return frozenset(matched), len(listed - used)
 
 
 def make_shards(
@@ -111,7 +134,10 @@ def make_shards(
     maxcount: int = 10_000,
     exclude: str | os.PathLike | None = None,
     workers: int | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     label_from: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -123,19 +149,24 @@ def make_shards(
         raise ValueError("size must be positive")
     if label_from not in (None, *LABEL_SOURCES):
         raise ValueError(f"label_from must be one of {LABEL_SOURCES} or None, got {label_from!r}")
-    source = open_sources(list(sources))
-    excluded = read_exclude(exclude) if exclude else frozenset()
+    source = open_sources(list(sources), max_bytes=max_bytes, skip=Path(out))
+    listed = read_exclude(exclude) if exclude else frozenset()
+    excluded, unmatched = match_exclude(listed, source, exclude) if exclude else (listed, 0)
     classes = class_names(source) if label_from else ()
     params = ShardParams(size=size, fmt=fmt, max_pixels=max_pixels, exclude=excluded,
                          classes=classes)
     settings = {"sources": [str(s) for s in sources], "size": size, "format": fmt,
-                "maxcount": maxcount, "max_pixels": max_pixels,
-                "exclude": str(exclude) if exclude else None, "excluded_keys": len(excluded),
-                "label_from": label_from}
+                "maxcount": maxcount, "max_pixels": max_pixels, "max_bytes": max_bytes,
+                "exclude": str(exclude) if exclude else None, "excluded_keys": len(listed),
+                "exclude_unmatched": unmatched, "label_from": label_from}
     stage = Stage("shards", shard_chunk, params, settings, KEPT,
                   extra_outputs=(LABELS_NAME,) if label_from else (),
                   index_info={"image_size": size, "format": fmt},
                   summarize=functools.partial(_write_labels, classes=classes) if label_from
                   else None)
-    return run_stage(stage, source, Path(out), workers=workers or default_workers(),
-                     maxcount=maxcount, resume=resume, overwrite=overwrite, progress=progress)
+    summary = run_stage(stage, source, Path(out), workers=workers or default_workers(),
+                        engine=engine, ray_address=ray_address,
+                        maxcount=maxcount, resume=resume, overwrite=overwrite, progress=progress)
+    if unmatched:
+        summary["line"] += f"; {unmatched} of {len(listed)} --exclude keys matched no input"
+    return summary

@@ -43,3 +43,45 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---- a hostile corpus: what a careless or hostile user hands a stage -------------------------
+
+COLLIDING_NAMES = ("a.b.png", "a_b.png", "a.b_png", "a_b_png")  # all "a_b_png" once tar-safe
+
+
+def write_photos(folder, names, tiles) -> list:
+    """PNG photos (distinct tiles) under `names` in `folder`; returns their paths."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, tile in zip(names, tiles, strict=False):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(cv2.imencode(".png", np.ascontiguousarray(tile[..., ::-1]))[1].tobytes())
+        paths.append(path)
+    return paths
+
+
+def make_fifo(path):
+    """A named pipe nobody writes to: reading it blindly blocks forever."""
+    import os
+
+    os.mkfifo(path)
+    return path
+
+
+def make_sparse_file(path, size: int = 6 * 2**30):
+    """A file of `size` bytes that takes no disk space (reading it whole needs `size` of RAM)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def make_foreign_out(folder):
+    """A folder of someone else's that looks like a stage's output."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "shards-000007.tar").write_bytes(b"someone else's shard")
+    (folder / "manifest.jsonl").write_text('{"key": "theirs", "status": "kept"}\n')
+    return folder
