@@ -10,14 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 
 from gan.checkpoint import CheckpointError, load_models
 from gan.data import CACHES, DataError
 from gan.models import ARCHS, IMAGE_SIZES
-from gan.runtime import PRECISIONS, TrainingError
-from gan.sample import PRIORS, arithmetic, arithmetic_sheet, interpolate, sample_z
+from gan.runtime import PRECISION_HELP, PRECISIONS, TrainingError
+from gan.sample import (
+    PRIORS,
+    arithmetic,
+    arithmetic_sheet,
+    check_figure_size,
+    interpolate,
+    load_z,
+    sample_z,
+)
 from gan.train import TrainConfig
 from pipeline.cli_common import (
     bn_option,
@@ -86,7 +93,9 @@ DEFAULTS = TrainConfig.__dataclass_fields__  # --help shows the Python API's def
 @click.option("--cache", type=click.Choice(CACHES), default="none", show_default=True,
               help="'none': stream and decode every epoch. 'ram': decode once into a uint8 "
                    "memory-mapped file (RUN/cache/). 'gpu': decode once into a uint8 tensor on "
-                   "the GPU (64x64: ~12 KB per image). Caches shuffle by index per epoch.")
+                   "the GPU (64x64: ~12 KB per image; under torchrun each GPU holds only its "
+                   "rank's share; refused up front when it does not fit). Caches shuffle by "
+                   "index per epoch.")
 @device_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sample-every", type=click.IntRange(min=1),
@@ -101,11 +110,11 @@ DEFAULTS = TrainConfig.__dataclass_fields__  # --help shows the Python API's def
                    "(every step still gets its own line in metrics.jsonl).")
 @bn_option("Used for the periodic sample grids.")
 @click.option("--compile", "compile_", is_flag=True,
-              help="torch.compile G and D (slow start; worth it on GPUs for long runs).")
+              help="torch.compile G and D (slow start; worth it on GPUs for long runs). Under "
+                   "torchrun the DDP-wrapped networks are compiled, so the gradient all-reduce "
+                   "overlaps the backward.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
-              show_default=True,
-              help="auto = bf16 autocast on CUDA, fp32 on CPU. bf16 also on CPUs with bf16 "
-                   "units (~1.6x faster on AVX512-BF16, no longer bit-exact fp32).")
+              show_default=True, help=PRECISION_HELP)
 @restart_options
 @progress_option
 @user_errors
@@ -150,6 +159,7 @@ def sample(ckpt, n, seed, out, save_z, nrow, bn, device):
     """A numbered grid of samples, so exemplars can be picked by number."""
     from gan.sample import generate, save_grid
 
+    check_figure_size(n, f"--n {n}")
     G, _, config = load_models(ckpt, resolve_device(device))
     z = sample_z(n, config["nz"], config["prior"], torch.Generator().manual_seed(seed))
     save_grid(generate(G, z, bn), out, nrow=nrow, numbered=True)
@@ -174,6 +184,7 @@ def interpolate_cmd(ckpt, points, steps, seed, slerp, out, bn, device):
     """Latent walks (paper Fig. 4): smooth transitions argue against memorization."""
     from gan.sample import save_grid
 
+    check_figure_size((points - 1) * steps, f"--points {points} --steps {steps}")
     G, _, config = load_models(ckpt, resolve_device(device))
     images = interpolate(G, config["prior"], points, steps, seed, slerp, bn)
     save_grid(images, out, nrow=steps)
@@ -210,10 +221,7 @@ def arithmetic_cmd(ckpt, z_path, a, b, c, noise, seed, out, bn, device):
     G, _, config = load_models(ckpt, resolve_device(device))
     if not z_path.is_file():
         raise click.ClickException(f"{z_path}: no such file")
-    z = torch.from_numpy(np.load(z_path, allow_pickle=False)).float()
-    if z.ndim != 2 or z.shape[1] != config["nz"]:
-        raise click.ClickException(f"{z_path}: expected an (N, {config['nz']}) array of z's, "
-                                   f"found shape {tuple(z.shape)}")
+    z = load_z(z_path, config["nz"])
     result = arithmetic(G, z, a, b, c, noise=noise, seed=seed, bn=bn)
     write_png_atomic(out, arithmetic_sheet(result))
     click.echo(f"A - B + C from {len(a)}/{len(b)}/{len(c)} exemplars -> {out}")

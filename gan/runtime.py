@@ -48,8 +48,6 @@ def start_runtime(device: str) -> Runtime:
     """Pick the device and, under torchrun, join the process group (NCCL on GPUs, else gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dev = resolve_device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda requested but no CUDA device is available")
     if world == 1:
         return Runtime(dev)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -72,6 +70,23 @@ def stop_runtime(rt: Runtime) -> None:
 def barrier(rt: Runtime) -> None:
     if rt.world > 1:
         dist.barrier()
+
+
+def run_on_main(rt: Runtime, fn: Callable[[], object]) -> None:
+    """`fn()` on rank 0 while the other ranks wait; if it fails, every rank raises its error
+    (a rank left waiting for one that stopped would wait until the process group times out)."""
+    error = None
+    if rt.is_main:
+        try:
+            fn()
+        except Exception as err:  # re-raised below, on every rank
+            error = err
+    if rt.world > 1:
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0)
+        error = shared[0]
+    if error is not None:
+        raise error
 
 
 def mean_over_ranks(values: torch.Tensor, rt: Runtime) -> torch.Tensor:

@@ -25,6 +25,9 @@ from pipeline.sheets import contact_sheet
 
 PRIORS = ("uniform", "normal")
 ARITHMETIC_SAMPLES = 8  # noisy samples of Y in the Fig. 7 sheet, as in the paper
+# Images a drawing command generates as one batch (a figure is one batch, see above): ~2 GB of
+# activations for the paper's G at 64x64, and more tiles than a person can pick from.
+MAX_IMAGES = 2048
 
 
 def sample_z(
@@ -37,6 +40,30 @@ def sample_z(
     if prior == "normal":
         return torch.randn(n, nz, generator=generator, device=device)
     raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+
+
+def check_figure_size(images: int, what: str) -> None:
+    """ValueError, before anything is allocated, for a figure too large to draw as one batch."""
+    if images > MAX_IMAGES:
+        raise ValueError(f"{what} asks for {images} images in one figure, drawn as one batch; "
+                         f"at most {MAX_IMAGES}")
+
+
+def load_z(path: Path, nz: int) -> torch.Tensor:
+    """The z's of a `gan sample --save-z` file as float32 (N, nz); ValueError naming the file
+    if it holds anything else (another shape, complex numbers, NaN or infinity, which G would
+    turn into a blank image without a word)."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: not a .npy array of z's ({err})") from None
+    if z.ndim != 2 or z.shape[1] != nz:
+        raise ValueError(f"{path}: expected an (N, {nz}) array of z's, found shape {z.shape}")
+    if not (np.issubdtype(z.dtype, np.floating) or np.issubdtype(z.dtype, np.integer)):
+        raise ValueError(f"{path}: expected real numbers, found {z.dtype}")
+    if not np.isfinite(z).all():
+        raise ValueError(f"{path}: holds NaN or infinite values; z's must be finite")
+    return torch.from_numpy(z.astype(np.float32))
 
 
 @contextlib.contextmanager

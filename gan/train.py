@@ -29,6 +29,7 @@ re-derived from (seed, rank, step) and says so: correct training, but not the sa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -69,6 +70,7 @@ from gan.runtime import (
     autocast_for,
     barrier,
     gather_from_ranks,
+    run_on_main,
     set_tf32,
     start_runtime,
     stop_runtime,
@@ -77,9 +79,10 @@ from gan.sample import PRIORS, generate, sample_z, save_grid
 from gan.step import gan_step, make_optimizer
 from pipeline.cli_common import BN_MODES
 from pipeline.files import write_json_atomic
-from pipeline.outputs import claim_output
+from pipeline.outputs import claim_output, hold_output
 from pipeline.parallel import default_workers
 
+COMMAND = "gan train"  # the owner named in a run folder and in its lock
 SAMPLE_GRID = 64  # images in each periodic sample grid (8 x 8)
 # Settings a resumed run may change; everything else comes from the checkpoint so that the
 # continuation is the same computation.
@@ -144,20 +147,26 @@ class TrainConfig:
 # Set up: the run folder, the data, the models
 
 
-def claim_run(config: TrainConfig, out: Path) -> dict | None:
-    """The checkpoint to continue from (None: a fresh run), or an error if `out` may not be used
-    as asked. Reads only: bad shards, found next, must leave no run folder behind."""
+def resume_from(config: TrainConfig, out: Path) -> dict | None:
+    """The checkpoint a `resume` run continues from (None for a fresh run); reads only."""
+    if not config.resume:
+        return None
     last = out / "checkpoints" / "last.pt"
-    if config.resume:
-        if not last.is_file():
-            raise TrainingError(f"--resume: no checkpoint at {last}")
-        return load_checkpoint(last)
-    if out.exists():  # so claim_output creates nothing
-        claim_output(out, command="gan train", overwrite=config.overwrite, finished=FINISHED)
-    if last.exists() and not config.overwrite:
+    if not last.is_file():
+        raise TrainingError(f"--resume: no checkpoint at {last}")
+    return load_checkpoint(last)
+
+
+def claim_run(config: TrainConfig, out: Path, held: contextlib.ExitStack) -> None:
+    """Hold `out` for this run (a second run into it stops at once, naming this one) and
+    refuse it if it may not be used as asked: another command's folder, a finished run
+    without --overwrite, an unfinished one without --resume or --overwrite."""
+    held.enter_context(hold_output(out, command=COMMAND))
+    claim_output(out, command=COMMAND, overwrite=config.overwrite or config.resume,
+                 finished=FINISHED)
+    if (out / "checkpoints" / "last.pt").exists() and not (config.resume or config.overwrite):
         raise TrainingError(f"{out} already holds a run: pass --resume to continue it, "
                             f"--overwrite to start it over, or choose another --out")
-    return None
 
 
 def resumed_config(config: TrainConfig, state: dict) -> TrainConfig:
@@ -189,7 +198,6 @@ def check_same_data(checkpoint: dict, shards: list[list], data: str) -> None:
 def make_batches(config: TrainConfig, rt: Runtime, out: Path, urls: list[str],
                  counts: list[int]) -> StreamingBatches | CachedBatches:
     """The run's batch source: streamed from shards, or a decoded cache in RAM or on the GPU."""
-    check_image_size(urls, config.image_size)
     if config.cache == "none":
         return StreamingBatches(urls, counts, image_size=config.image_size,
                                 batch_size=config.batch_size, workers=config.workers,
@@ -200,10 +208,8 @@ def make_batches(config: TrainConfig, rt: Runtime, out: Path, urls: list[str],
             raise TrainingError("--cache gpu needs a CUDA device (use --cache ram on CPU)")
         check_gpu_cache_fits(sum(counts), config.image_size, rt.world,
                              torch.cuda.mem_get_info(rt.device)[0], str(rt.device))
-    if rt.is_main:
-        build_cache(urls, counts, out / "cache", image_size=config.image_size,
-                    workers=config.workers, progress=config.progress)
-    barrier(rt)
+    run_on_main(rt, lambda: build_cache(urls, counts, out / "cache", image_size=config.image_size,
+                                        workers=config.workers, progress=config.progress))
     images = build_cache(urls, counts, out / "cache", image_size=config.image_size,
                          workers=0, progress=False)  # opens the finished file
     return CachedBatches(images, batch_size=config.batch_size, seed=config.seed,
@@ -215,7 +221,6 @@ def prepare_folder(config: TrainConfig, rt: Runtime, out: Path) -> None:
     """Rank 0 empties a run being overwritten, marks the run unfinished until it ends, and
     writes config.json."""
     if rt.is_main:
-        claim_output(out, command="gan train", overwrite=True, finished=FINISHED)
         if config.overwrite:
             for name in RUN_FILES:
                 path = out / name
@@ -475,18 +480,22 @@ def train(data: str | os.PathLike, out: str | os.PathLike, **options) -> dict:
     """
     config = TrainConfig(data=str(data), out=str(out), **options)
     out = Path(out)
-    checkpoint = claim_run(config, out)
+    checkpoint = resume_from(config, out)
     if checkpoint is not None:
         config = resumed_config(config, checkpoint)
+    urls, counts = open_shards(config.data)  # reads only: bad shards leave no run folder behind
+    check_image_size(urls, config.image_size)
     rt = start_runtime(config.device)
     try:
-        return _run(config, rt, out, checkpoint)
+        with contextlib.ExitStack() as held:  # rank 0 holds the run folder until the end
+            run_on_main(rt, lambda: claim_run(config, out, held))
+            return _run(config, rt, out, checkpoint, urls, counts)
     finally:
         stop_runtime(rt)
 
 
-def _run(config: TrainConfig, rt: Runtime, out: Path, checkpoint: dict | None) -> dict:
-    urls, counts = open_shards(config.data)  # first: bad shards leave no run folder behind
+def _run(config: TrainConfig, rt: Runtime, out: Path, checkpoint: dict | None, urls: list[str],
+         counts: list[int]) -> dict:
     batches = make_batches(config, rt, out, urls, counts)
     total_steps = config.steps or (config.epochs or 1) * batches.steps_per_epoch
     if checkpoint is not None:

@@ -7,13 +7,23 @@ import torch
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' is the first CUDA GPU when torch sees one, else the CPU; anything else is taken
-    as torch spells devices ('cpu', 'cuda', 'cuda:1'), and a misspelt one is a ValueError that
-    names the accepted forms."""
-    if isinstance(device, torch.device):
-        return device
+    as torch spells devices ('cpu', 'cuda', 'cuda:1'). A misspelt device, or a GPU this torch
+    cannot see, is a ValueError for the user, before any work (not a traceback from deep inside
+    torch once a model is being moved)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError:
         raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu "
+                             f"or auto")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"--device {device}: torch sees {count} GPU(s), cuda:0 to "
+                             f"cuda:{count - 1}")
+    return resolved

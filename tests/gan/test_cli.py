@@ -119,6 +119,33 @@ def test_bad_checkpoint_or_device(checkpoint: Path, tmp_path: Path) -> None:
     assert_user_error(invoke("sample", "--ckpt", tmp_path / "x.pt"), "not a readable checkpoint")
     assert_user_error(invoke("sample", "--ckpt", tmp_path / "y.pt"), "no such checkpoint")
     assert_user_error(invoke("sample", "--ckpt", checkpoint, "--device", "gpu"), "--device 'gpu'")
+    assert_user_error(invoke("sample", "--ckpt", checkpoint, "--device", "bogus"),
+                      "expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        assert_user_error(invoke("sample", "--ckpt", checkpoint, "--device", "cuda"),
+                          "torch sees no CUDA GPU here")
+
+
+def test_absurd_figure_sizes_are_refused_before_allocating(checkpoint: Path) -> None:
+    assert_user_error(invoke("sample", "--ckpt", checkpoint, "--n", 100_000_000),
+                      "--n 100000000 asks for 100000000 images in one figure")
+    assert_user_error(invoke("interpolate", "--ckpt", checkpoint, "--points", 10_000, "--steps",
+                             10_000), "at most 2048")
+
+
+@pytest.mark.parametrize(("z", "message"), [
+    (np.full((9, 16), np.nan), "holds NaN or infinite"),
+    (np.ones((9, 16), np.complex64), "expected real numbers, found complex64"),
+    (np.array([["a"] * 16] * 9), "expected real numbers"),
+])
+def test_arithmetic_refuses_z_that_is_not_finite_real_numbers(checkpoint: Path, tmp_path: Path,
+                                                              z: np.ndarray,
+                                                              message: str) -> None:
+    np.save(tmp_path / "z.npy", z)
+    result = invoke("arithmetic", "--ckpt", checkpoint, "--z", tmp_path / "z.npy", "--a", "0",
+                    "--b", "1", "--c", "2", "--out", tmp_path / "arith.png")
+    assert_user_error(result, f"z.npy: {message}")
+    assert not (tmp_path / "arith.png").exists()
 
 
 @pytest.mark.slow

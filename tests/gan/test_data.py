@@ -15,10 +15,12 @@ from gan.data import (
     DataError,
     StreamingBatches,
     build_cache,
+    check_gpu_cache_fits,
     check_image_size,
     decode_sample,
     image_batches,
     open_shards,
+    rank_share,
     streaming_steps,
     to_model_input,
     training_dataset,
@@ -174,3 +176,18 @@ def test_uint8_batches_become_the_tanh_range() -> None:
     x = to_model_input(batch, torch.device("cpu"))
     assert x.shape == (2, 3, 2, 2)
     assert x[0].eq(-1).all() and x[1].eq(1).all()
+
+
+def test_rank_shares_are_fixed_disjoint_and_cover_the_cache() -> None:
+    shares = [rank_share(41, seed=3, rank=r, world=4) for r in range(4)]
+    assert sorted(np.concatenate(shares).tolist()) == list(range(41))
+    assert [len(s) for s in shares] == [11, 10, 10, 10]
+    assert np.array_equal(shares[1], rank_share(41, seed=3, rank=1, world=4))  # every epoch
+
+
+def test_gpu_cache_that_would_not_fit_is_refused_with_the_numbers() -> None:
+    gib = 2**30
+    check_gpu_cache_fits(1_000_000, 64, world=8, free_bytes=10 * gib, device="cuda:3")
+    with pytest.raises(DataError, match=r"needs 11\.4 GiB on cuda:0 .* 8\.0 GiB is free: use "
+                                        r"--cache ram"):
+        check_gpu_cache_fits(1_000_000, 64, world=1, free_bytes=8 * gib, device="cuda:0")

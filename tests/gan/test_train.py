@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import gan.train as train_module
-from gan.checkpoint import load_checkpoint, load_models
+from gan.checkpoint import CheckpointError, load_checkpoint, load_models, save_checkpoint
 from gan.metrics import read_metrics
 from gan.runtime import TrainingError
 from gan.sample import generate, sample_z
 from gan.train import train
-from pipeline.outputs import OutputError
+from pipeline.outputs import OutputError, claim_output, hold_output
 from pipeline.pixels import to_uint8
 from tests.gan.conftest import TARGET_RGB, TINY
 
@@ -94,7 +94,7 @@ def test_existing_run_needs_resume_or_overwrite_and_resume_needs_a_run(
     with pytest.raises(TrainingError, match="no checkpoint"):
         train(shards, run, **TINY, steps=1, resume=True)
     # A run that crashed before its first checkpoint leaves a log; a fresh run starts over.
-    run.mkdir()
+    claim_output(run, command="gan train", overwrite=False)
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
     summary = train(shards, run, **TINY, steps=1, sample_every=100)
     assert len(read_metrics(run / "metrics.jsonl")[0]) > 1
@@ -203,3 +203,86 @@ def test_bf16_precision_is_opt_in_on_cpu_and_kept_on_resume(
     assert config["precision"] == "bf16"
     with pytest.raises(ValueError, match="precision"):
         train(shards, tmp_path / "bad", **options, steps=1, precision="fp8")
+
+
+def test_resume_of_a_finished_run_says_how_to_continue(training_shards, tmp_path: Path) -> None:
+    shards = training_shards(shards=1, per_shard=16)
+    run = tmp_path / "run"
+    train(shards, run, **TINY, steps=2, sample_every=100)
+    with pytest.raises(TrainingError, match="done 2 steps already.*--steps"):
+        train(shards, run, **TINY, resume=True)
+    assert (run / "summary.json").is_file()  # still marked finished
+    assert train(shards, run, **TINY, steps=3, resume=True)["steps"] == 3
+
+
+def test_resume_on_other_data_is_refused_but_moved_data_is_fine(training_shards,
+                                                                 tmp_path: Path) -> None:
+    shards = training_shards(shards=1, per_shard=16)
+    other = training_shards("other", shards=2, per_shard=16)
+    run = tmp_path / "run"
+    train(shards, run, **TINY, steps=2, sample_every=100)
+    with pytest.raises(TrainingError, match="trained on other shards.*1 shards, 16 images.*"
+                                            "2 shards, 32 images"):
+        train(other, run, **TINY, steps=3, resume=True)
+    moved = shards.rename(tmp_path / "moved")
+    assert train(moved, run, **TINY, steps=3, resume=True)["steps"] == 3
+
+
+def test_resume_from_another_device_type_rederives_the_z_stream(training_shards,
+                                                                tmp_path: Path) -> None:
+    """A checkpoint written on a GPU (fabricated: a CUDA generator's 16-byte state and CUDA
+    states for 3 GPUs) resumes on the CPU: it goes on and says why it is not exact."""
+    shards = training_shards(shards=1, per_shard=32)
+    run = tmp_path / "run"
+    train(shards, run, **TINY, steps=2, sample_every=100, seed=7)
+    path = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    state["rng"][0].update(device="cuda", z=torch.zeros(16, dtype=torch.uint8),
+                           cuda=[torch.zeros(16, dtype=torch.uint8)] * 3)
+    save_checkpoint(path, state)
+    summary = train(shards, run, **TINY, steps=4, resume=True)
+    assert summary["steps"] == 4
+    assert summary["notes"] == ["the checkpoint's z streams were drawn on cuda, this run draws "
+                                "on cpu: z streams re-derived from (seed, rank, step)"]
+    assert load_checkpoint(path)["rng"][0]["device"] == "cpu"
+
+
+def test_a_full_disk_while_checkpointing_names_the_file(training_shards, tmp_path: Path) -> None:
+    """/dev/full answers every write with ENOSPC: a real full disk for one file."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    shards = training_shards(shards=1, per_shard=16)
+    run = tmp_path / "run"
+    train(shards, run, **TINY, steps=1, sample_every=100)
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    (run / "checkpoints" / "last.pt.tmp").symlink_to("/dev/full")
+    with pytest.raises(CheckpointError, match=r"last\.pt: could not write the checkpoint "
+                                              r"\(No space left on device\).*last\.pt\.tmp"):
+        train(shards, run, **TINY, steps=2, resume=True)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_a_damaged_metrics_file_is_named(training_shards, tmp_path: Path) -> None:
+    shards = training_shards(shards=1, per_shard=16)
+    run = tmp_path / "run"
+    train(shards, run, **TINY, steps=1, sample_every=100)
+    (run / "metrics.jsonl").write_text("not json\n")
+    with pytest.raises(ValueError, match=r"metrics\.jsonl: line 1 is not JSON"):
+        train(shards, run, **TINY, steps=2, resume=True)
+    (run / "metrics.jsonl").write_text('{"loss": 1}\n')
+    with pytest.raises(TrainingError, match=r"metrics\.jsonl: a line without a step number"):
+        train(shards, run, **TINY, steps=2, resume=True)
+
+
+def test_a_run_folder_is_held_and_owned(training_shards, tmp_path: Path) -> None:
+    shards = training_shards(shards=1, per_shard=16)
+    run = tmp_path / "run"
+    with hold_output(run, command="gan train"), pytest.raises(OutputError,
+                                                              match="in use by `gan train`"):
+        train(shards, run, **TINY, steps=1)
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="not empty.*not written by `gan train`"):
+        train(shards, foreign, **TINY, steps=1, overwrite=True)
+    assert (foreign / "holiday.jpg").read_bytes() == b"mine"
