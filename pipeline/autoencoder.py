@@ -35,6 +35,7 @@ from pipeline.pixels import to_float
 from pipeline.torch_files import UnsafeFileError, load_plain
 
 LEARNING_RATE = 1e-3  # Adam, cosine-annealed to 0 over the run
+PROGRESS_EVERY = 50  # batches between copies of the loss to the host for the progress bar
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,15 @@ def standardize(x: torch.Tensor, floor: float = 8 / 127.5) -> torch.Tensor:
 
 
 def to_input(crops: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 N x side x side x 3 crops -> float N x 3 x side x side in [-1, 1] (tanh range)."""
-    return to_float(torch.as_tensor(np.asarray(crops), device=device))
+    """uint8 N x side x side x 3 crops -> float N x 3 x side x side in [-1, 1] (tanh range).
+
+    To a GPU the crops travel as bytes from pinned memory, without blocking the host, and are
+    converted there."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return to_float(np.asarray(crops))
+    pixels = torch.from_numpy(np.array(crops, dtype=np.uint8))  # an own, writable copy
+    return to_float(pixels.pin_memory().to(device, non_blocking=True))
 
 
 def corrupt(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
@@ -156,7 +164,9 @@ def train(
     Batches are gathered from `crops` in a shuffled order each epoch, so the sample is never
     copied into RAM. Runs `epochs` passes, or more when that is fewer than `min_steps`
     optimizer steps (a small sample needs many passes). Returns the model (eval mode, on the
-    CPU) and the mean loss per epoch.
+    CPU) and the mean loss per epoch. The loss stays on the device between progress updates
+    (every PROGRESS_EVERY batches, and once per epoch for the history): on a GPU, a copy to the
+    host every step would make the host wait for every step.
     """
     rows = np.arange(len(crops)) if rows is None else np.asarray(rows)
     if len(rows) < 2:
@@ -177,7 +187,7 @@ def train(
     try:
         for _ in range(epochs):
             order = rows[order_rng.permutation(len(rows))]
-            total = 0.0
+            total = torch.zeros((), device=dev)
             for start in range(0, len(order), batch_size):
                 idx = np.sort(order[start : start + batch_size])
                 if len(idx) < 2:
@@ -187,10 +197,11 @@ def train(
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                total += loss.item() * len(idx)
+                total += loss.detach() * len(idx)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-            history.append(total / len(rows))
+                if bar.n % PROGRESS_EVERY == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            history.append(total.item() / len(rows))
     finally:
         bar.close()
     return model.cpu().eval(), history

@@ -69,6 +69,11 @@ def test_a_file_that_is_not_a_hash_model_is_refused(tmp_path):
     (tmp_path / "text.pt").write_text("hello\n")
     with pytest.raises(ValueError, match="not a file saved by torch.save"):
         load_model(tmp_path / "text.pt")
+    torch.save({"config": print}, tmp_path / "code.pt")  # a pickled function: code
+    with pytest.raises(ValueError, match=r"refused: it holds pickled Python objects \(print\)"
+                       ) as err:
+        load_model(tmp_path / "code.pt")
+    assert "weights_only" not in str(err.value)
 
 
 def test_binary_decoder_sees_only_the_hash(crops):
