@@ -36,6 +36,9 @@ RAY_ADDRESS_HELP = ("Ray cluster to join with --engine ray (e.g. 10.0.0.1:6379);
                     "RAY_ADDRESS variable, else a Ray started on this machine for the run.")
 RAY_MISSING = "--engine ray needs Ray: pip install 'dcgan-pipeline[ray]'"
 MAX_RETRIES = 3  # re-runs of a chunk whose worker process died
+# Read by Ray when it is imported: "0" makes a Ray started here use and listen on 127.0.0.1 only
+# (Ray otherwise swaps 127.0.0.1 for the machine's address and listens on every interface).
+RAY_LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class EngineError(Exception):
@@ -78,12 +81,15 @@ class RayEngine:
     distributed = True
 
     def __init__(self, workers: int, address: str | None = None):
+        self.workers = workers
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        if self.address is None:  # a private Ray for this run: nothing outside may reach it
+            os.environ.setdefault(RAY_LOOPBACK_ONLY, "0")
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # and it reports nothing
         try:
             import ray  # noqa: F401
         except ImportError:
             raise EngineError(RAY_MISSING) from None
-        self.workers = workers
-        self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._depth = 0  # nested `with`s: only the outermost starts and stops the session
         self._owned = False  # this engine started the session, so it ends it
         self._info: dict = {"name": self.name, "nodes": 0, "cpus": 0}
@@ -120,8 +126,7 @@ class RayEngine:
                 raise EngineError(f"cannot join the Ray cluster at {self.address}: "
                                   f"{str(err).splitlines()[0]}") from None
             return
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local run reports nothing
-        ray.init(num_cpus=self.workers, include_dashboard=False,
+        ray.init(address="local", num_cpus=self.workers, include_dashboard=False,
                  _node_ip_address="127.0.0.1", **quiet)
 
     def map(self, fn: Callable[[list, Any], T], params: Any,
