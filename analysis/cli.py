@@ -74,9 +74,11 @@ def main() -> None:
 @click.option("--show", type=click.IntRange(min=1), default=16, show_default=True,
               help="Samples in comparison.png (the first ones of z).")
 @device_option
+@progress_option
 @overwrite_option
 @user_errors
-def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show, device, overwrite):
+def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show, device, progress,
+                   overwrite):
     """Find G's "window" feature maps from hand-drawn boxes (logistic regression on the layer's
     per-cell activations; maps with weight > 0 are dropped) and sample the same z without them.
 
@@ -85,7 +87,7 @@ def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show, device, o
     from analysis.windows import remove_windows as run
 
     r = run(ckpt, boxes, out, layer=layer, negatives=negatives, seed=seed, bn=bn, show=show,
-            device=checked_device(device), overwrite=overwrite)
+            device=checked_device(device), progress=progress, overwrite=overwrite)
     click.echo(f"dropped {r['dropped']} of {r['channels']} maps at {r['layer']} "
                f"(held-out accuracy {r['heldout_accuracy']:.3f}, AUC {r['heldout_auc']:.3f}, "
                f"BatchNorm {bn} statistics); comparison in {out / 'comparison.png'}")
@@ -161,6 +163,8 @@ def memorization(ckpt, train_shards, holdout, out, n, space, k, cells, min_gen, 
     r = run(ckpt, train_shards, holdout, out, n=n, space=space, k=k, cells=cells,
             min_gen=min_gen, search=search, bn=bn, seed=seed, device=checked_device(device),
             progress=progress, overwrite=overwrite)
+    for warning in r["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"{r['verdict']}; {r['generated']} generated, {r['holdout']} held-out vs "
                f"{r['train']} training images; report in {out / 'report.json'}")
 

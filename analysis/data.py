@@ -43,6 +43,19 @@ def _open(shards: str | os.PathLike) -> list[str]:
         raise AnalysisError(str(err)) from None
 
 
+def shard_files(shards: str | os.PathLike) -> list[str]:
+    """The .tar files of a shard source (an AnalysisError if there are none or they are empty)."""
+    return _open(shards)
+
+
+def count_images(shards: str | os.PathLike) -> int:
+    """How many images a shard source holds (from its index.json, else its tar headers)."""
+    try:
+        return sum(data.open_shards(shards)[1])
+    except data.DataError as err:
+        raise AnalysisError(str(err)) from None
+
+
 def _size_error(shards: str | os.PathLike, image_size: int, err: data.DataError) -> AnalysisError:
     return AnalysisError(f"{shards}: {err} (the checkpoint makes {image_size}x{image_size} "
                          "images)")

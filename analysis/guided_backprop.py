@@ -25,7 +25,7 @@ from analysis.hooks import captured_outputs, guided_rectifiers, layer_module
 from gan.models import Discriminator
 from pipeline.devices import resolve_device
 from pipeline.files import write_json_atomic, write_png_atomic
-from pipeline.outputs import claim_output
+from pipeline.outputs import own_output
 from pipeline.pixels import to_uint8
 from pipeline.sheets import contact_sheet
 
@@ -135,15 +135,16 @@ def guided_backprop(
     trained = panel(D, module, images, ids)
     baseline = panel(random_D, random_module, images, ids)
     photos = contact_sheet([_enlarge(t) for t in to_uint8(images.flatten(0, 1))], cols=top)
-    out = claim_output(out, overwrite=overwrite, finished="report.json")
-    write_png_atomic(out / "trained_filters.png", trained)
-    write_png_atomic(out / "random_filters.png", baseline)
-    write_png_atomic(out / "top_images.png", photos)
-    gap = np.full((trained.shape[0], 16, 3), 255, np.uint8)
-    write_png_atomic(out / "guided_backprop.png", np.concatenate([baseline, gap, trained], 1))
-    report = {"layer": name, "features": ids, "top": top, "seed": seed,
-              "top_responses": values.tolist()}
-    write_json_atomic(out / "report.json", report)
+    with own_output(out, command="analysis guided-backprop", overwrite=overwrite,
+                    finished="report.json") as out:
+        write_png_atomic(out / "trained_filters.png", trained)
+        write_png_atomic(out / "random_filters.png", baseline)
+        write_png_atomic(out / "top_images.png", photos)
+        gap = np.full((trained.shape[0], 16, 3), 255, np.uint8)
+        write_png_atomic(out / "guided_backprop.png", np.concatenate([baseline, gap, trained], 1))
+        report = {"layer": name, "features": ids, "top": top, "seed": seed,
+                  "top_responses": values.tolist()}
+        write_json_atomic(out / "report.json", report)
     return report
 
 

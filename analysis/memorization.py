@@ -35,7 +35,14 @@ from matplotlib.figure import Figure
 from scipy.stats import rankdata
 from tqdm import tqdm
 
-from analysis.data import check_image_size, image_batches, load_run
+from analysis.data import (
+    AnalysisError,
+    check_image_size,
+    count_images,
+    image_batches,
+    load_run,
+    shard_files,
+)
 from analysis.hooks import captured_outputs, layer_module
 from analysis.knn import IvfKnn, StreamingKnn
 from gan.models import Discriminator, Generator
@@ -47,7 +54,7 @@ from pipeline.files import (
     write_json_atomic,
     write_png_atomic,
 )
-from pipeline.outputs import claim_output
+from pipeline.outputs import own_output
 from pipeline.pixels import to_uint8
 from pipeline.sheets import contact_sheet
 
@@ -245,42 +252,46 @@ def measure_copying(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    warnings: list[str] | None = None,
 ) -> dict:
     """The whole analysis on image batches in [-1, 1]: writes neighbours.png, distances.png,
     distances.csv and report.json (last: a finished analysis) into `out` and returns the
-    report. `out` is claimed before the first batch is drawn."""
-    out = claim_output(out, overwrite=overwrite, finished="report.json")
-    gen_x, gen_shown = _embed_all(generated, embed, show, "embed generated", progress)
-    hold_x, _ = _embed_all(holdout, embed, 0, "embed holdout", progress)
-    dist, ids, train_sample, neighbour_images = nearest_training(
-        np.concatenate([gen_x, hold_x]), train, embed, k, len(gen_shown), search, seed=seed,
-        progress=progress)
-    n_gen = len(gen_x)
-    cells, (gen_cells, hold_cells) = assign_cells(train_sample.array(), cells, [gen_x, hold_x],
-                                                  seed)
-    stats = data_copying_statistic(gen_cells, dist[:n_gen, 0], hold_cells, dist[n_gen:, 0],
-                                   cells, min_gen)
-    grid = [img for i, g in enumerate(gen_shown)
-            for img in [g, *(neighbour_images[int(j)] for j in ids[i])]]
-    write_png_atomic(out / "neighbours.png", contact_sheet(grid, cols=k + 1))
-    _write_histogram(out / "distances.png", dist[:n_gen, 0], dist[n_gen:, 0])
-    _write_distances_csv(out / "distances.csv", dist, ids, n_gen,
-                         np.concatenate([gen_cells, hold_cells]))
-    report = {
-        "generated": n_gen,
-        "holdout": len(hold_x),
-        "train": train_sample.seen,
-        "embedding_dim": int(gen_x.shape[1]),
-        "k": k,
-        "search": search,
-        "median_nn_distance_generated": float(np.median(dist[:n_gen, 0])),
-        "median_nn_distance_holdout": float(np.median(dist[n_gen:, 0])),
-        "generated_closer_than_any_holdout": float(np.mean(dist[:n_gen, 0] <
-                                                           dist[n_gen:, 0].min())),
-        **stats,
-    }
-    report["verdict"] = verdict(report["C_T"])
-    write_json_atomic(out / "report.json", report)
+    report. `out` is claimed before the first batch is drawn. `warnings` (what makes the
+    result doubtful) are kept in the report."""
+    with own_output(out, command="analysis memorization", overwrite=overwrite,
+                    finished="report.json") as out:
+        gen_x, gen_shown = _embed_all(generated, embed, show, "embed generated", progress)
+        hold_x, _ = _embed_all(holdout, embed, 0, "embed holdout", progress)
+        dist, ids, train_sample, neighbour_images = nearest_training(
+            np.concatenate([gen_x, hold_x]), train, embed, k, len(gen_shown), search, seed=seed,
+            progress=progress)
+        n_gen = len(gen_x)
+        cells, (gen_cells, hold_cells) = assign_cells(train_sample.array(), cells, [gen_x, hold_x],
+                                                      seed)
+        stats = data_copying_statistic(gen_cells, dist[:n_gen, 0], hold_cells, dist[n_gen:, 0],
+                                       cells, min_gen)
+        grid = [img for i, g in enumerate(gen_shown)
+                for img in [g, *(neighbour_images[int(j)] for j in ids[i])]]
+        write_png_atomic(out / "neighbours.png", contact_sheet(grid, cols=k + 1))
+        _write_histogram(out / "distances.png", dist[:n_gen, 0], dist[n_gen:, 0])
+        _write_distances_csv(out / "distances.csv", dist, ids, n_gen,
+                             np.concatenate([gen_cells, hold_cells]))
+        report = {
+            "generated": n_gen,
+            "holdout": len(hold_x),
+            "train": train_sample.seen,
+            "embedding_dim": int(gen_x.shape[1]),
+            "k": k,
+            "search": search,
+            "median_nn_distance_generated": float(np.median(dist[:n_gen, 0])),
+            "median_nn_distance_holdout": float(np.median(dist[n_gen:, 0])),
+            "generated_closer_than_any_holdout": float(np.mean(dist[:n_gen, 0] <
+                                                               dist[n_gen:, 0].min())),
+            **stats,
+            "warnings": warnings or [],
+        }
+        report["verdict"] = verdict(report["C_T"])
+        write_json_atomic(out / "report.json", report)
     return report
 
 
@@ -348,10 +359,26 @@ def memorization(
     embed = pixel_embedding if space == "pixels" else disc_embedding(D)
     check_image_size(train, size)
     check_image_size(holdout, size)
+    train_images = count_images(train)
+    if k > train_images:
+        raise AnalysisError(f"--k {k}: {train} holds only {train_images} training images; "
+                            "choose a smaller --k")
     return measure_copying(
         generated_batches(G, n, config["nz"], config["prior"], bn=bn, seed=seed),
         lambda: image_batches(train, size, batch_size),
         image_batches(holdout, size, batch_size, limit=n), out, embed, k=k, cells=cells,
         min_gen=min_gen, search=search, show=show, seed=seed, progress=progress,
-        overwrite=overwrite,
+        overwrite=overwrite, warnings=holdout_warnings(train, holdout),
     )
+
+
+def holdout_warnings(train: str | os.PathLike, holdout: str | os.PathLike) -> list[str]:
+    """What makes the test meaningless: held-out shards that are (some of) the training
+    shards, so "held-out" images were trained on."""
+    shared = ({os.path.realpath(u) for u in shard_files(train)}
+              & {os.path.realpath(u) for u in shard_files(holdout)})
+    if not shared:
+        return []
+    return [f"--holdout shares {len(shared)} shard file(s) with --train (e.g. "
+            f"{sorted(shared)[0]}): its images were trained on, so the comparison is "
+            "meaningless; give shards the run never saw"]

@@ -25,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from torch import nn
+from tqdm import tqdm
 
 from analysis.data import AnalysisError, load_run
 from analysis.hooks import captured_outputs, layer_module, zeroed_channels
@@ -32,7 +33,7 @@ from gan.models import Generator
 from gan.sample import generate
 from pipeline.devices import resolve_device
 from pipeline.files import write_json_atomic, write_npy_atomic, write_png_atomic
-from pipeline.outputs import claim_output
+from pipeline.outputs import own_output
 from pipeline.pixels import to_uint8
 from pipeline.sheets import contact_sheet
 
@@ -68,6 +69,11 @@ def load_boxes(path: str | os.PathLike) -> Annotations:
         raise AnalysisError(f"{z_path}: cannot read the z array ({err})") from None
     if z.ndim != 2:
         raise AnalysisError(f"{z_path}: expected an [N, nz] array, found shape {z.shape}")
+    if not (np.issubdtype(z.dtype, np.floating) or np.issubdtype(z.dtype, np.integer)) \
+            or not np.isfinite(z).all():
+        raise AnalysisError(f"{z_path}: z must hold finite real numbers (found {z.dtype}"
+                            f"{', with NaN or infinity' if z.dtype.kind == 'f' else ''}); "
+                            "write it again, e.g. from `analysis annotate`")
     boxes = {_sample_index(s, len(z), path): _sample_boxes(s, path) for s in spec["samples"]}
     if not any(boxes.values()):
         raise AnalysisError(f"{path}: no boxes: annotate at least one object in one sample")
@@ -104,6 +110,11 @@ def cell_labels(boxes: list[WindowBox], grid: int, image_size: int) -> np.ndarra
     return inside
 
 
+def _outside(box: WindowBox, image_size: int) -> bool:
+    x0, y0, x1, y1 = box
+    return x1 <= 0 or y1 <= 0 or x0 >= image_size or y0 >= image_size
+
+
 def cell_dataset(
     features: torch.Tensor,
     boxes: dict[int, list[WindowBox]],
@@ -122,6 +133,10 @@ def cell_dataset(
         pos.append(cells[index][inside])
         neg.append(cells[index][~inside])
     pos_x, neg_x = np.concatenate(pos), np.concatenate(neg)
+    if len(pos_x) == 0 and all(_outside(b, image_size) for bs in boxes.values() for b in bs):
+        raise AnalysisError(f"every box lies outside the {image_size}x{image_size} image: boxes "
+                            "are [x0, y0, x1, y1] in the samples' pixels, 0 to "
+                            f"{image_size}")
     if len(pos_x) == 0:
         raise AnalysisError("no feature cell has its centre inside a box: boxes are too small "
                             "for this layer; draw larger boxes or pick a finer --layer")
@@ -166,6 +181,13 @@ def generate_pair(
     return original, dropped
 
 
+BN_NOTES = {
+    "batch": "batch statistics (as the authors' Theano code): BatchNorm after the dropped layer "
+             "renormalizes",
+    "running": "running statistics (PyTorch eval): no renormalization after the drop",
+}
+
+
 def remove_windows(
     ckpt: str | os.PathLike,
     boxes: str | os.PathLike,
@@ -176,6 +198,7 @@ def remove_windows(
     bn: str = "batch",
     show: int = 16,
     device: str | torch.device = "auto",
+    progress: bool = True,
     overwrite: bool = False,
 ) -> dict:
     """Fit the window classifier on annotated samples, drop the maps it weighs positively, and
@@ -187,38 +210,43 @@ def remove_windows(
         raise AnalysisError(f"{boxes}: z has {annotations.z.shape[1]} dimensions, the "
                             f"checkpoint's G takes {config['nz']}")
     name, module = layer_module(G, layer or default_layer(G))
-    with captured_outputs(module) as features:
-        original = generate(G, annotations.z, bn=bn)
-    x, y = cell_dataset(features[0], annotations.boxes, config["image_size"], negatives, seed)
-    classifier, metrics = fit_window_classifier(x, y, seed)
-    mask = classifier.coef_[0] > 0
-    _, dropped = generate_pair(G, annotations.z, module, mask, bn)
+    with tqdm(total=3, desc="remove windows", unit="step", disable=not progress,
+              leave=False) as bar:
+        with captured_outputs(module) as features:
+            original = generate(G, annotations.z, bn=bn)
+        bar.update()
+        x, y = cell_dataset(features[0], annotations.boxes, config["image_size"], negatives,
+                            seed)
+        classifier, metrics = fit_window_classifier(x, y, seed)
+        mask = classifier.coef_[0] > 0
+        bar.update()
+        _, dropped = generate_pair(G, annotations.z, module, mask, bn)
+        bar.update()
 
-    out = claim_output(out, overwrite=overwrite, finished="report.json")
-    shown = min(show, len(original))
-    sheet = contact_sheet(list(to_uint8(original[:shown])) + list(to_uint8(dropped[:shown])),
-                          cols=shown)
-    write_png_atomic(out / "comparison.png", sheet)
-    write_npy_atomic(out / "window_mask.npy", mask)
-    dropped_ids = np.flatnonzero(mask).tolist()
-    write_json_atomic(out / "window_mask.json", {"layer": name, "channels": int(mask.size),
-                                                  "dropped": dropped_ids})
-    report = {
-        "layer": name,
-        "channels": int(mask.size),
-        "dropped": len(dropped_ids),
-        "annotated_samples": sum(1 for b in annotations.boxes.values() if b),
-        "listed_samples": len(annotations.boxes),
-        "positive_cells": int(y.sum()),
-        "negative_cells": int((~y).sum()),
-        **metrics,
-        "batchnorm": bn,
-        "batchnorm_note": ("batch statistics (as the authors' Theano code): BatchNorm after the "
-                           "dropped layer renormalizes" if bn == "batch" else
-                           "running statistics (PyTorch eval): no renormalization after the drop"),
-        "samples": len(original),
-        "mean_abs_change": float((original - dropped).abs().mean()),
-    }
-    write_json_atomic(out / "report.json", report)
+    with own_output(out, command="analysis remove-windows", overwrite=overwrite,
+                    finished="report.json") as out:
+        shown = min(show, len(original))
+        sheet = contact_sheet(list(to_uint8(original[:shown])) + list(to_uint8(dropped[:shown])),
+                              cols=shown)
+        write_png_atomic(out / "comparison.png", sheet)
+        write_npy_atomic(out / "window_mask.npy", mask)
+        dropped_ids = np.flatnonzero(mask).tolist()
+        write_json_atomic(out / "window_mask.json", {"layer": name, "channels": int(mask.size),
+                                                      "dropped": dropped_ids})
+        report = {
+            "layer": name,
+            "channels": int(mask.size),
+            "dropped": len(dropped_ids),
+            "annotated_samples": sum(1 for b in annotations.boxes.values() if b),
+            "listed_samples": len(annotations.boxes),
+            "positive_cells": int(y.sum()),
+            "negative_cells": int((~y).sum()),
+            **metrics,
+            "batchnorm": bn,
+            "batchnorm_note": BN_NOTES[bn],
+            "samples": len(original),
+            "mean_abs_change": float((original - dropped).abs().mean()),
+        }
+        write_json_atomic(out / "report.json", report)
     return report
 

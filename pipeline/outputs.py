@@ -67,6 +67,15 @@ def hold_output(out: Path, *, command: str) -> Iterator[Path]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+@contextmanager
+def own_output(out: Path, *, command: str, overwrite: bool,
+               finished: str = "summary.json") -> Iterator[Path]:
+    """`hold_output` and `claim_output` together, for a command that writes its folder in one
+    go: the block runs holding `out`, which `command` owns."""
+    with hold_output(out, command=command) as held:
+        yield claim_output(held, command=command, overwrite=overwrite, finished=finished)
+
+
 def make_folder(out: Path) -> Path:
     """`out` as a Path, created with its parents; a file in the way is an OutputError."""
     out = Path(out)
