@@ -8,13 +8,14 @@ the counts add up to the number of input records.
 KEPT = "kept"
 # Listed in --exclude (e.g. a duplicate found by `pipeline dedup`).
 EXCLUDED = "excluded"
-# The source could not hand over the bytes (permission denied, file vanished, I/O error).
+# The source could not hand over the bytes (permission denied, file vanished, I/O error, not a
+# regular file, a folder that could not be listed).
 UNREADABLE = "unreadable"
 # Decoder rejections (pipeline.decode).
 EMPTY = "empty"  # zero-byte file
 NOT_IMAGE = "not_image"  # HTML, text, or an unknown format
 CORRUPT = "corrupt"  # truncated or damaged data
-TOO_LARGE = "too_large"  # header claims more pixels than the limit (decompression bomb guard)
+TOO_LARGE = "too_large"  # over --max-bytes (unread), or a header over the pixel limit (bomb guard)
 TOO_SMALL = "too_small"  # shorter side below what the stage needs
 # Faces stage.
 FACES = "faces"  # one or more faces kept (the manifest line holds the count)
@@ -29,11 +30,12 @@ DECODER_REJECTIONS = (EMPTY, NOT_IMAGE, CORRUPT, TOO_LARGE, TOO_SMALL)
 DESCRIPTIONS = {
     KEPT: "written to the shards",
     EXCLUDED: "key listed in --exclude",
-    UNREADABLE: "source could not read the bytes",
+    UNREADABLE: "source could not read the bytes (vanished, not a regular file, folder not "
+                "listed, I/O error)",
     EMPTY: "zero-byte file",
     NOT_IMAGE: "not an image (HTML, text, unknown format)",
     CORRUPT: "truncated or damaged image data",
-    TOO_LARGE: "header over the pixel limit (decompression bomb guard)",
+    TOO_LARGE: "file over --max-bytes, or header over the pixel limit (decompression bomb guard)",
     TOO_SMALL: "smaller than the requested size",
     FACES: "at least one face kept",
     NO_FACE: "no face detected",
