@@ -93,6 +93,52 @@ def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show, device, p
                f"BatchNorm {bn} statistics); comparison in {out / 'comparison.png'}")
 
 
+@main.command()
+@ckpt_option
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Annotation folder (created if missing): z.npy, samples/, boxes.json. "
+                   "Reopening it resumes its boxes on its own z.npy.")
+@click.option("--n", type=click.IntRange(min=1), default=None,
+              help="Samples to draw for a new annotation.  [default: 150]")
+@click.option("--z", "z_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Annotate these z's (e.g. from `gan sample --save-z`) instead of drawing new "
+                   "ones; copied to OUT/z.npy.")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the z's drawn for a new annotation.  [default: 0]")
+@bn_option("Use the same mode for remove-windows.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port on 127.0.0.1 (0 = a free one).")
+@click.option("--scale", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Pixels on screen per sample pixel (nearest neighbour).")
+@click.option("--label", default="window", show_default=True,
+              help="What to box (the page's instructions).")
+@device_option
+@user_errors
+def annotate(ckpt, out, n, z_path, seed, bn, port, scale, label, device):
+    """Draw the boxes remove-windows reads, in a browser: samples G, serves a page on
+    127.0.0.1 and saves every change to OUT/boxes.json at once. Runs until the page's Done
+    button or Ctrl-C; reopening OUT resumes."""
+    from analysis.annotate import annotate as start
+
+    server = start(ckpt, out, n=n, z=z_path, seed=seed, bn=bn, port=port, scale=scale,
+                   label=label, device=checked_device(device))
+    a = server.annotation
+    resumed = a.summary()
+    click.echo(f"annotating {a.count} samples at {server.url} (boxes saved to {a.path} as you "
+               f"draw; {resumed['seen']} seen, {resumed['boxed']} with boxes so far); Done in "
+               "the page or Ctrl-C to finish")
+    try:
+        while not server.done.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    s = a.summary()
+    click.echo(f"{s['seen']} images seen, {s['boxed']} with boxes, {s['boxes']} boxes -> "
+               f"{a.path}")
+
+
 @main.command("guided-backprop")
 @ckpt_option
 @click.option("--data", required=True,

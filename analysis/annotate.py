@@ -1,0 +1,385 @@
+"""Drawing the boxes `analysis remove-windows` reads, in a browser (`analysis annotate`).
+
+The paper's authors drew window boxes on 150 generated bedrooms. Here G is sampled once, the
+samples are written as PNGs beside their `z.npy`, and one page (annotate.html, shipped in this
+package, with nothing loaded from elsewhere) is served to draw boxes over them. The server checks
+every change the page sends and saves it at once as `boxes.json`, in the schema remove-windows
+reads, so the folder is always ready for it and reopening the folder resumes the annotation.
+
+Only this machine can use the server: it listens on 127.0.0.1, answers only requests addressed
+to 127.0.0.1 or localhost at its own port (so a web page elsewhere cannot reach it by DNS
+rebinding), accepts changes only from its own page's origin, and serves no file outside
+`samples/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from contextlib import ExitStack
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import torch
+
+from analysis.data import AnalysisError, load_run
+from analysis.windows import WindowBox
+from gan.sample import generate, sample_z
+from pipeline.files import write_json_atomic, write_npy_atomic, write_png_atomic
+from pipeline.outputs import own_output
+from pipeline.pixels import to_uint8
+
+COMMAND = "analysis annotate"
+DEFAULT_SAMPLES = 150  # the paper annotated 150 generated bedrooms
+Z_FILE = "z.npy"
+BOXES_FILE = "boxes.json"
+SAMPLES_FOLDER = "samples"
+MAX_BODY = 1 << 20  # bytes; a full save of 150 samples with a few boxes each is ~50 KB
+SCHEMA = '{"samples": [{"index": 0, "boxes": [[x0, y0, x1, y1]]}]}'
+
+
+def sample_name(index: int) -> str:
+    """File name of sample `index` in samples/ (the page builds the same name)."""
+    return f"{index:06d}.png"
+
+
+class RequestError(Exception):
+    """A request the server refuses; `status` is the HTTP status, the message is for the page."""
+
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def checked_samples(entries: object, count: int, size: int) -> dict[int, list[WindowBox]]:
+    """The `samples` list of boxes.json (or of a request) as {index: boxes}, or a ValueError
+    saying what is wrong. Stricter than remove-windows: a box must also lie inside the image."""
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"expected {SCHEMA}")
+    checked = {}
+    for entry in entries:
+        index, boxes = entry.get("index"), entry.get("boxes")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+            raise ValueError(f"sample {index!r} does not exist (indices 0 to {count - 1})")
+        if not isinstance(boxes, list) or not all(_inside(box, size) for box in boxes):
+            raise ValueError(f"sample {index}: boxes must be [x0, y0, x1, y1] lists of numbers "
+                             f"with 0 <= x0 < x1 <= {size} and 0 <= y0 < y1 <= {size}, got "
+                             f"{json.dumps(boxes)[:200]}")
+        checked[index] = [tuple(box) for box in boxes]
+    return checked
+
+
+def _inside(box: object, size: int) -> bool:
+    if not isinstance(box, list) or len(box) != 4:
+        return False
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+        return False
+    x0, y0, x1, y1 = box
+    return 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size  # also false for NaN
+
+
+def read_boxes(path: Path, count: int, size: int) -> dict[int, list[WindowBox]]:
+    """The boxes saved so far in an annotation's boxes.json ({} when there is none yet)."""
+    if not path.exists():
+        return {}
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(spec, dict) or spec.get("z") != Z_FILE:
+            raise ValueError(f'expected {{"z": "{Z_FILE}", "samples": [...]}}')
+        return checked_samples(spec.get("samples"), count, size)
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise AnalysisError(f"{path}: cannot resume from it ({err}); fix or remove it") from None
+
+
+class Annotation:
+    """The boxes of one annotation folder: every sample the person has seen, with its boxes
+    (none = a negative), saved as boxes.json after each change. The folder stays held (no
+    second command may write it) until `close()`."""
+
+    def __init__(self, folder: Path, count: int, size: int, boxes: dict[int, list[WindowBox]],
+                 held: ExitStack):
+        self.folder, self.count, self.size, self.boxes = folder, count, size, boxes
+        self.path = folder / BOXES_FILE
+        self._lock = threading.RLock()
+        self._held = held
+        self._save()
+
+    def close(self) -> None:
+        """Release the folder (other commands may use it again)."""
+        self._held.close()
+
+    def update(self, entries: object) -> dict:
+        """Replace the boxes of the listed samples (they count as seen); all or nothing."""
+        try:
+            changes = checked_samples(entries, self.count, self.size)
+        except ValueError as err:
+            raise RequestError(HTTPStatus.BAD_REQUEST, str(err)) from None
+        with self._lock:
+            self.boxes.update(changes)
+            self._save()
+            return self.summary()
+
+    def _save(self) -> None:
+        write_json_atomic(self.path, {"z": Z_FILE, "samples": self.as_samples()})
+
+    def summary(self) -> dict:
+        """Samples seen, samples with boxes, boxes."""
+        with self._lock:
+            lists = list(self.boxes.values())
+        return {"seen": len(lists), "boxed": sum(1 for b in lists if b),
+                "boxes": sum(len(b) for b in lists)}
+
+    def as_samples(self) -> list[dict]:
+        """The samples list of boxes.json: every seen sample, by index."""
+        with self._lock:
+            return [{"index": i, "boxes": [list(b) for b in self.boxes[i]]}
+                    for i in sorted(self.boxes)]
+
+
+def prepare_samples(
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike,
+    n: int | None = None,
+    z: str | os.PathLike | None = None,
+    seed: int | None = None,
+    bn: str = "batch",
+    device: str | torch.device = "auto",
+) -> Annotation:
+    """Write out/z.npy (drawn with `seed`, or copied from `z`; an existing one is kept) and
+    out/samples/NNNNNN.png, and open out/boxes.json (created, or resumed). The returned
+    annotation holds the folder until it is closed."""
+    G, _D, config = load_run(ckpt, device)
+    with ExitStack() as held:
+        # Never "finished": reopening the folder resumes it.
+        out = held.enter_context(own_output(Path(out), command=COMMAND, overwrite=True))
+        latent = _latent(out / Z_FILE, z, n, seed, config)
+        samples = out / SAMPLES_FOLDER
+        samples.mkdir(exist_ok=True)
+        for index, image in enumerate(to_uint8(generate(G, torch.from_numpy(latent), bn))):
+            write_png_atomic(samples / sample_name(index), image)
+        size = config["image_size"]
+        boxes = read_boxes(out / BOXES_FILE, len(latent), size)
+        return Annotation(out, len(latent), size, boxes, held.pop_all())
+
+
+def _latent(saved: Path, given: Path | None, n: int | None, seed: int | None,
+            config: dict) -> np.ndarray:
+    """The annotation's z: the folder's own when it has one (reopening must show the samples
+    already boxed, so a --z, --n or --seed that would change them is refused), else --z, else
+    drawn."""
+    nz = config["nz"]
+
+    def drawn(count: int) -> np.ndarray:
+        rng = torch.Generator().manual_seed(seed or 0)
+        return sample_z(count, nz, config["prior"], rng).numpy()
+
+    if saved.exists():
+        z = _read_z(saved, nz)
+        resume = f"{saved.parent} holds an annotation of {len(z)} samples; reopening it keeps " \
+                 f"its {Z_FILE}"
+        if given is not None and not np.array_equal(_read_z(given, nz), z):
+            raise AnalysisError(f"--z {given} differs from {saved}: {resume} (drop --z, or "
+                                "choose another --out)")
+        if n is not None and n != len(z):
+            raise AnalysisError(f"--n {n}: {resume} (drop --n, or choose another --out)")
+        if seed is not None and not np.array_equal(drawn(len(z)), z):
+            raise AnalysisError(f"--seed {seed}: {resume}, not drawn with that seed (drop "
+                                "--seed, or choose another --out)")
+        return z
+    if given is not None:
+        z = _read_z(given, nz)
+        if n is not None and n != len(z):
+            raise AnalysisError(f"--n {n}: --z {given} holds {len(z)} z's")
+        if seed is not None:
+            raise AnalysisError("--seed draws new z's; it cannot be combined with --z")
+    else:
+        z = drawn(n or DEFAULT_SAMPLES)
+    write_npy_atomic(saved, z)
+    return z
+
+
+def _read_z(path: Path, nz: int) -> np.ndarray:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise AnalysisError(f"{path}: cannot read the z array ({err})") from None
+    if z.ndim != 2 or z.shape[1] != nz or len(z) == 0:
+        raise AnalysisError(f"{path}: expected an [N, {nz}] array of z's (the checkpoint's G "
+                            f"takes {nz}), found shape {z.shape}")
+    if z.dtype.kind not in "fiu" or not np.isfinite(z).all():
+        raise AnalysisError(f"{path}: z must hold finite real numbers (found {z.dtype})")
+    return z.astype(np.float32)
+
+
+class AnnotationServer(ThreadingHTTPServer):
+    """The page's server, already serving on a background thread when `serve` returns it.
+
+    `url` is the page; `done` is set when the page's Done button is pressed (the server then
+    stops itself); `stop()` ends it from Python; `annotation.summary()` counts the boxes."""
+
+    daemon_threads = True
+
+    def __init__(self, annotation: Annotation, port: int, scale: int, label: str):
+        super().__init__(("127.0.0.1", port), PageHandler)
+        self.annotation, self.scale, self.label = annotation, scale, label
+        self.port = self.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.done = threading.Event()
+        self._closed = threading.Lock()
+        self._thread = threading.Thread(target=self.serve_forever, name="annotate",
+                                        daemon=True)
+        self._thread.start()
+
+    def hosts(self) -> set[str]:
+        return {f"127.0.0.1:{self.port}", f"localhost:{self.port}"}
+
+    def stop(self) -> None:
+        """Stop serving and release the port (safe to call more than once, from any thread
+        but the server's own request handlers)."""
+        if self._closed.acquire(blocking=False):
+            self.shutdown()
+            self.server_close()
+            self.annotation.close()
+
+    def finish(self) -> None:
+        """The page's Done: stop after the reply has gone out."""
+        self.done.set()
+        threading.Thread(target=self.stop, daemon=True).start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def serve(annotation: Annotation, port: int = 0, scale: int = 4,
+          label: str = "window") -> AnnotationServer:
+    """Serve the page for `annotation` on 127.0.0.1:`port` (0 = a free port); the server
+    closes the annotation when it stops."""
+    try:
+        return AnnotationServer(annotation, port, scale, label)
+    except OSError as err:
+        annotation.close()
+        raise AnalysisError(f"cannot listen on 127.0.0.1:{port} ({err.strerror}); pass "
+                            "--port 0 for a free port") from None
+
+
+def annotate(
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike,
+    n: int | None = None,
+    z: str | os.PathLike | None = None,
+    seed: int | None = None,
+    bn: str = "batch",
+    port: int = 0,
+    scale: int = 4,
+    label: str = "window",
+    device: str | torch.device = "auto",
+) -> AnnotationServer:
+    """Sample G (or use `z`) into `out` and serve the annotation page; returns the running
+    server (`.url`, `.done`, `.stop()`), e.g. for a notebook. New folders get `n` samples
+    (default 150) drawn with `seed` (default 0); an existing annotation resumes."""
+    annotation = prepare_samples(ckpt, out, n=n, z=z, seed=seed, bn=bn, device=device)
+    return serve(annotation, port=port, scale=scale, label=label)
+
+
+class PageHandler(BaseHTTPRequestHandler):
+    """GET /, /api/state, /samples/<name>; POST /api/samples (boxes), /api/done. Every refusal
+    is a JSON {"error": message} the page shows."""
+
+    server: AnnotationServer
+    server_version = "annotate"  # HTTP/1.0: one request per connection, none left open
+
+    def do_GET(self) -> None:
+        self._answer(self._get)
+
+    def do_POST(self) -> None:
+        self._answer(self._post)
+
+    def log_message(self, format: str, *args) -> None:
+        """Quiet: the command's terminal shows its URL and summary only."""
+
+    def _answer(self, route) -> None:
+        try:
+            self._check_host()
+            route(urlsplit(self.path).path)
+        except RequestError as err:
+            self._send(err.status, {"error": str(err)})
+
+    def _check_host(self) -> None:
+        if self.headers.get("Host") not in self.server.hosts():
+            raise RequestError(HTTPStatus.FORBIDDEN,
+                               f"refused: the request is addressed to {self.headers.get('Host')!r}"
+                               f", not to this machine's annotation server")
+
+    def _get(self, path: str) -> None:
+        if path == "/":
+            page = resources.files("analysis").joinpath("annotate.html").read_bytes()
+            self._send_bytes(HTTPStatus.OK, page, "text/html; charset=utf-8")
+        elif path == "/api/state":
+            a = self.server.annotation
+            self._send(HTTPStatus.OK, {"label": self.server.label, "scale": self.server.scale,
+                                       "size": a.size, "count": a.count, "saved_to": str(a.path),
+                                       "samples": a.as_samples()})
+        elif path.startswith(f"/{SAMPLES_FOLDER}/"):
+            self._send_sample(unquote(path.removeprefix(f"/{SAMPLES_FOLDER}/")))
+        else:
+            raise RequestError(HTTPStatus.NOT_FOUND, f"no such page: {path}")
+
+    def _send_sample(self, name: str) -> None:
+        folder = (self.server.annotation.folder / SAMPLES_FOLDER).resolve()
+        file = (folder / name).resolve()
+        if not file.is_relative_to(folder):
+            raise RequestError(HTTPStatus.FORBIDDEN, f"refused: {name} is outside the samples")
+        if not file.is_file():
+            raise RequestError(HTTPStatus.NOT_FOUND, f"no such sample: {name}")
+        self._send_bytes(HTTPStatus.OK, file.read_bytes(), "image/png")
+
+    def _post(self, path: str) -> None:
+        origin = self.headers.get("Origin")
+        if origin is not None and origin not in {f"http://{h}" for h in self.server.hosts()}:
+            raise RequestError(HTTPStatus.FORBIDDEN, f"refused: a page from {origin} may not "
+                                                     "change the annotation")
+        body = self._read_json()
+        if path == "/api/samples":
+            entries = body.get("samples") if isinstance(body, dict) else None
+            self._send(HTTPStatus.OK, self.server.annotation.update(entries))
+        elif path == "/api/done":
+            a = self.server.annotation
+            self._send(HTTPStatus.OK, {**a.summary(), "saved_to": str(a.path)})
+            self.server.finish()
+        else:
+            raise RequestError(HTTPStatus.NOT_FOUND, f"no such action: {path}")
+
+    def _read_json(self) -> object:
+        if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
+            raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                               "refused: changes must be sent as application/json")
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit():
+            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "refused: no Content-Length")
+        if int(length) > MAX_BODY:  # refused unread
+            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               f"refused: {length} bytes is more than the {MAX_BODY} allowed")
+        try:
+            return json.loads(self.rfile.read(int(length)))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"not JSON ({err})") from None
+
+    def _send(self, status: HTTPStatus, obj: object) -> None:
+        self._send_bytes(status, json.dumps(obj).encode("utf-8"), "application/json")
+
+    def _send_bytes(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        # The page may load nothing from anywhere else: it works offline and leaks nothing.
+        self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; "
+                         "script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+        self.end_headers()
+        self.wfile.write(body)

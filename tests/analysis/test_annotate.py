@@ -1,0 +1,357 @@
+"""`analysis annotate`: the page in a real browser (headless Chromium), the server's refusals
+over HTTP, resuming a folder, and the command's start and stop."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from analysis.annotate import annotate, sample_name
+from analysis.cli import main
+from analysis.windows import load_boxes
+from gan.checkpoint import save_checkpoint
+from gan.models import Discriminator, Generator
+
+CHROMIUM = "/usr/bin/chromium"
+CONFIG = {"image_size": 32, "nz": 100, "width": 32, "arch": "compact", "prior": "uniform"}
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "annotate.png"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A 32x32 checkpoint, as `gan train` writes it; UPDATE_SCREENSHOT_CKPT names a trained one
+    (32x32, nz 100) for the README's screenshot, whose samples look like something."""
+    if os.environ.get("UPDATE_SCREENSHOT_CKPT"):
+        return Path(os.environ["UPDATE_SCREENSHOT_CKPT"])
+    path = tmp_path_factory.mktemp("annotate") / "last.pt"
+    torch.manual_seed(0)
+    G, D = Generator(32, 100, 32, "compact"), Discriminator(32, 32, "compact")
+    save_checkpoint(path, {"config": CONFIG, "G": G.state_dict(), "D": D.state_dict()})
+    return path
+
+
+@pytest.fixture
+def server(ckpt, tmp_path):
+    """A live annotation server on 6 samples, stopped after the test."""
+    server = annotate(ckpt, tmp_path / "ann", n=6, device="cpu")
+    yield server
+    server.stop()
+
+
+def _request(server, path: str, body: bytes | None = None, **headers: str) -> tuple[int, dict]:
+    """Status and JSON reply of a request to the live server (refusals included)."""
+    if body is not None:
+        headers.setdefault("Content-Type", "application/json")
+    request = urllib.request.Request(server.url.rstrip("/") + path, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _post_samples(server, samples: list[dict]) -> tuple[int, dict]:
+    return _request(server, "/api/samples", json.dumps({"samples": samples}).encode())
+
+
+def test_every_change_is_saved_in_the_schema_remove_windows_reads(server):
+    folder = server.annotation.folder
+    assert json.loads((folder / "boxes.json").read_text()) == {"z": "z.npy", "samples": []}
+    assert np.load(folder / "z.npy").shape == (6, 100)
+    assert sorted(p.name for p in (folder / "samples").iterdir()) == [sample_name(i)
+                                                                      for i in range(6)]
+    status, reply = _post_samples(server, [{"index": 4, "boxes": [[2, 3, 20, 30.5]]},
+                                           {"index": 1, "boxes": []}])
+    assert status == 200 and reply == {"seen": 2, "boxed": 1, "boxes": 1}
+    saved = json.loads((folder / "boxes.json").read_text())
+    assert saved == {"z": "z.npy", "samples": [{"index": 1, "boxes": []},
+                                               {"index": 4, "boxes": [[2, 3, 20, 30.5]]}]}
+    annotations = load_boxes(folder / "boxes.json")
+    assert annotations.boxes == {1: [], 4: [(2, 3, 20, 30.5)]} and len(annotations.z) == 6
+
+
+def _samples_body(*boxes: object, index: object = 0) -> bytes:
+    return json.dumps({"samples": [{"index": index, "boxes": list(boxes)}]}).encode()
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"{not json", 400, ["not JSON"]),
+    (b'{"boxes": []}', 400, ["expected", "samples"]),
+    (_samples_body(index=6), 400, ["sample 6 does not exist", "0 to 5"]),
+    (_samples_body(index=-1), 400, ["sample -1 does not exist"]),
+    (_samples_body(index="0"), 400, ["does not exist"]),
+    (_samples_body([0, 0, 33, 10]), 400, ["x1 <= 32"]),
+    (_samples_body([-1, 0, 5, 5]), 400, ["0 <= x0"]),
+    (_samples_body([10, 0, 10, 5]), 400, ["x0 < x1"]),
+    (_samples_body([0, 9, 5, 4]), 400, ["y0 < y1"]),
+    (_samples_body([0, 0, 5]), 400, ["[x0, y0, x1, y1]"]),
+    (_samples_body(["0", 0, 5, 5]), 400, ["numbers"]),
+    (b'{"samples": [{"index": 0, "boxes": [[0, 0, NaN, 5]]}]}', 400, ["numbers"]),
+])
+def test_bad_changes_are_refused_with_a_message_and_nothing_saved(server, body, status, words):
+    before = (server.annotation.folder / "boxes.json").read_bytes()
+    code, reply = _request(server, "/api/samples", body)
+    assert code == status
+    assert all(word in reply["error"] for word in words), reply
+    assert (server.annotation.folder / "boxes.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("path", ["/samples/../z.npy", "/samples/../../secret.txt",
+                                  "/samples/%2e%2e/%2e%2e/secret.txt", "/samples/..%2fz.npy"])
+def test_no_file_outside_the_samples_is_served(server, path):
+    (server.annotation.folder.parent / "secret.txt").write_text("secret")
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.request("GET", path)  # sent as written: urllib would not keep the dots
+    response = connection.getresponse()
+    body = response.read()
+    assert response.status == 403 and b"outside the samples" in body and b"secret\"" not in body
+
+
+def test_the_samples_and_the_page_are_served(server):
+    with urllib.request.urlopen(server.url + "samples/" + sample_name(5), timeout=10) as r:
+        assert r.headers["Content-Type"] == "image/png" and r.read()[:4] == b"\x89PNG"
+    with urllib.request.urlopen(server.url, timeout=10) as r:
+        page = r.read().decode()
+    assert 'image-rendering: pixelated' in page and "<script src" not in page
+    assert "http://" not in page and "https://" not in page  # nothing loaded from elsewhere
+    assert _request(server, "/samples/" + sample_name(6))[0] == 404
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.1:1",
+                                  "192.168.1.2:{port}"])
+def test_requests_addressed_to_another_host_are_refused(server, host):
+    host = host.format(port=server.port)
+    for path, body in (("/api/state", None), ("/api/samples", _samples_body([0, 0, 5, 5]))):
+        code, reply = _request(server, path, body, Host=host)
+        assert code == 403 and "not to this machine" in reply["error"]
+    assert server.annotation.summary()["boxes"] == 0
+    assert _request(server, "/api/state", Host=f"localhost:{server.port}")[0] == 200
+
+
+def test_a_page_of_another_origin_cannot_change_the_boxes(server):
+    code, reply = _request(server, "/api/samples", _samples_body([0, 0, 5, 5]),
+                           Origin="http://evil.example")
+    assert code == 403 and "evil.example" in reply["error"]
+    code, _ = _request(server, "/api/samples", _samples_body([0, 0, 5, 5]),
+                       Origin=f"http://127.0.0.1:{server.port}")
+    assert code == 200
+
+
+def test_a_form_post_is_refused(server):
+    code, reply = _request(server, "/api/samples", _samples_body([0, 0, 5, 5]),
+                           **{"Content-Type": "text/plain"})
+    assert code == 415 and "application/json" in reply["error"]
+
+
+def test_an_oversized_body_is_refused_unread(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.putrequest("POST", "/api/samples")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(1 << 30))  # and never sent
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and b"more than" in response.read()
+
+
+def test_the_server_listens_on_this_machine_only(server):
+    assert server.server_address[0] == "127.0.0.1" and server.url.startswith("http://127.0.0.1:")
+
+
+def test_reopening_the_folder_resumes_its_boxes_and_samples(ckpt, server):
+    folder = server.annotation.folder
+    _post_samples(server, [{"index": 2, "boxes": [[1, 1, 9, 9]]}, {"index": 3, "boxes": []}])
+    server.stop()
+    z, sample = (folder / "z.npy").read_bytes(), (folder / "samples" / sample_name(2)).read_bytes()
+    again = annotate(ckpt, folder, device="cpu")  # no --n: the folder's 6 samples
+    try:
+        state = _request(again, "/api/state")[1]
+        assert state["count"] == 6 and state["samples"] == [
+            {"index": 2, "boxes": [[1, 1, 9, 9]]}, {"index": 3, "boxes": []}]
+        assert (folder / "z.npy").read_bytes() == z
+        assert (folder / "samples" / sample_name(2)).read_bytes() == sample
+    finally:
+        again.stop()
+
+
+def _one_line_error(result, *words: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert all(word in result.output for word in words), result.output
+
+
+def test_options_that_would_change_an_annotation_are_refused(ckpt, tmp_path):
+    folder = tmp_path / "ann"
+    annotate(ckpt, folder, n=6, seed=3, device="cpu").stop()
+    other = tmp_path / "other.npy"
+    np.save(other, np.zeros((6, 100), np.float32))
+    base = ["annotate", "--ckpt", str(ckpt), "--out", str(folder), "--device", "cpu"]
+    run = CliRunner().invoke
+    _one_line_error(run(main, base + ["--n", "10"]), "--n 10", "6 samples", "choose another")
+    _one_line_error(run(main, base + ["--z", str(other)]), "--z", "differs", "drop --z")
+    _one_line_error(run(main, base + ["--seed", "4"]), "--seed 4", "not drawn with that seed")
+    new = ["annotate", "--ckpt", str(ckpt), "--out", str(tmp_path / "new")]
+    _one_line_error(run(main, new + ["--z", str(other), "--n", "5"]), "--n 5", "holds 6")
+    np.save(other, np.full((6, 100), np.nan))
+    _one_line_error(run(main, new + ["--z", str(other)]), "finite real numbers")
+    # The same z, n and seed are no conflict: the annotation reopens.
+    same = annotate(ckpt, folder, n=6, seed=3, z=folder / "z.npy", device="cpu")
+    same.stop()
+    assert len(np.load(folder / "z.npy")) == 6
+
+
+def test_a_damaged_boxes_file_is_a_one_line_error(ckpt, tmp_path):
+    folder = tmp_path / "ann"
+    annotate(ckpt, folder, n=4, device="cpu").stop()
+    (folder / "boxes.json").write_text('{"z": "z.npy", "samples": [{"index": 9, "boxes": []}]}')
+    result = CliRunner().invoke(main, ["annotate", "--ckpt", str(ckpt), "--out", str(folder)])
+    _one_line_error(result, "boxes.json", "cannot resume", "sample 9")
+
+
+def test_a_folder_being_annotated_cannot_be_opened_twice(ckpt, server):
+    result = CliRunner().invoke(main, ["annotate", "--ckpt", str(ckpt), "--out",
+                                       str(server.annotation.folder)])
+    _one_line_error(result, "in use by `analysis annotate`")
+    server.stop()
+    annotate(ckpt, server.annotation.folder, device="cpu").stop()  # released when stopped
+
+
+def test_a_busy_port_is_a_one_line_error(ckpt, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["annotate", "--ckpt", str(ckpt), "--out",
+                                           str(tmp_path / "ann"), "--n", "2",
+                                           "--port", str(port)])
+    _one_line_error(result, f"127.0.0.1:{port}", "--port 0")
+
+
+def _start_command(ckpt: Path, out: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """`analysis annotate` as a user runs it; returns the process and the URL it printed."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "analysis.cli", "annotate", "--ckpt", str(ckpt), "--out",
+         str(out), "--device", "cpu", *options],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = process.stdout.readline()
+    assert "http://127.0.0.1:" in line, line + process.stdout.read()
+    return process, line.split(" at ")[1].split()[0]
+
+
+def test_ctrl_c_ends_the_command_cleanly_with_its_summary(ckpt, tmp_path):
+    process, url = _start_command(ckpt, tmp_path / "ann", "--n", "3")
+    with urllib.request.urlopen(url + "api/state", timeout=10) as response:
+        assert json.loads(response.read())["count"] == 3
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0 and "Traceback" not in output
+    assert output.strip() == f"0 images seen, 0 with boxes, 0 boxes -> {tmp_path / 'ann'}" \
+                             "/boxes.json"
+    with pytest.raises(OSError):  # the port is closed
+        urllib.request.urlopen(url, timeout=5)
+
+
+def _wait_for(condition, what: str, seconds: float = 1.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.02)
+
+
+def _saved(folder: Path) -> dict[int, list]:
+    spec = json.loads((folder / "boxes.json").read_text())
+    return {s["index"]: s["boxes"] for s in spec["samples"]}
+
+
+def _drag(page, index: int, start: tuple[int, int], end: tuple[int, int]) -> None:
+    """Drag over sample `index` between two points given in its on-screen pixels."""
+    box = page.locator(f'.sample[data-index="{index}"]').bounding_box()
+    page.mouse.move(box["x"] + start[0], box["y"] + start[1])
+    page.mouse.down()
+    page.mouse.move(box["x"] + end[0], box["y"] + end[1], steps=5)
+    page.mouse.up()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                    reason=f"needs Debian's Chromium at {CHROMIUM} (CI installs it)")
+def test_boxes_drawn_in_the_browser_feed_remove_windows(ckpt, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    folder = tmp_path / "ann"
+    process, url = _start_command(ckpt, folder, "--n", "24", "--scale", "4")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"])
+            page = browser.new_page(viewport={"width": 980, "height": 600})
+            requested = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(url + "#grid")
+            page.wait_for_selector('.sample[data-index="23"] img')
+
+            # Samples are 32 px shown at 128: 4 screen pixels per sample pixel.
+            _drag(page, 0, (8, 12), (60, 52))
+            _drag(page, 1, (16, 20), (80, 84))
+            _wait_for(lambda: _saved(folder).get(1) == [[4, 5, 20, 21]], "the second box saved")
+            assert _saved(folder)[0] == [[2, 3, 15, 13]]
+            assert "2" in page.locator("#counter").inner_text()
+            page.locator('.sample[data-index="0"] .box').click()  # select it...
+            if os.environ.get("UPDATE_SCREENSHOT"):
+                page.screenshot(path=SCREENSHOT)
+            page.keyboard.press("Delete")  # ...and remove it
+            _wait_for(lambda: _saved(folder)[0] == [], "the deletion saved")
+
+            _drag(page, 2, (0, 0), (40, 40))  # drawn, then undone
+            _wait_for(lambda: _saved(folder).get(2) == [[0, 0, 10, 10]], "the third box saved")
+            page.keyboard.press("u")
+            _wait_for(lambda: _saved(folder)[2] == [], "the undo saved")
+
+            page.goto(url + "#1")  # one at a time, at sample 1
+            page.reload()
+            shown = page.locator(".sample.current")
+            assert shown.get_attribute("data-index") == "1" and shown.is_visible()
+            assert shown.locator(".box").count() == 1
+            assert page.locator('.sample[data-index="0"] .box').count() == 0
+            page.keyboard.press("n")
+            assert page.locator(".sample.current").get_attribute("data-index") == "2"
+
+            page.evaluate("api('POST', '/api/samples', {samples: [{index: 99, boxes: []}]})"
+                          ".catch((err) => showStatus(err.message, true))")
+            assert "sample 99 does not exist" in page.locator("#status.error").inner_text()
+
+            page.locator("#done").click()
+            page.wait_for_selector("text=The server has stopped")
+            browser.close()
+        output = process.communicate(timeout=30)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert all(u.startswith(url) for u in requested), "the page loaded something from elsewhere"
+    assert process.returncode == 0 and "Traceback" not in output
+    seen = len(_saved(folder))
+    assert output.strip() == f"{seen} images seen, 1 with boxes, 1 boxes -> {folder}/boxes.json"
+    assert seen >= 3 and _saved(folder)[1] == [[4, 5, 20, 21]]
+
+    result = CliRunner().invoke(main, ["remove-windows", "--ckpt", str(ckpt), "--boxes",
+                                       str(folder / "boxes.json"), "--out",
+                                       str(tmp_path / "removed"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "removed" / "report.json").read_text())
+    assert report["annotated_samples"] == 1 and report["positive_cells"] == 16
+
