@@ -5,7 +5,8 @@
 
 PYTHON     ?= python3
 VENV       ?= .venv
-TORCH_SPEC ?= torch>=2.1,<3
+TORCH_SPEC ?= torch>=2.4,<3
+FAISS      ?= cpu
 DATA       ?= data
 SIZE       ?= 64
 WORKERS    ?=
@@ -23,10 +24,11 @@ WORKERS_OPT := $(if $(WORKERS),--workers $(WORKERS),)
 
 install: $(STAMP)
 
-# One install for everything (runtime, demo photos, tests); torch comes from TORCH_SPEC.
+# One install for everything (runtime, demo photos, tests); torch comes from TORCH_SPEC, the faiss
+# build from FAISS (cpu, or gpu on a CUDA machine: the two builds must not share an environment).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check '$(TORCH_SPEC)' -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check '$(TORCH_SPEC)' -e '.[dev,$(FAISS)]'
 	touch $@
 
 demo: $(STAMP)

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import faiss
 import numpy as np
 import torch
+
+from pipeline.faiss_build import import_faiss
+
+faiss = import_faiss()
 
 QUERY_BLOCK = 8192  # queries searched at once: bounds the distance tile of one chunk
 RERANK = 8  # IvfKnn's candidates per query, as a multiple of k, re-ranked exactly

@@ -22,17 +22,22 @@ BN_HELP = (
 DEVICE_HELP = "'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."
 
 
+class MissingExtra(ImportError):
+    """An optional dependency the command needs is not installed; the message says which
+    `pip install` brings it."""
+
+
 def one_line_errors(*errors: type[Exception]) -> Callable:
-    """A decorator turning `errors` (and missing/unreadable files) into click's one-line
-    'Error: ...' with exit code 1 instead of a traceback. Anything else is a bug and keeps its
-    traceback."""
+    """A decorator turning `errors` (and missing/unreadable files, and missing optional
+    dependencies) into click's one-line 'Error: ...' with exit code 1 instead of a traceback.
+    Anything else is a bug and keeps its traceback."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except errors as err:
+            except (*errors, MissingExtra) as err:
                 raise click.ClickException(str(err)) from None
             except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
                 raise click.ClickException(f"{err.filename}: {err.strerror}") from None

@@ -7,10 +7,28 @@ on a faiss search records it.
 
 from __future__ import annotations
 
+from types import ModuleType
+
+from pipeline.cli_common import MissingExtra
+
+INSTALL_HINT = ("faiss is not installed: pip install 'dcgan-pipeline[cpu]' "
+                "(or 'dcgan-pipeline[gpu]' on a CUDA machine, never both)")
+
+
+def import_faiss() -> ModuleType:
+    """The faiss module, whichever build is installed; the project declares the CPU and GPU
+    builds as alternative extras (they install the same module), so a plain install has none
+    and gets a one-line hint instead of a traceback."""
+    try:
+        import faiss
+    except ImportError:
+        raise MissingExtra(INSTALL_HINT) from None
+    return faiss
+
 
 def faiss_build() -> dict:
     """{"faiss_version", "faiss_build": "gpu" | "cpu", "faiss_gpus": GPUs faiss sees}."""
-    import faiss
+    faiss = import_faiss()
 
     gpu_build = hasattr(faiss, "StandardGpuResources")
     return {"faiss_version": faiss.__version__, "faiss_build": "gpu" if gpu_build else "cpu",
