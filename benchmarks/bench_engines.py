@@ -13,7 +13,7 @@ The paper-scale table divides 3M images by the measured per-core rate of the loc
 stage's rate over its worker count): core-hours, and the cores that make each run an hour when
 the cluster keeps the measured Ray / local efficiency.
 
-    python benchmarks/bench_engines.py [--repeat 8] [--workers N] [--rounds 2]
+    python benchmarks/bench_engines.py [--repeat 8] [--workers N] [--rounds 3]
 """
 
 from __future__ import annotations
