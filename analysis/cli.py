@@ -215,5 +215,63 @@ def memorization(ckpt, train_shards, holdout, out, n, space, k, cells, min_gen, 
                f"{r['train']} training images; report in {out / 'report.json'}")
 
 
+def _c_value(_ctx, _param, value: str) -> float | str:
+    """--C: "auto" or a positive number."""
+    if value == "auto":
+        return value
+    try:
+        c = float(value)
+    except ValueError:
+        c = float("nan")
+    if not c > 0:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a positive number")
+    return c
+
+
+@main.command()
+@ckpt_option
+@click.option("--train", "train_shards", required=True,
+              help="Labelled shards the SVM learns from (`pipeline shards --label-from parent`).")
+@click.option("--test", "test_shards", required=True,
+              help="Labelled shards it is tested on, with the same classes.")
+@out_dir_option
+@click.option("--labels-per-class", type=click.IntRange(min=1), default=None,
+              help="Train on this many random images per class (the paper's SVHN test: 100). "
+                   "Default: every training image not held out for validation.")
+@click.option("--validation", type=click.IntRange(min=0), default=None,
+              help="Training images held out to choose C (--C auto). Default: 10,000 (the "
+                   "paper's) or a fifth of the training images, whichever is fewer.")
+@click.option("--C", "c", default="auto", show_default=True, callback=_c_value,
+              help="SVM regularization (larger = weaker); auto: the best of 1e-4 ... 1 on the "
+                   "validation images.")
+@click.option("--layers", default="all", show_default=True,
+              help="D's conv layers whose 4x4-max-pooled maps are the features: all, or names "
+                   "by output side, e.g. 16x16,8x8 or last.")
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="Also fit the same SVM on raw pixels and on a freshly initialized D.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the splits, the random D and the SVM's SGD.")
+@device_option
+@progress_option
+@overwrite_option
+@user_errors
+def classify(ckpt, train_shards, test_shards, out, labels_per_class, validation, c, layers,
+             baselines, seed, device, progress, overwrite):
+    """The paper's representation test (5.1, 5.2): every conv layer of D max-pooled to 4x4 and
+    concatenated, a linear L2-SVM (squared hinge) on standardized features, tested on labelled
+    shards against raw pixels and a random-init D. Writes OUT/report.json, confusion.png and the
+    features as float16 memory maps in OUT/features/."""
+    from analysis.classify import classify as run
+
+    r = run(ckpt, train_shards, test_shards, out, labels_per_class=labels_per_class,
+            validation=validation, C=c, layers=layers, baselines=baselines, seed=seed,
+            device=checked_device(device), progress=progress, overwrite=overwrite)
+    accuracies = ", ".join(f"{m} {v['accuracy']:.1%}" for m, v in r["methods"].items())
+    counts = r["counts"]
+    click.echo(f"test accuracy: {accuracies} ({r['feature_dim']:,}-d D features, C "
+               f"{r['methods']['trained_D']['C']:g}; {counts['train']} training, "
+               f"{counts['test']} test images); report in {out / 'report.json'}")
+
+
 if __name__ == "__main__":
     main()
