@@ -33,10 +33,10 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "annotate.png"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    """A 32x32 checkpoint, as `gan train` writes it; UPDATE_SCREENSHOT_CKPT names a trained one
-    (32x32, nz 100) for the README's screenshot, whose samples look like something."""
-    if os.environ.get("UPDATE_SCREENSHOT_CKPT"):
-        return Path(os.environ["UPDATE_SCREENSHOT_CKPT"])
+    """An untrained 32x32 checkpoint, as `gan train` writes it; or the trained one (32x32,
+    nz 100) that ANNOTATE_SCREENSHOT_CKPT names, to remake the README's screenshot."""
+    if os.environ.get("ANNOTATE_SCREENSHOT_CKPT"):
+        return Path(os.environ["ANNOTATE_SCREENSHOT_CKPT"])
     path = tmp_path_factory.mktemp("annotate") / "last.pt"
     torch.manual_seed(0)
     G, D = Generator(32, 100, 32, "compact"), Discriminator(32, 32, "compact")
@@ -265,10 +265,12 @@ def test_ctrl_c_ends_the_command_cleanly_with_its_summary(ckpt, tmp_path):
         urllib.request.urlopen(url, timeout=5)
 
 
-def _wait_for(condition, what: str, seconds: float = 1.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+def _wait_saved(folder: Path, index: int, boxes: list) -> None:
+    """Wait (at most the second a change may take) until sample `index` is saved with `boxes`."""
+    deadline = time.monotonic() + 1.0
+    while _saved(folder).get(index) != boxes:
+        assert time.monotonic() < deadline, f"not saved within 1 s: sample {index} with " \
+                                            f"{boxes}; boxes.json has {_saved(folder)}"
         time.sleep(0.02)
 
 
@@ -306,30 +308,35 @@ def test_boxes_drawn_in_the_browser_feed_remove_windows(ckpt, tmp_path):
             page.wait_for_selector('.sample[data-index="23"] img')
 
             # Samples are 32 px shown at 128: 4 screen pixels per sample pixel.
-            _drag(page, 0, (8, 12), (60, 52))
-            _drag(page, 1, (16, 20), (80, 84))
-            _wait_for(lambda: _saved(folder).get(1) == [[4, 5, 20, 21]], "the second box saved")
-            assert _saved(folder)[0] == [[2, 3, 15, 13]]
+            _drag(page, 0, (76, 8), (124, 52))  # (where the screenshot's G draws windows)
+            _drag(page, 1, (60, 4), (124, 60))
+            _wait_saved(folder, 1, [[15, 1, 31, 15]])
+            assert _saved(folder)[0] == [[19, 2, 31, 13]]
             assert "2" in page.locator("#counter").inner_text()
             page.locator('.sample[data-index="0"] .box').click()  # select it...
-            if os.environ.get("UPDATE_SCREENSHOT"):
+            if os.environ.get("ANNOTATE_SCREENSHOT_CKPT"):
                 page.screenshot(path=SCREENSHOT)
             page.keyboard.press("Delete")  # ...and remove it
-            _wait_for(lambda: _saved(folder)[0] == [], "the deletion saved")
+            _wait_saved(folder, 0, [])  # deleted
 
+            page.keyboard.press("g")  # one at a time, from the selected sample 0
+            page.keyboard.press("n")
+            page.keyboard.press("n")
+            assert page.locator(".sample.current").get_attribute("data-index") == "2"
             _drag(page, 2, (0, 0), (40, 40))  # drawn, then undone
-            _wait_for(lambda: _saved(folder).get(2) == [[0, 0, 10, 10]], "the third box saved")
+            _wait_saved(folder, 2, [[0, 0, 10, 10]])
             page.keyboard.press("u")
-            _wait_for(lambda: _saved(folder)[2] == [], "the undo saved")
+            _wait_saved(folder, 2, [])  # undone
 
-            page.goto(url + "#1")  # one at a time, at sample 1
-            page.reload()
+            page.goto(url + "#1")
+            page.reload()  # the URL keeps the place: sample 1, one at a time
             shown = page.locator(".sample.current")
             assert shown.get_attribute("data-index") == "1" and shown.is_visible()
             assert shown.locator(".box").count() == 1
             assert page.locator('.sample[data-index="0"] .box').count() == 0
-            page.keyboard.press("n")
-            assert page.locator(".sample.current").get_attribute("data-index") == "2"
+            page.keyboard.press("p")
+            assert page.locator(".sample.current").get_attribute("data-index") == "0"
+            assert page.locator('.sample[data-index="1"]').is_hidden()
 
             page.evaluate("api('POST', '/api/samples', {samples: [{index: 99, boxes: []}]})"
                           ".catch((err) => showStatus(err.message, true))")
@@ -346,7 +353,7 @@ def test_boxes_drawn_in_the_browser_feed_remove_windows(ckpt, tmp_path):
     assert process.returncode == 0 and "Traceback" not in output
     seen = len(_saved(folder))
     assert output.strip() == f"{seen} images seen, 1 with boxes, 1 boxes -> {folder}/boxes.json"
-    assert seen >= 3 and _saved(folder)[1] == [[4, 5, 20, 21]]
+    assert seen >= 3 and _saved(folder)[1] == [[15, 1, 31, 15]]
 
     result = CliRunner().invoke(main, ["remove-windows", "--ckpt", str(ckpt), "--boxes",
                                        str(folder / "boxes.json"), "--out",
