@@ -27,7 +27,6 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,6 +47,7 @@ from analysis.knn import IvfKnn, StreamingKnn
 from gan.models import Discriminator, Generator
 from gan.sample import generate, sample_z
 from pipeline.devices import resolve_device
+from pipeline.faiss_build import faiss_build, import_faiss
 from pipeline.files import (
     write_bytes_atomic,
     write_figure_atomic,
@@ -232,7 +232,7 @@ def assign_cells(train_sample: np.ndarray, cells: int, points: list[np.ndarray],
                  seed: int = 0) -> tuple[int, list[np.ndarray]]:
     """k-means on the training sample; the cell of each point in each array of `points`."""
     cells = min(cells, len(train_sample))
-    kmeans = faiss.Kmeans(train_sample.shape[1], cells, niter=20, seed=seed)
+    kmeans = import_faiss().Kmeans(train_sample.shape[1], cells, niter=20, seed=seed)
     kmeans.train(np.ascontiguousarray(train_sample, np.float32))
     return cells, [kmeans.index.search(np.ascontiguousarray(p, np.float32), 1)[1][:, 0]
                    for p in points]
@@ -289,6 +289,7 @@ def measure_copying(
                                                                dist[n_gen:, 0].min())),
             **stats,
             "warnings": warnings or [],
+            **faiss_build(),
         }
         report["verdict"] = verdict(report["C_T"])
         write_json_atomic(out / "report.json", report)

@@ -120,6 +120,7 @@ def test_fresh_samples_from_the_same_distribution_are_not_flagged(synthetic, tmp
     assert abs(report["C_T"]) < 3
     assert report["verdict"].startswith("no evidence of data copying")
     assert report["train"] == 3000 and report["generated"] == 500 and report["holdout"] == 500
+    assert report["faiss_build"] in ("cpu", "gpu") and report["faiss_version"]  # which search ran
 
 
 def test_ivf_search_gives_the_same_verdict(synthetic, tmp_path):
