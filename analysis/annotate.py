@@ -121,7 +121,12 @@ class Annotation:
             raise RequestError(HTTPStatus.BAD_REQUEST, str(err)) from None
         with self._lock:
             self.boxes.update(changes)
-            self._save()
+            try:
+                self._save()
+            except OSError as err:  # every save writes them all: the next one may succeed
+                raise RequestError(HTTPStatus.INTERNAL_SERVER_ERROR,
+                                   f"cannot write {self.path} ({err.strerror}); the boxes are "
+                                   "kept here and saved with the next change") from None
             return self.summary()
 
     def _save(self) -> None:

@@ -96,8 +96,8 @@ def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show, device, p
 @main.command()
 @ckpt_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Annotation folder (created if missing): z.npy, samples/, boxes.json. "
-                   "Reopening it resumes its boxes on its own z.npy.")
+              help="Annotation folder, new or empty (then created) or an earlier annotation "
+                   "(then resumed, on its own z.npy): z.npy, samples/, boxes.json.")
 @click.option("--n", type=click.IntRange(min=1), default=None,
               help="Samples to draw for a new annotation.  [default: 150]")
 @click.option("--z", "z_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
