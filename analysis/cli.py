@@ -50,8 +50,9 @@ def checked_device(device: str) -> torch.device:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Analyses of a trained DCGAN: remove-windows (paper 6.3.1), guided-backprop (6.2),
-    memorization (nearest neighbours and Meehan et al.'s data-copying test)."""
+    """Analyses of a trained DCGAN: annotate (draw window boxes in a browser) and
+    remove-windows (paper 6.3.1), guided-backprop (6.2), classify (D's features + a linear SVM,
+    5.1), memorization (nearest neighbours and Meehan et al.'s data-copying test)."""
 
 
 @main.command("remove-windows")
