@@ -200,8 +200,12 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=DEFAULT_DROPOUT,
               show_default=True, help="Dropout on the 128 code units during training.")
 @click.option("--radius", type=click.IntRange(min=0), default=DEFAULT_RADIUS, show_default=True,
-              help="Also join codes within this Hamming distance of a group's anchor "
-                   "(0 = equal codes only, the paper's rule).")
+              help="Codes within this many bits propose candidate pairs for verification; "
+                   "with --no-verify, codes this close to a group's anchor code join it. "
+                   "The paper's mode: --radius 0 --no-verify (equal codes only).")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Confirm each candidate pair on whole-frame thumbnails, against a distance "
+                   "threshold calibrated on the data (OUT/distances.png, OUT/rejected.png).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=256, show_default=True,
               help="Training mini-batch.")
 @device_option
@@ -213,16 +217,18 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
 @engine_options
 @overwrite_option
 @user_errors
-def dedup(src, out, model, train_samples, epochs, min_steps, noise, dropout, radius, batch_size,
-          device, seed, max_pixels, max_bytes, workers, engine, ray_address, overwrite):
+def dedup(src, out, model, train_samples, epochs, min_steps, noise, dropout, radius, verify,
+          batch_size, device, seed, max_pixels, max_bytes, workers, engine, ray_address,
+          overwrite):
     """Find near duplicates with the paper's semantic hash: 32x32 center crops, a
-    3072-128-3072 de-noising autoencoder, codes binarized at the ReLU threshold, equal codes
-    grouped in linear time. Writes OUT/duplicates.txt for `pipeline shards --exclude`."""
+    3072-128-3072 de-noising autoencoder, codes binarized at the ReLU threshold; nearby codes
+    propose candidate pairs (linear time), whole-frame thumbnails confirm them. Writes
+    OUT/duplicates.txt for `pipeline shards --exclude`."""
     from pipeline.dedup import dedup as run_dedup
 
     summary = run_dedup(list(src), out, model=model, train_samples=train_samples, epochs=epochs,
                         min_steps=min_steps, noise=noise, dropout=dropout, radius=radius,
-                        batch_size=batch_size, device=device, workers=workers,
+                        verify=verify, batch_size=batch_size, device=device, workers=workers,
                         engine=engine, ray_address=ray_address,
                         max_pixels=max_pixels, max_bytes=max_bytes, seed=seed,
                         overwrite=overwrite)

@@ -1,20 +1,28 @@
-"""Pass 1 of `pipeline dedup`: every record's small center crop, streamed to a file on disk.
+"""Pass 1 of `pipeline dedup`: every record's small center crop and whole-frame thumbnails,
+streamed to files on disk.
 
-Each record is decoded and turned into its side x side center crop by a pure per-chunk worker
-(`crop_chunk`) mapped over all cores, or a Ray cluster's (pipeline.engines). Crops stream in
-input order into a uint8 file that the later passes read as a memory map, so no pass ever holds
-the images in RAM. Alongside, a JSON-lines log gets one line per input, in input order: the
-crop's row, or why the record could not be decoded (the manifest is written from it once the
-groups are known).
+Each record is decoded once by a pure per-chunk worker (`crop_chunk`) mapped over all cores, or
+a Ray cluster's (pipeline.engines), into its side x side center crop (what the paper's hash
+reads) and the grey thumbnails of its whole frame that verification compares
+(pipeline.verify.frame_views). Both stream in input order into uint8 files that the later passes
+read as memory maps, so no pass ever holds the images in RAM. Alongside, a JSON-lines log gets
+one line per input, in input order: the crop's row, or why the record could not be decoded (the
+manifest is written from it once the groups are known).
+
+A sample of the records, chosen by key (pipeline.verify.sampled), also gets a synthetic
+re-upload (pipeline.reuploads) whose thumbnails the worker returns: the "same picture" side of
+the threshold calibration, made while the image is decoded anyway.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -22,18 +30,27 @@ from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, image
 from pipeline.engines import Engine, LocalEngine
 from pipeline.geometry import center_crop, resize_area
 from pipeline.parallel import chunked
+from pipeline.reuploads import KINDS, SINGLE, reupload
 from pipeline.sources import Record, Source
 from pipeline.statuses import UNREADABLE
+from pipeline.verify import SIDE as VIEW_SIDE
+from pipeline.verify import VIEWS, frame_views, sampled
 
 CROPS_NAME = "crops.u8"  # scratch: the crops, removed when dedup ends
+VIEWS_NAME = "views.u8"  # scratch: the whole-frame thumbnails, removed when dedup ends
 LOG_NAME = "records.jsonl"  # scratch: one line per input, in input order
 SIDE = 32  # the paper's 32x32 downsampled center crops
+REUPLOAD_SIDE = 256  # a sampled image is shrunk to this longer side before its re-upload is made
+CALIBRATION_KINDS = (*SINGLE, KINDS[-1])  # every change but the trivial exact/lossless copies
+VIEW_SHAPE = (VIEWS, VIEW_SIDE, VIEW_SIDE)
 
 
 @dataclass(frozen=True)
 class CropParams:
     side: int = SIDE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    calibration_rate: float = 0.0  # fraction of records that also get a synthetic re-upload
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,12 +69,16 @@ class CropChunk:
 
     entries: list[CropEntry]
     crops: np.ndarray  # k x side x side x 3 uint8, k = decoded records, in order
+    views: np.ndarray  # k x VIEW_SHAPE uint8, the whole-frame thumbnails
     pixels: list[int]  # header width * height of each decoded record (the keep rule uses it)
+    sampled: list[int]  # which of the k decoded records have a synthetic re-upload ...
+    reuploads: np.ndarray  # ... and its thumbnails, len(sampled) x VIEW_SHAPE
 
 
 def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
-    """Decode each record into its side x side center crop, or record why it cannot be."""
-    entries, crops, pixels = [], [], []
+    """Decode each record into its center crop and frame thumbnails, or record why it cannot
+    be; sampled records also get a synthetic re-upload's thumbnails."""
+    entries, crops, views, pixels, chosen, reuploads = [], [], [], [], [], []
     for rec in records:
         try:
             data = rec.read()
@@ -71,11 +92,30 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
             entries.append(CropEntry(rec.key, err.status, err.reason))
             continue
         entries.append(CropEntry(rec.key))
+        if sampled(rec.key, params.calibration_rate):
+            chosen.append(len(crops))
+            reuploads.append(reupload_views(rgb, rec.key, params.seed))
         crops.append(resize_area(center_crop(rgb), params.side))
+        views.append(frame_views(rgb))
         pixels.append(width * height)
-    stacked = (np.stack(crops) if crops
-               else np.zeros((0, params.side, params.side, 3), np.uint8))
-    return CropChunk(entries, stacked, pixels)
+    return CropChunk(entries, _stack(crops, (params.side, params.side, 3)),
+                     _stack(views, VIEW_SHAPE), pixels, chosen, _stack(reuploads, VIEW_SHAPE))
+
+
+def reupload_views(rgb: np.ndarray, key: str, seed: int) -> np.ndarray:
+    """The frame thumbnails of a synthetic re-upload of `rgb` (its kind and randomness drawn
+    from the key and the seed, so every run makes the same one)."""
+    rng = np.random.default_rng([zlib.crc32(key.encode("utf-8")), seed])
+    scale = REUPLOAD_SIDE / max(rgb.shape[:2])
+    if scale < 1:
+        rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)),
+                               max(1, round(rgb.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+    data = reupload(rgb, str(rng.choice(CALIBRATION_KINDS)), rng)
+    return frame_views(decode_image(data))
+
+
+def _stack(arrays: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    return np.stack(arrays) if arrays else np.zeros((0, *shape), np.uint8)
 
 
 @dataclass
@@ -83,27 +123,36 @@ class Crops:
     """Pass-1 result: the crops on disk, and what the records log holds."""
 
     images: np.ndarray  # memmap, n x side x side x 3
+    views: np.ndarray  # memmap, n x VIEW_SHAPE
     pixels: np.ndarray  # n, header pixel counts
     inputs: int
     rejected: dict[str, int] = field(default_factory=dict)
+    sampled: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows ...
+    reuploads: np.ndarray = field(  # ... and their synthetic re-uploads' thumbnails
+        default_factory=lambda: np.zeros((0, *VIEW_SHAPE), np.uint8))
 
 
 def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *,
                   engine: Engine | None = None, chunk_size: int = 64,
                   progress: bool = True) -> Crops:
-    """Stream every record's crop into OUT/crops.u8 and its key into OUT/records.jsonl, the
-    chunks mapped on `engine` (default: the local pool of `workers` processes)."""
+    """Stream every record's crop into OUT/crops.u8, its thumbnails into OUT/views.u8 and its
+    key into OUT/records.jsonl, the chunks mapped on `engine` (default: the local pool of
+    `workers` processes)."""
     engine = engine or LocalEngine(workers)
     total = source.count()
     pixels = array("q")  # 8 bytes per image, not a Python int object each
     rejected: dict[str, int] = {}
     inputs = 0
+    sampled_rows, reuploads = [], []
     bar = tqdm(total=total, unit="img", desc="crops", disable=not progress, dynamic_ncols=True)
-    with open(out / CROPS_NAME, "wb") as crop_file, \
+    with open(out / CROPS_NAME, "wb") as crop_file, open(out / VIEWS_NAME, "wb") as view_file, \
             open(out / LOG_NAME, "w", encoding="utf-8") as log:
         for chunk in engine.map(crop_chunk, params, chunked(iter(source), chunk_size)):
             crop_file.write(chunk.crops.tobytes())
+            view_file.write(chunk.views.tobytes())
             row = len(pixels)
+            sampled_rows.extend(row + k for k in chunk.sampled)
+            reuploads.append(chunk.reuploads)
             for entry in chunk.entries:
                 if entry.status is None:
                     log.write(json.dumps({"key": entry.key, "row": row}) + "\n")
@@ -117,7 +166,12 @@ def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *
             bar.update(len(chunk.entries))
     bar.close()
     n = len(pixels)
-    shape = (n, params.side, params.side, 3)
-    images = (np.memmap(out / CROPS_NAME, np.uint8, "r", shape=shape) if n
-              else np.zeros(shape, np.uint8))
-    return Crops(images, np.asarray(pixels, np.int64), inputs, rejected)
+    return Crops(_memmap(out / CROPS_NAME, (n, params.side, params.side, 3)),
+                 _memmap(out / VIEWS_NAME, (n, *VIEW_SHAPE)), np.asarray(pixels, np.int64),
+                 inputs, rejected, np.asarray(sampled_rows, np.int64),
+                 np.concatenate([np.zeros((0, *VIEW_SHAPE), np.uint8), *reuploads]))
+
+
+def _memmap(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only memory map of a scratch file (an empty array when there is nothing in it)."""
+    return np.memmap(path, np.uint8, "r", shape=shape) if shape[0] else np.zeros(shape, np.uint8)

@@ -1,16 +1,22 @@
 """`pipeline dedup`: the paper's semantic-hash de-duplication of LSUN: near-duplicate
-photos are found by hashing small center crops with an autoencoder and grouping equal codes.
+photos are proposed by hashing small center crops with an autoencoder, and confirmed from the
+images themselves.
 
-Four passes, each linear in the number of images and none holding the images in RAM:
+Passes, each linear in the number of images and none holding the images in RAM:
 
-1. **Crops** (pipeline.crops): every record's 32x32 center crop, streamed to a file on disk
-   that the later passes read as a memory map; undecodable records get their status at once.
+1. **Crops** (pipeline.crops): every record's 32x32 center crop and whole-frame thumbnails,
+   streamed to files on disk that the later passes read as memory maps; undecodable records get
+   their status at once.
 2. **Train** the 3072-128-3072 autoencoder on a random sample of the crops (pipeline.autoencoder),
    or load a saved one with `model=` so the same hash applies to new data.
 3. **Hash.** Encode all crops in large batches; the active ReLUs are the 128-bit code. With
    `--engine ray` the batches are tasks on the cluster (pipeline.engines).
-4. **Group** equal codes with one sort of the codes, never all pairs (pipeline.grouping); with
-   `radius > 0`, codes within that Hamming distance of a group's anchor join it.
+4. **Verify** (the default): codes within `radius` bits propose a bounded number of candidate
+   pairs per image (pipeline.grouping); each pair is judged on the whole-frame thumbnails
+   against a threshold calibrated on the data itself (pipeline.verify), and groups form around
+   anchor images from the pairs that pass.
+   **Paper's mode** (`verify=False`, `radius=0`): equal codes are the groups (one sort of the
+   codes); with `radius > 0`, codes within that Hamming distance of a group's anchor join it.
 
 In every group one member is kept (rule in `pipeline.grouping.keep_order`); the others are
 listed in `duplicates.txt`, the file `pipeline shards --exclude` reads.
@@ -34,7 +40,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.crops import CROPS_NAME, LOG_NAME, SIDE, CropParams, Crops, extract_crops
+from pipeline.crops import (
+    CROPS_NAME,
+    LOG_NAME,
+    SIDE,
+    VIEWS_NAME,
+    CropParams,
+    Crops,
+    extract_crops,
+)
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.engines import Engine, engine_line, open_engine
 from pipeline.files import (
@@ -44,7 +58,14 @@ from pipeline.files import (
     write_json_atomic,
     write_png_atomic,
 )
-from pipeline.grouping import Groups, group_codes, resolve_groups
+from pipeline.grouping import (
+    Groups,
+    candidate_pairs,
+    code_neighbours,
+    group_codes,
+    group_pairs,
+    resolve_groups,
+)
 from pipeline.manifest import (
     MANIFEST_NAME,
     SUMMARY_NAME,
@@ -59,6 +80,13 @@ from pipeline.runner import StageError
 from pipeline.sheets import contact_sheet
 from pipeline.sources import DEFAULT_MAX_BYTES, open_sources
 from pipeline.statuses import DUPLICATE, UNIQUE
+from pipeline.verify import (
+    Calibration,
+    Verdicts,
+    calibration_distances,
+    histogram,
+    verify_pairs,
+)
 
 if TYPE_CHECKING:  # torch is imported only when hashing, so `pipeline --help` stays quick
     from pipeline.autoencoder import SemanticHashAutoencoder
@@ -68,13 +96,16 @@ DUPLICATES_NAME = "duplicates.txt"
 MODEL_NAME = "autoencoder.pt"
 LOSS_NAME = "loss.png"
 SHEET_NAME = "collisions.png"
+REJECTED_NAME = "rejected.png"
+HISTOGRAM_NAME = "distances.png"
 OUTPUTS = (MANIFEST_NAME, SUMMARY_NAME, GROUPS_NAME, DUPLICATES_NAME, MODEL_NAME, LOSS_NAME,
-           SHEET_NAME, CROPS_NAME, LOG_NAME)
+           SHEET_NAME, REJECTED_NAME, HISTOGRAM_NAME, CROPS_NAME, VIEWS_NAME, LOG_NAME)
 ENCODE_BATCH = 8192  # crops per encoder call in pass 3 (bounded memory, large matmuls)
 
 # Defaults that benchmarks/dedup_quality.py measured (README "Dedup quality").
 BITS = 128  # the paper's 3072-128-3072 autoencoder
-DEFAULT_RADIUS = 1  # measured: no false pair at 0 or 1; 1 finds ~1.5x the pairs (README)
+DEFAULT_RADIUS = 10  # candidate radius under verification (README "Dedup quality")
+CALIBRATION_SAMPLES = 1000  # images that get a synthetic re-upload for the calibration
 DEFAULT_TRAIN_SAMPLES = 200_000
 DEFAULT_EPOCHS = 20
 DEFAULT_MIN_STEPS = 2000  # measured: fewer steps leave the hash unselective on small samples
@@ -264,6 +295,7 @@ def dedup(
     dropout: float = DEFAULT_DROPOUT,
     code_noise: float = DEFAULT_CODE_NOISE,
     radius: int = DEFAULT_RADIUS,
+    verify: bool = True,
     batch_size: int = 256,
     device: str = "auto",
     workers: int | None = None,
@@ -279,6 +311,7 @@ def dedup(
 
     The decoder is trained on the binarized code (pipeline.autoencoder), with `code_noise` on
     the pre-activations; `code_noise` is a Python-only setting (the CLI uses the default).
+    `verify=False, radius=0` is the paper's rule: equal codes are duplicates.
     Returns the summary (also OUT/summary.json); `summary["line"]` is the one-line report.
     """
     check_request(radius=radius, train_samples=train_samples, model=model, device=device)
@@ -294,9 +327,10 @@ def dedup(
         started = time.perf_counter()
 
         with _timed(timings, "crops_s"):
-            crops = extract_crops(source, out, CropParams(max_pixels=max_pixels),
-                                  workers or default_workers(), engine=mapper,
-                                  progress=progress)
+            params = CropParams(max_pixels=max_pixels, seed=seed,
+                                calibration_rate=calibration_rate(source.count(), verify))
+            crops = extract_crops(source, out, params, workers or default_workers(),
+                                  engine=mapper, progress=progress)
         history: list[float] = []
         if hash_model is None and len(crops.images) >= 2:
             with _timed(timings, "train_s"):
@@ -307,13 +341,19 @@ def dedup(
         with _timed(timings, "hash_s"):
             codes = hash_all(hash_model, crops.images, mapper, device=device,
                              progress=progress)
+        verification: dict = {"enabled": verify}
+        if verify:
+            with _timed(timings, "verify_s"):
+                group, verification = verified_groups(out, crops, codes, radius, seed)
+        else:
+            group = group_codes(codes, radius)
         with _timed(timings, "group_s"):
-            groups = resolve_groups(group_codes(codes, radius), crops.pixels)
+            groups = resolve_groups(group, crops.pixels)
             counts = write_outputs(out, groups, codes, progress)
             write_collision_sheet(out, crops, groups)
-        del crops  # closes the memory map before its file goes
-        (out / CROPS_NAME).unlink(missing_ok=True)
-        (out / LOG_NAME).unlink(missing_ok=True)
+        del crops  # closes the memory maps before their files go
+        for name in (CROPS_NAME, VIEWS_NAME, LOG_NAME):
+            (out / name).unlink(missing_ok=True)
 
         seconds = time.perf_counter() - started
         summary = stage_summary(
@@ -325,7 +365,8 @@ def dedup(
             model=str(model) if model is not None else str(out / MODEL_NAME),
             model_info=info or {},
             loss_per_epoch=[round(x, 6) for x in history],
-            settings={"sources": [str(s) for s in sources], "radius": radius,
+            verification=verification,
+            settings={"sources": [str(s) for s in sources], "radius": radius, "verify": verify,
                       "train_samples": train_samples, "epochs": epochs, "min_steps": min_steps,
                       "noise": noise, "dropout": dropout, "code_noise": code_noise,
                       "batch_size": batch_size, "seed": seed, "max_pixels": max_pixels,
@@ -338,7 +379,8 @@ def dedup(
         usage = summary["bit_usage"]
         summary["line"] = (summary_line("dedup", counts, UNIQUE, seconds, str(out))
                            + f" ({engine_line(summary['engine'])})"
-                           + f"; {groups.count} groups, bits on {usage['ever_on']}/{usage['bits']}")
+                           + f"; {groups.count} groups, bits on {usage['ever_on']}/{usage['bits']}"
+                           + verification_line(verification))
         return summary
 
 
@@ -389,6 +431,61 @@ def train_hash(crops: Crops, out: Path, sources: list, *, train_samples: int, ep
     save_model(hash_model, out / MODEL_NAME, info)
     loss_plot(history, out / LOSS_NAME)
     return hash_model, info, history
+
+
+def calibration_rate(total: int, verify: bool) -> float:
+    """The fraction of records that get a synthetic re-upload: about CALIBRATION_SAMPLES."""
+    return min(1.0, CALIBRATION_SAMPLES / total) if verify and total else 0.0
+
+
+def verified_groups(out: Path, crops: Crops, codes: np.ndarray, radius: int,
+                    seed: int) -> tuple[np.ndarray, dict]:
+    """Calibrate the threshold, judge every candidate pair, group from the pairs that pass;
+    writes the histogram and the sheet of rejected candidates. Returns the group ids and the
+    summary's `verification` entry."""
+    calibration = calibration_distances(crops.views, crops.sampled, crops.reuploads, seed=seed)
+    neighbours = code_neighbours(codes, radius)
+    verdicts = verify_pairs(crops.views, candidate_pairs(neighbours), calibration.threshold)
+    write_figure_atomic(out / HISTOGRAM_NAME, histogram(calibration, verdicts.counts))
+    write_rejected_sheet(out, crops, verdicts)
+    group = group_pairs(len(codes), verdicts.left, verdicts.right, crops.pixels)
+    return group, verification_summary(radius, calibration, verdicts)
+
+
+def verification_summary(radius: int, calibration: Calibration, verdicts: Verdicts) -> dict:
+    return {"enabled": True, "candidate_radius": radius,
+            "candidate_pairs": verdicts.candidates,
+            "max_candidates_per_image": verdicts.max_per_image,
+            "verified_pairs": int(len(verdicts.left)),
+            **calibration.describe(),
+            "nearest_rejected": [round(float(d), 4) for d in verdicts.rejected[:8, 0]]}
+
+
+def verification_line(verification: dict) -> str:
+    if not verification.get("enabled"):
+        return "; paper's mode (no verification)"
+    return (f"; {verification['candidate_pairs']} candidate pairs, "
+            f"{verification['verified_pairs']} verified at distance <= "
+            f"{verification['threshold']}")
+
+
+def write_rejected_sheet(out: Path, crops: Crops, verdicts: Verdicts, *, scale: int = 2,
+                         per_row: int = 4) -> None:
+    """The rejected candidates nearest the threshold, side by side (whole-frame thumbnails as
+    compared, then the two center crops): what a person checks before trusting a threshold."""
+    if len(verdicts.rejected) == 0:
+        return
+    tiles = []
+    for _, left, right in verdicts.rejected:
+        for row in (int(left), int(right)):
+            grey = np.asarray(crops.views[row, 0])
+            tiles.append(_enlarge(np.repeat(grey[..., None], 3, axis=2), scale))
+        tiles.extend(_enlarge(np.asarray(crops.images[int(r)]), scale) for r in (left, right))
+    write_png_atomic(out / REJECTED_NAME, contact_sheet(tiles, cols=4 * per_row))
+
+
+def _enlarge(img: np.ndarray, scale: int) -> np.ndarray:
+    return np.repeat(np.repeat(img, scale, 0), scale, 1)
 
 
 def write_collision_sheet(out: Path, crops: Crops, groups: Groups) -> None:

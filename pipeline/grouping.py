@@ -1,16 +1,24 @@
-"""Pass 4 of `pipeline dedup`: group equal (or, with a radius, nearby) hash codes, and choose
+"""Pass 4 of `pipeline dedup`: candidate pairs from the hash codes, groups without chaining, and
 the member of each group that is kept.
 
-Equal codes are found with one sort of the codes, never by comparing all pairs. With
-`radius > 0`, codes within that Hamming distance of a group's *anchor* join it (see
-`group_codes` for the rule that prevents chaining).
+Two ways to group, both linear in the number of images (never all pairs):
+- `group_codes`, the paper's: equal codes (one sort), and with `radius > 0` codes within that
+  Hamming distance of a group's *anchor* code;
+- `candidate_pairs` + `group_pairs`, with verification: codes within a generous radius propose
+  a bounded number of candidate pairs per image, pipeline.verify keeps the pairs whose whole
+  pictures match, and groups form around anchor images from those pairs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+NEAREST_CODES = 16  # a code's candidate codes: at most this many, nearest first, mutually
+IMAGES_PER_CODE = 4  # images of one code that stand for it as candidates (the first ones)
+PAIR_CHUNK = 1 << 16  # images whose candidate pairs are produced at a time (bounded memory)
 
 
 def group_codes(codes: np.ndarray, radius: int = 0) -> np.ndarray:
@@ -60,35 +68,146 @@ def _anchor_groups(distinct: np.ndarray, first: np.ndarray, counts: np.ndarray,
 
 
 def hamming_neighbours(codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each code, the indices of all codes within `radius` bits (itself included), CSR-style.
+    """For each code, the indices of all codes within `radius` bits (itself included), CSR-style,
+    each list in increasing index order.
 
+    Always faiss' CPU multi-index hash, whatever faiss build is installed: a GPU build's
+    brute-force search would compare all pairs (N^2) and give other neighbours when capped.
     faiss' binary range search counts distances strictly below its argument, hence radius + 1.
-    On a GPU faiss, a brute-force GpuIndexBinaryFlat k-NN is used instead (fast there).
     """
     import faiss
 
     bits = codes.shape[1] * 8
-    if faiss.get_num_gpus() > 0:
-        return _gpu_neighbours(codes, radius)
     nhash = radius + 1
     if bits // nhash < 8:
         raise ValueError(f"radius {radius} is too large for {bits}-bit codes")
     index = faiss.IndexBinaryMultiHash(bits, nhash, min(64, bits // nhash))
     index.add(np.ascontiguousarray(codes))
     lims, _, labels = index.range_search(np.ascontiguousarray(codes), radius + 1)
-    return lims, labels
+    lims = lims.astype(np.int64)
+    owner = np.repeat(np.arange(len(codes)), np.diff(lims))
+    return lims, labels[np.lexsort((labels, owner))].astype(np.int64)
 
 
-def _gpu_neighbours(codes: np.ndarray, radius: int, k: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest codes by brute force on the GPU, cut at `radius` (a code with more than k
-    neighbours that close is already in a large group through its anchor)."""
-    import faiss
+@dataclass
+class CodeNeighbours:
+    """Which codes are candidates for each other, and which images stand for each code."""
 
-    index = faiss.GpuIndexBinaryFlat(faiss.StandardGpuResources(), codes.shape[1] * 8)
-    index.add(np.ascontiguousarray(codes))
-    dist, labels = index.search(np.ascontiguousarray(codes), min(k, len(codes)))
-    keep = (dist <= radius) & (labels >= 0)
-    return np.concatenate([[0], np.cumsum(keep.sum(axis=1))]), labels[keep]
+    code_of: np.ndarray  # per image, the index of its distinct code
+    lims: np.ndarray  # CSR over distinct codes: the candidate codes of code c, itself first,
+    near: np.ndarray  # are near[lims[c] : lims[c + 1]]
+    reps: np.ndarray  # the first IMAGES_PER_CODE images of each code, CSR by rep_lims
+    rep_lims: np.ndarray
+
+    @property
+    def is_rep(self) -> np.ndarray:
+        flags = np.zeros(len(self.code_of), bool)
+        flags[self.reps] = True
+        return flags
+
+
+def code_neighbours(codes: np.ndarray, radius: int, nearest: int = NEAREST_CODES,
+                    per_code: int = IMAGES_PER_CODE) -> CodeNeighbours:
+    """The candidate structure: distinct codes within `radius` bits, each keeping its `nearest`
+    closest (ties: lower index), and only pairs that both sides keep (so the relation is
+    symmetric and no code has more than `nearest` partners, however dense its neighbourhood)."""
+    distinct, code_of = np.unique(codes, axis=0, return_inverse=True)
+    code_of = code_of.reshape(-1)
+    d = len(distinct)
+    if radius > 0 and d > 1:
+        lims, labels = hamming_neighbours(distinct, radius)
+        owner = np.repeat(np.arange(d), np.diff(lims))
+        other = labels.astype(np.int64)
+        keep = owner != other
+        owner, other = owner[keep], other[keep]
+        bits = np.bitwise_count(distinct[owner] ^ distinct[other]).sum(axis=1)
+        order = np.lexsort((other, bits, owner))
+        owner, other = owner[order], other[order]
+        starts = np.searchsorted(owner, np.arange(d))
+        ranked = np.arange(len(owner)) - starts[owner] < nearest
+        owner, other = owner[ranked], other[ranked]
+        pair_key = owner * d + other
+        mutual = np.isin(pair_key, other * d + owner)
+        owner, other = owner[mutual], other[mutual]
+    else:
+        owner = other = np.zeros(0, np.int64)
+    owner = np.concatenate([np.arange(d), owner])  # each code is its own first candidate
+    other = np.concatenate([np.arange(d), other])
+    order = np.lexsort((other, owner != other, owner))
+    near = other[order]
+    lims = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=d))])
+    by_code = np.lexsort((np.arange(len(code_of)), code_of))
+    code_start = np.searchsorted(code_of[by_code], np.arange(d))
+    rank = np.empty(len(code_of), np.int64)
+    rank[by_code] = np.arange(len(code_of)) - code_start[code_of[by_code]]
+    reps = by_code[rank[by_code] < per_code]
+    rep_lims = np.concatenate([[0], np.cumsum(np.bincount(code_of[reps], minlength=d))])
+    return CodeNeighbours(code_of, lims, near, reps, rep_lims)
+
+
+def candidate_pairs(neighbours: CodeNeighbours,
+                    chunk: int = PAIR_CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every candidate pair once, as (left, right) row arrays, `chunk` images at a time.
+
+    An image's candidates are the images that stand for its own code and for its candidate
+    codes (`code_neighbours`): at most IMAGES_PER_CODE * (NEAREST_CODES + 1) per image, so the
+    number of pairs grows with N. The relation between codes is symmetric, so a pair of two
+    standing-for images is produced from both sides; it is kept from the lower row only.
+    """
+    nb = neighbours
+    is_rep = nb.is_rep
+    for start in range(0, len(nb.code_of), chunk):
+        rows = np.arange(start, min(start + chunk, len(nb.code_of)))
+        codes = nb.code_of[rows]
+        row_of_code, partner_code = _expand(rows, nb.lims[codes], nb.lims[codes + 1], nb.near)
+        left, right = _expand(row_of_code, nb.rep_lims[partner_code],
+                              nb.rep_lims[partner_code + 1], nb.reps)
+        keep = (left != right) & (~is_rep[left] | (left < right))
+        left, right = left[keep], right[keep]
+        yield np.minimum(left, right), np.maximum(left, right)
+
+
+def _expand(owners: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+            values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each owner k, the pairs (owners[k], values[starts[k]:stops[k]]), flattened."""
+    counts = stops - starts
+    total = int(counts.sum())
+    offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(owners, counts), values[np.repeat(starts, counts) + offsets]
+
+
+def group_pairs(n: int, left: np.ndarray, right: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """A group id per image (-1 alone) from verified pairs, without chaining.
+
+    Images with a verified partner are visited from the most partners down (ties: the copy
+    `keep_order` ranks first); each one not yet placed becomes an *anchor* and takes every
+    unplaced image verified against **it**. Every member of a group has thus been verified
+    against one image, the anchor: a path of pairwise matches (A~B, B~C, ...) cannot chain
+    unrelated pictures into one group. Group ids follow first appearance in the input.
+    """
+    group = np.full(n, -1, np.int64)
+    if len(left) == 0:
+        return group
+    ends = np.concatenate([left, right])
+    partners = np.concatenate([right, left])
+    order = np.argsort(ends, kind="stable")
+    ends, partners = ends[order], partners[order]
+    degree = np.bincount(ends, minlength=n)
+    lims = np.concatenate([[0], np.cumsum(degree)])
+    linked = np.flatnonzero(degree)
+    for anchor in linked[np.lexsort((keep_order(pixels)[linked], -degree[linked]))]:
+        if group[anchor] >= 0:
+            continue
+        members = partners[lims[anchor] : lims[anchor + 1]]
+        members = members[group[members] < 0]
+        if len(members):
+            group[members] = anchor
+            group[anchor] = anchor
+    placed = group >= 0
+    ids, first_row = np.unique(group[placed], return_index=True)
+    renumber = np.full(n, -1, np.int64)
+    renumber[ids[np.argsort(first_row)]] = np.arange(len(ids))
+    return np.where(placed, renumber[np.maximum(group, 0)], -1)
 
 
 def keep_order(pixels: np.ndarray) -> np.ndarray:

@@ -1,0 +1,243 @@
+"""The verdict on a candidate pair of `pipeline dedup`: are the two whole pictures the same?
+
+The semantic hash sees a 32x32 center crop, which a border, a letterbox or a crop moves more
+than the whole frame; so candidates proposed by the hash are judged on a thumbnail of the whole
+image. Each image keeps a grey `SIDE` x `SIDE` thumbnail of its frame twice: as decoded, and with
+uniform borders trimmed (a framed or letterboxed copy then matches its original).
+
+The comparison is on the lowest spatial frequencies of the thumbnail, as pHash does, but
+without binarizing: the 8x8 lowest DCT coefficients but the mean, each scaled by the typical
+magnitude of its frequency in photographs (so fine structure counts as much as the coarse
+layout), as a unit vector. The distance of two images is the smallest Euclidean distance between
+their views (as decoded or trimmed, either way round). Brightness, contrast and most of a gamma
+change only scale the coefficients, which the unit length removes; re-encoding, noise, scaling
+and blur change the high frequencies this leaves out; a few per cent of crop or rotation moves
+the low frequencies little.
+
+The threshold is calibrated on the data itself, without labels (`calibrate`): distances of
+sampled images to synthetic re-uploads of themselves (pipeline.reuploads) against distances of
+random pairs of different images.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+SIDE = 32  # the thumbnail of the whole frame, grey, SIDE x SIDE
+LOW = 8  # the LOW x LOW lowest DCT frequencies are compared (as in pHash)
+VIEWS = 2  # as decoded, borders trimmed
+BORDER_STD = 3.0  # a border row: grey levels vary by at most this much along it ...
+BORDER_STEP = 6.0  # ... and its mean is within this of the outermost row's
+VERIFY_BATCH = 1 << 15  # candidate pairs compared at a time (bounded memory)
+
+# Calibration: a random different pair passes the threshold with at most this probability, and
+# the threshold never exceeds the distance that SAME_QUANTILE of the synthetic re-uploads reach.
+DISTINCT_QUANTILE = 1e-3
+SAME_QUANTILE = 0.98
+DISTINCT_PAIRS = 20_000  # random pairs of different images the calibration measures
+
+
+# ---- per image (in the crops worker) ---------------------------------------------------------
+
+def frame_views(rgb: np.ndarray) -> np.ndarray:
+    """uint8 VIEWS x SIDE x SIDE: the grey whole frame as decoded and with uniform borders
+    trimmed (the same twice when there is no border)."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return np.stack([_thumb(grey), _thumb(trim_borders(grey))])
+
+
+def trim_borders(grey: np.ndarray) -> np.ndarray:
+    """`grey` without uniform rows or columns of one grey level on its edges (a frame or
+    letterbox bars); untouched when trimming would leave less than half of either side."""
+    h, w = grey.shape
+    top, bottom = _border(grey), _border(grey[::-1])
+    left, right = _border(grey.T), _border(grey.T[::-1])
+    if top + bottom > h // 2 or left + right > w // 2:
+        return grey
+    return grey[top : h - bottom, left : w - right]
+
+
+def _border(grey: np.ndarray) -> int:
+    """How many leading rows are one uniform grey, the same as the first row's."""
+    rows = grey.astype(np.float32)
+    flat = (rows.std(axis=1) <= BORDER_STD) & (np.abs(rows.mean(axis=1) - rows[0].mean())
+                                                <= BORDER_STEP)
+    return len(flat) if flat.all() else int(np.argmin(flat))
+
+
+def _thumb(grey: np.ndarray) -> np.ndarray:
+    return cv2.resize(grey, (SIDE, SIDE), interpolation=cv2.INTER_AREA)
+
+
+# ---- comparing ---------------------------------------------------------------------------------
+
+def _dct_rows(side: int, low: int) -> np.ndarray:
+    """The first `low` rows of the orthonormal DCT-II matrix of size `side`."""
+    k, x = np.meshgrid(np.arange(low), np.arange(side), indexing="ij")
+    basis = np.cos(np.pi * (2 * x + 1) * k / (2 * side)) * np.sqrt(2 / side)
+    basis[0] /= np.sqrt(2)
+    return basis.astype(np.float32)
+
+
+_BASIS = _dct_rows(SIDE, LOW)
+_FREQ = np.add.outer(np.arange(LOW), np.arange(LOW)).ravel()[1:]  # u + v, the mean left out
+_WEIGHT = (1.0 + _FREQ).astype(np.float32)  # photographs' coefficients fall about as 1 / f
+
+
+def features(views: np.ndarray) -> np.ndarray:
+    """float32 m x VIEWS x (LOW*LOW - 1): each view's low DCT frequencies, whitened, unit length."""
+    x = views.astype(np.float32)
+    coef = np.einsum("ui,mvij,kj->mvuk", _BASIS, x, _BASIS, optimize=True)
+    flat = coef.reshape(*coef.shape[:2], LOW * LOW)[..., 1:] * _WEIGHT
+    return flat / np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-3)
+
+
+def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pair, the smallest distance between any view of `a` and any view of `b` (feature
+    arrays from `features`, m x VIEWS x F each)."""
+    d = np.linalg.norm(a[:, :, None, :] - b[:, None, :, :], axis=-1)
+    return d.reshape(len(d), -1).min(axis=1)
+
+
+def pair_distances(views: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """float32 distance of every pair (left[k], right[k]) of rows of `views` (n x VIEWS x SIDE
+    x SIDE, e.g. the memory map), `VERIFY_BATCH` pairs at a time so memory stays flat."""
+    out = np.empty(len(left), np.float32)
+    for start in range(0, len(left), VERIFY_BATCH):
+        i, j = left[start : start + VERIFY_BATCH], right[start : start + VERIFY_BATCH]
+        rows, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)
+        feats = features(np.asarray(views[rows]))  # each image once, read in row order
+        out[start : start + len(i)] = distances(feats[inverse[: len(i)]],
+                                                feats[inverse[len(i) :]])
+    return out
+
+
+# ---- calibration -------------------------------------------------------------------------------
+
+def sampled(key: str, rate: float) -> bool:
+    """Whether `key` is in the calibration sample: decided by the key alone, so any worker, any
+    chunking and any engine sample the same images."""
+    return zlib.crc32(key.encode("utf-8")) < rate * 2**32
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float
+    same: np.ndarray  # distances of sampled images to synthetic re-uploads of themselves
+    distinct: np.ndarray  # distances of random pairs of different images
+
+    def describe(self) -> dict:
+        return {"threshold": round(self.threshold, 4),
+                "same_pairs": int(len(self.same)), "distinct_pairs": int(len(self.distinct)),
+                "same_passing": round(float(np.mean(self.same <= self.threshold)), 4)
+                if len(self.same) else None,
+                "distinct_passing": float(np.mean(self.distinct <= self.threshold))
+                if len(self.distinct) else None,
+                "rule": f"min(same {SAME_QUANTILE:g} quantile, "
+                        f"distinct {DISTINCT_QUANTILE:g} quantile)"}
+
+
+def random_distinct_pairs(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` random pairs of different rows (sorted, so the memory map is read in order)."""
+    rng = np.random.default_rng(seed)
+    left = rng.integers(0, n, count)
+    right = (left + rng.integers(1, n, count)) % n
+    order = np.argsort(left, kind="stable")
+    return left[order], right[order]
+
+
+def calibrate(same: np.ndarray, distinct: np.ndarray) -> Calibration:
+    """The largest distance that a random different pair reaches only with probability
+    DISTINCT_QUANTILE, but no larger than what SAME_QUANTILE of true re-uploads need."""
+    if len(distinct) == 0:
+        return Calibration(0.0, same, distinct)
+    limit = float(np.quantile(distinct, DISTINCT_QUANTILE))
+    if len(same):
+        limit = min(limit, float(np.quantile(same, SAME_QUANTILE)))
+    return Calibration(limit, same, distinct)
+
+
+def calibration_distances(views: np.ndarray, rows: np.ndarray, reuploads: np.ndarray, *,
+                          pairs: int = DISTINCT_PAIRS, seed: int = 0) -> Calibration:
+    """Calibrate on the data: `rows` of `views` against their synthetic re-uploads
+    (`reuploads`, same order), and `pairs` random pairs of different rows."""
+    same = (distances(features(np.asarray(views[rows])), features(reuploads)) if len(rows)
+            else np.zeros(0, np.float32))
+    if len(views) < 2:
+        return calibrate(same, np.zeros(0, np.float32))
+    left, right = random_distinct_pairs(len(views), pairs, seed)
+    return calibrate(same, pair_distances(views, left, right))
+
+
+BINS = np.linspace(0.0, 2.0, 101)  # unit vectors are at most 2 apart
+NEAREST_REJECTED = 32  # rejected candidates kept for the sheet a person checks
+
+
+@dataclass
+class Verdicts:
+    """What verification found: the pairs that passed, how many were judged, a histogram of
+    all candidates' distances, and the rejected pairs closest to the threshold."""
+
+    left: np.ndarray
+    right: np.ndarray
+    distance: np.ndarray
+    candidates: int
+    counts: np.ndarray  # per BINS interval
+    rejected: np.ndarray  # k x 3 (distance, left, right), nearest the threshold first
+    max_per_image: int
+
+
+def verify_pairs(views: np.ndarray, pairs, threshold: float) -> Verdicts:
+    """Judge every candidate pair from `pairs` (an iterator of (left, right) chunks) on the
+    thumbnails `views`; memory holds one chunk, the passing pairs and a histogram."""
+    kept = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
+    counts, candidates = np.zeros(len(BINS) - 1, np.int64), 0
+    rejected = np.zeros((0, 3))
+    per_image = np.zeros(len(views), np.int32)
+    for left, right in pairs:
+        d = pair_distances(views, left, right)
+        candidates += len(d)
+        np.add.at(per_image, left, 1)
+        np.add.at(per_image, right, 1)
+        counts += np.histogram(np.clip(d, 0, 2), BINS)[0]
+        ok = d <= threshold
+        kept.append((left[ok], right[ok], d[ok]))
+        near = np.column_stack([d[~ok], left[~ok], right[~ok]])
+        rejected = np.concatenate([rejected, near])
+        rejected = rejected[np.lexsort((rejected[:, 2], rejected[:, 1], rejected[:, 0]))]
+        rejected = rejected[:NEAREST_REJECTED]
+    left, right, distance = (np.concatenate(x) for x in zip(*kept, strict=True))
+    return Verdicts(left, right, distance, candidates, counts, rejected,
+                    int(per_image.max()) if len(per_image) else 0)
+
+
+def histogram(calibration: Calibration, candidate_counts: np.ndarray | None = None):
+    """A matplotlib figure: both calibration distributions (and the hash candidates'
+    distances) with the chosen threshold, the picture to check before trusting it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+    ax = fig.add_subplot()
+    for values, label in ((calibration.same, "image vs its synthetic re-upload"),
+                          (calibration.distinct, "random different images")):
+        if len(values):
+            counts = np.histogram(np.clip(values, 0, 2), BINS)[0]
+            ax.stairs(counts / counts.sum(), BINS, linewidth=1.5, label=label)
+    if candidate_counts is not None and candidate_counts.sum():
+        ax.stairs(candidate_counts / candidate_counts.sum(), BINS, linewidth=1.5,
+                  label="hash candidates")
+    ax.axvline(calibration.threshold, color="k", linestyle="--",
+               label=f"threshold {calibration.threshold:.3f}")
+    ax.set_xlabel("distance of whole-frame thumbnails")
+    ax.set_ylabel("fraction of pairs")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
