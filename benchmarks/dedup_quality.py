@@ -226,8 +226,8 @@ def main(tile: int, seed: int, workdir: Path | None) -> None:
             rows.append((label, evaluate(dedup_pairs(out), truth)))
             check = summary["verification"]
             if verify:
-                lines.append(f"- {label}: {check['candidate_pairs']} candidate pairs (at most "
-                             f"{check['max_candidates_per_image']} per image), threshold "
+                lines.append(f"- {label}: {check['candidate_pairs']} candidate pairs "
+                             f"({check['candidates_per_image']} per image), threshold "
                              f"{check['threshold']} (re-uploads passing "
                              f"{check['same_passing']}, random pairs passing "
                              f"{check['distinct_passing']:.1e}), "

@@ -59,6 +59,8 @@ from pipeline.files import (
     write_png_atomic,
 )
 from pipeline.grouping import (
+    IMAGES_PER_CODE,
+    NEAREST_CODES,
     Groups,
     candidate_pairs,
     code_neighbours,
@@ -443,19 +445,22 @@ def verified_groups(out: Path, crops: Crops, codes: np.ndarray, radius: int,
     """Calibrate the threshold, judge every candidate pair, group from the pairs that pass;
     writes the histogram and the sheet of rejected candidates. Returns the group ids and the
     summary's `verification` entry."""
-    calibration = calibration_distances(crops.views, crops.sampled, crops.reuploads, seed=seed)
+    calibration = calibration_distances(crops.views, codes, radius, crops.sampled,
+                                        crops.reuploads, seed=seed)
     neighbours = code_neighbours(codes, radius)
     verdicts = verify_pairs(crops.views, candidate_pairs(neighbours), calibration.threshold)
     write_figure_atomic(out / HISTOGRAM_NAME, histogram(calibration, verdicts.counts))
     write_rejected_sheet(out, crops, verdicts)
     group = group_pairs(len(codes), verdicts.left, verdicts.right, crops.pixels)
-    return group, verification_summary(radius, calibration, verdicts)
+    return group, verification_summary(radius, len(codes), calibration, verdicts)
 
 
-def verification_summary(radius: int, calibration: Calibration, verdicts: Verdicts) -> dict:
+def verification_summary(radius: int, n: int, calibration: Calibration,
+                         verdicts: Verdicts) -> dict:
     return {"enabled": True, "candidate_radius": radius,
             "candidate_pairs": verdicts.candidates,
-            "max_candidates_per_image": verdicts.max_per_image,
+            "candidates_per_image": round(verdicts.candidates / max(1, n), 2),
+            "max_proposed_per_image": IMAGES_PER_CODE * (NEAREST_CODES + 1),
             "verified_pairs": int(len(verdicts.left)),
             **calibration.describe(),
             "nearest_rejected": [round(float(d), 4) for d in verdicts.rejected[:8, 0]]}

@@ -15,11 +15,21 @@ from pipeline import demo
 from pipeline.autoencoder import load_model
 from pipeline.cli import main
 from pipeline.crops import CropParams, extract_crops
+from pipeline.dedup import DEFAULT_RADIUS, hash_crops
 from pipeline.dedup import dedup as run_dedup
-from pipeline.dedup import hash_crops
 from pipeline.files import read_jsonl
-from pipeline.grouping import group_codes, keep_order
+from pipeline.grouping import (
+    IMAGES_PER_CODE,
+    NEAREST_CODES,
+    candidate_pairs,
+    code_neighbours,
+    group_codes,
+    group_pairs,
+    hamming_neighbours,
+    keep_order,
+)
 from pipeline.manifest import read_manifest
+from pipeline.reuploads import reupload
 from pipeline.shards import make_shards
 from pipeline.sources import open_source
 
@@ -190,3 +200,96 @@ def test_the_largest_copy_is_kept():
     pixels = np.array([100, 400, 400, 50])
     rank = keep_order(pixels)
     assert rank.tolist() == [2, 0, 1, 3]  # most pixels first; ties: first in source order
+
+
+def test_verified_pairs_group_around_anchors_without_chaining():
+    """A path of matches 0~1~2~3~4 (each image like the next, the ends unlike) does not become
+    one group: every member was verified against its group's anchor."""
+    left, right = np.array([0, 1, 2, 3]), np.array([1, 2, 3, 4])
+    groups = group_pairs(6, left, right, pixels=np.full(6, 100))
+    assert groups[5] == -1  # no verified partner
+    assert groups[0] == groups[1] == groups[2]  # 1 is the first anchor (two partners)
+    assert groups[3] == groups[4] != groups[0]  # 3's partner 2 is taken: 3 anchors 4
+    members = {g: set(np.flatnonzero(groups == g)) for g in set(groups.tolist()) - {-1}}
+    pairs = set(zip(left.tolist(), right.tolist(), strict=True))
+    for rows in members.values():  # each member is verified against one member: the anchor
+        assert any(all(r == a or (min(a, r), max(a, r)) in pairs for r in rows) for a in rows)
+
+
+def test_candidates_are_bounded_per_image_and_listed_once():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (3000, 16), dtype=np.uint8)
+    codes[:200] = codes[0]  # a crowd of 200 equal codes (a flat picture, say)
+    codes[200:400] = codes[0] ^ np.eye(16, dtype=np.uint8)[rng.integers(0, 16, 200)]  # 1 bit
+    neighbours = code_neighbours(codes, radius=3)
+    left, right = (np.concatenate(x) for x in zip(*candidate_pairs(neighbours, chunk=500),
+                                                 strict=True))
+    assert (left < right).all()
+    assert len(set(zip(left.tolist(), right.tolist(), strict=True))) == len(left)  # once each
+    assert len(left) <= len(codes) * IMAGES_PER_CODE * (NEAREST_CODES + 1)
+    crowd = (left < 200) & (right < 200)
+    assert crowd.sum() < 200 * IMAGES_PER_CODE  # each member meets the crowd's first few only,
+    assert np.isin(np.arange(200), np.concatenate([left[crowd], right[crowd]])).all()  # all
+
+
+def test_code_search_ignores_a_gpu_faiss_and_matches_brute_force(monkeypatch):
+    """The same neighbours whatever faiss build is installed: a faiss that sees a GPU must not
+    switch to a capped brute-force k-NN."""
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 256, (400, 16), dtype=np.uint8)
+    codes[1::5] = codes[::5][: len(codes[1::5])] ^ np.uint8(1)  # planted one-bit neighbours
+    codes[2::5, 3] = codes[::5][: len(codes[2::5]), 3] ^ np.uint8(7)  # and three-bit ones
+    lims, labels = hamming_neighbours(codes, radius=3)
+    bits = np.bitwise_count(codes[:, None, :] ^ codes[None, :, :]).sum(axis=2)
+    for i in range(len(codes)):
+        assert labels[lims[i] : lims[i + 1]].tolist() == np.flatnonzero(bits[i] <= 3).tolist()
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    again = hamming_neighbours(codes, radius=3)
+    assert np.array_equal(again[0], lims) and np.array_equal(again[1], labels)
+
+
+def near_copies(folder, tiles, kinds, seed=0):
+    """The tiles as PNGs plus, for the first len(kinds) tiles, one re-upload each."""
+    write_folder(folder, tiles)
+    rng = np.random.default_rng(seed)
+    for i, kind in enumerate(kinds):
+        (folder / f"t{i:03d}_{kind}").write_bytes(reupload(tiles[i], kind, rng))
+    return folder
+
+
+def test_verification_finds_reuploads_and_reports_its_threshold(tmp_path, tiles):
+    kinds = ("jpeg", "border", "downscale", "gamma", "text")
+    folder = near_copies(tmp_path / "src", tiles, kinds)
+    summary = run_dedup([folder], tmp_path / "out", **FAST)
+    check = summary["verification"]
+    assert check["enabled"] and check["candidate_radius"] == DEFAULT_RADIUS
+    assert check["candidate_pairs"] >= check["verified_pairs"] >= 1
+    assert check["candidates_per_image"] <= IMAGES_PER_CODE * (NEAREST_CODES + 1)
+    assert 0 < check["threshold"] < 2 and check["same_pairs"] > 0
+    assert "candidate pairs" in summary["line"] and "verified at distance" in summary["line"]
+    found = {frozenset(g["members"]) for g in groups_of(tmp_path / "out")}
+    for i, kind in enumerate(kinds[:3]):  # the frame is trimmed, so even the border copy
+        assert frozenset({f"t{i:03d}.png", f"t{i:03d}_{kind}"}) in found
+    assert all(len(g) == 2 for g in found)  # no distinct photos joined
+    for name in ("distances.png", "collisions.png", "rejected.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert not (tmp_path / "out" / "views.u8").exists()  # scratch removed
+
+
+def test_paper_mode_is_radius_0_without_verification(tmp_path, tiles):
+    folder = near_copies(tmp_path / "src", tiles, ("jpeg", "downscale"))
+    first = run_dedup([folder], tmp_path / "trained", **FAST)
+    model = tmp_path / "trained" / "autoencoder.pt"
+    paper = run_dedup([folder], tmp_path / "paper", model=model, radius=0, verify=False,
+                      workers=1, progress=False)
+    assert paper["verification"] == {"enabled": False}
+    assert not (tmp_path / "paper" / "distances.png").exists()
+    hash_model, _ = load_model(model)
+    crops = extract_crops(open_source(folder), tmp_path, CropParams(), 1, progress=False)
+    codes = hash_crops(hash_model, crops.images, device="cpu", progress=False)
+    expected = group_codes(codes, radius=0)  # equal codes, nothing else
+    keys = [line["key"] for line in read_jsonl(tmp_path / "records.jsonl")]
+    want = {frozenset(keys[r] for r in np.flatnonzero(expected == g))
+            for g in set(expected.tolist()) - {-1}}
+    assert {frozenset(g["members"]) for g in groups_of(tmp_path / "paper")} == want
+    assert first["verification"]["enabled"]
