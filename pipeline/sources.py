@@ -5,8 +5,12 @@ Like stylegan2-ada's dataset_tool, each input kind is an adapter with the same c
 (`count()` and iteration in a stable order) and one function, `open_source`, picks the adapter by
 looking at the path: users never say what kind of source they have.
 
-Folder and list sources hand out the *path* and let the worker process read the bytes, so the
-main process does not become a bottleneck copying file contents through pipes.
+Records carry where the bytes are, not the bytes: a file's path (folder, list), a shard and the
+byte range of the image member in it (`.tar` shards: the main process reads only the tar
+headers), or an LMDB folder and the key (LMDB: the main process walks the keys alone). The
+worker process reads the bytes itself (`Record.read()`), so the main process never becomes the
+bottleneck reading and copying image bytes through pipes or a cluster's object store. Only a
+member that is not one byte range of its file (a compressed or sparse tar) travels as bytes.
 
 A run sees one input set: a folder or list is listed once (the first time it is counted or
 read) and that listing is what the run processes, so a file deleted meanwhile becomes an
@@ -29,7 +33,7 @@ import re
 import stat
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lmdb
@@ -58,8 +62,12 @@ class ReadError(OSError):
 
 @dataclass(frozen=True)
 class Record:
-    """One input item. `key` is stable and unique within its source. `error` is set when the
-    source already knows the item cannot be read (a folder it could not list)."""
+    """One input item. `key` is stable and unique within its source. The bytes are `data`, or
+    are read from `path`: the whole file; with `span`, the (offset, size) byte range of a tar
+    member, from a shard that must still have the (size, mtime in ns) `stamp` it was listed
+    with (a rewritten shard's offsets point into other members); with `lmdb_key`, the value
+    under that key of the LMDB folder `path`. `error` is set when the source already knows the
+    item cannot be read (a folder it could not list)."""
 
     key: str
     meta: dict = field(default_factory=dict)
@@ -67,10 +75,13 @@ class Record:
     path: str | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
     error: str | None = None
+    span: tuple[int, int] | None = None
+    stamp: tuple[int, int] | None = None
+    lmdb_key: bytes | None = None
 
     def read(self) -> bytes:
-        """The item's bytes, or ReadError: `unreadable` (vanished, not a regular file, I/O
-        error) or `too_large` (over `max_bytes`, refused before reading)."""
+        """The item's bytes, or ReadError: `unreadable` (vanished, not a regular file, changed,
+        I/O error) or `too_large` (over `max_bytes`, refused before reading)."""
         if self.error is not None:
             raise ReadError(UNREADABLE, self.error)
         if self.data is not None:
@@ -79,28 +90,74 @@ class Record:
         if self.path is None:
             raise ReadError(UNREADABLE, "record carries no image data")
         try:
+            if self.lmdb_key is not None:
+                return self._read_lmdb(self.path, self.lmdb_key)
             return self._read_file(self.path)
         except ReadError:
             raise
         except OSError as err:
             raise ReadError(UNREADABLE, f"{err.strerror or err}: {self.path}") from None
+        except lmdb.Error as err:
+            raise ReadError(UNREADABLE, f"LMDB {self.path}: {err}") from None
 
     def _read_file(self, path: str) -> bytes:
+        if self.span is not None:
+            self._check_size(self.span[1])
         # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as f:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise ReadError(UNREADABLE, f"not a regular file ({_file_kind(info.st_mode)})")
-            self._check_size(info.st_size)
-            data = f.read(self.max_bytes + 1)  # the file may have grown since fstat
-            self._check_size(len(data))
+            if self.span is None:
+                self._check_size(info.st_size)
+                data = f.read(self.max_bytes + 1)  # the file may have grown since fstat
+                self._check_size(len(data))
+                return data
+            if self.stamp is not None and (info.st_size, info.st_mtime_ns) != self.stamp:
+                raise ReadError(UNREADABLE, f"the shard changed since it was listed: {path}")
+            offset, size = self.span
+            f.seek(offset)
+            data = f.read(size)
+            if len(data) < size:
+                raise ReadError(UNREADABLE, f"the shard ends inside this member: {path}")
             return data
+
+    def _read_lmdb(self, folder: str, key: bytes) -> bytes:
+        # buffers=True: the value is a view into the map, so its size is known before a copy
+        with _lmdb_env(folder).begin(buffers=True) as txn:
+            value = txn.get(key)
+            if value is None:
+                raise ReadError(UNREADABLE, f"the key is no longer in the LMDB {folder}")
+            self._check_size(len(value))
+            return bytes(value)
 
     def _check_size(self, size: int) -> None:
         if size > self.max_bytes:
             raise ReadError(TOO_LARGE, f"{size} bytes, over the --max-bytes limit of "
                                        f"{self.max_bytes}")
+
+
+# Per process: the read-only LMDB handles, by real folder path, with the identity of the
+# data.mdb each was opened on (a handle maps the file as it was then).
+_lmdb_envs: dict[str, tuple[tuple, lmdb.Environment]] = {}
+
+
+def _lmdb_env(folder: str) -> lmdb.Environment:
+    """This process's handle on the LMDB in `folder`, opened once and then shared by everything
+    in the process (the listing, every record read here): LMDB refuses a second handle on one
+    file in one process. Opened afresh if data.mdb was replaced or changed since."""
+    info = os.stat(os.path.join(folder, "data.mdb"))
+    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    real = os.path.realpath(folder)
+    cached = _lmdb_envs.get(real)
+    if cached is not None and cached[0] == identity:
+        return cached[1]
+    if cached is not None:
+        cached[1].close()
+    env = lmdb.open(folder, readonly=True, lock=False, readahead=False)
+    _lmdb_envs[real] = (identity, env)
+    return env
 
 
 def _file_kind(mode: int) -> str:
@@ -188,7 +245,8 @@ class FolderSource:
 
 
 class LmdbSource:
-    """An LSUN-style LMDB: key = image id, value = encoded image bytes (WebP in LSUN's release)."""
+    """An LSUN-style LMDB: key = image id, value = encoded image bytes (WebP in LSUN's release).
+    Iteration walks the keys alone; each record reads its value in the worker."""
 
     kind = "lmdb"
 
@@ -196,34 +254,35 @@ class LmdbSource:
         self.folder = folder
         self.max_bytes = max_bytes
 
-    def _open(self) -> lmdb.Environment:
-        return lmdb.open(
-            str(self.folder), readonly=True, lock=False, readahead=False, max_readers=64
-        )
-
     def count(self) -> int:
-        with self._open() as env:
-            return env.stat()["entries"]
+        return _lmdb_env(str(self.folder)).stat()["entries"]
 
     def fingerprint(self) -> str:
         return _fingerprint([self.count(), _file_identity(str(self.folder / "data.mdb"))])
 
     def record_keys(self) -> Iterator[tuple[str, str]]:
-        with self._open() as env, env.begin(write=False) as txn:
-            for raw_key in txn.cursor().iternext(keys=True, values=False):
-                key = raw_key.decode("utf-8", errors="backslashreplace")
-                yield key, key
+        return ((rec.key, rec.key) for rec in self)
 
     def __iter__(self) -> Iterator[Record]:
-        with self._open() as env, env.begin(write=False) as txn:
-            for raw_key, value in txn.cursor():
+        folder = str(self.folder)
+        with _lmdb_env(folder).begin() as txn:
+            # A key-only cursor: the values' pages are never touched here.
+            for raw_key in txn.cursor().iternext(keys=True, values=False):
                 key = raw_key.decode("utf-8", errors="backslashreplace")
-                yield Record(key, {"source": str(self.folder), "source_key": key}, data=value,
-                             max_bytes=self.max_bytes)
+                yield Record(key, {"source": folder, "source_key": key}, path=folder,
+                             lmdb_key=raw_key, max_bytes=self.max_bytes)
+
+
+# webdataset's rules for tar members (webdataset.tariterators), so that keys and samples are
+# those every WebDataset reader sees: names like this are metadata, not samples; a member's
+# sample key is its name up to the first dot of its last part, and its suffix is the rest.
+_META_NAME = re.compile(r"__[^/]*__($|/)")
+_KEY_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 
 class ShardSource:
-    """WebDataset .tar shards, in the order given (brace patterns and globs expanded)."""
+    """WebDataset .tar shards, in the order given (brace patterns and globs expanded). Iteration
+    reads only the tar headers; each record points at its image member's byte range."""
 
     kind = "shards"
 
@@ -240,25 +299,71 @@ class ShardSource:
         return _fingerprint([url, _file_identity(url)] for url in self.urls)
 
     def record_keys(self) -> Iterator[tuple[str, str]]:
-        """Sample keys from the tar headers alone (webdataset's rule: the member name up to the
-        first dot of its last part)."""
-        for url in self.urls:
-            last = None
-            with tarfile.open(url) as tar:
-                for name in tar.getnames():
-                    folder, _, base = name.rpartition("/")
-                    key = (folder + "/" if folder else "") + base.split(".", 1)[0]
-                    if key != last:
-                        yield key, key
-                        last = key
+        return ((rec.key, rec.key) for rec in self)
 
     def __iter__(self) -> Iterator[Record]:
-        for sample in read_shards(self.urls):
-            key = sample["__key__"]
-            url = sample.get("__url__", "")
-            ext = next((e for e in SHARD_IMAGE_EXTS if e in sample), None)
-            meta = {"source": url, "source_key": key}
-            yield Record(key, meta, data=sample[ext] if ext else None, max_bytes=self.max_bytes)
+        for url in self.urls:
+            try:
+                yield from self._shard_records(url)
+            except tarfile.ReadError as err:
+                raise SourceError(f"{url}: not a readable tar shard ({err})") from None
+
+    def _shard_records(self, url: str) -> Iterator[Record]:
+        """One shard's samples: consecutive members with the same key, grouped as webdataset
+        groups them (regular files only, suffixes lower-cased)."""
+        # Unbuffered: a read-ahead buffer would pull in the start of each image with its header.
+        with open(url, "rb", buffering=0) as f:
+            info = os.fstat(f.fileno())
+            stamp = (info.st_size, info.st_mtime_ns)
+            tar, seekable = _open_tar(f)
+            with tar:
+                key, sample = None, {}
+                while (member := tar.next()) is not None:
+                    tar.members = []  # tarfile keeps every header read: a shard's worth
+                    match = _KEY_SUFFIX.match(member.name)
+                    if not member.isreg() or _META_NAME.match(member.name) or match is None:
+                        continue
+                    if match.group(1) != key:
+                        if key is not None:
+                            yield self._record(url, stamp, key, sample)
+                        key, sample = match.group(1), {}
+                    suffix = match.group(2).lower()
+                    if suffix in sample:
+                        raise SourceError(f"{url}: sample {key!r} has two .{suffix} members")
+                    sample[suffix] = (member, self._unseekable_bytes(tar, member, seekable,
+                                                                     suffix))
+                if key is not None:
+                    yield self._record(url, stamp, key, sample)
+
+    def _unseekable_bytes(self, tar: tarfile.TarFile, member: tarfile.TarInfo, seekable: bool,
+                          suffix: str) -> bytes | None:
+        """An image member's bytes when no worker could seek to them (a compressed shard, a
+        sparse member) and they are within max_bytes; else None, the worker reads them."""
+        if seekable and not member.issparse():
+            return None
+        if suffix not in SHARD_IMAGE_EXTS or member.size > self.max_bytes:
+            return None
+        return tar.extractfile(member).read()
+
+    def _record(self, url: str, stamp: tuple[int, int], key: str, sample: dict) -> Record:
+        meta = {"source": url, "source_key": key}
+        image = next((sample[e] for e in SHARD_IMAGE_EXTS if e in sample), None)
+        if image is None:
+            return Record(key, meta, max_bytes=self.max_bytes)
+        member, data = image
+        return Record(key, meta, data=data, path=url, max_bytes=self.max_bytes,
+                      span=(member.offset_data, member.size), stamp=stamp)
+
+
+def _open_tar(f) -> tuple[tarfile.TarFile, bool]:
+    """A shard opened to walk its headers, and whether its members are byte ranges of the file:
+    an uncompressed tar is walked by seeking from header to header (the data in between is
+    never read); a compressed one can only be read as a stream."""
+    try:
+        return tarfile.open(fileobj=f, mode="r:"), True
+    except tarfile.ReadError:
+        f.seek(0)
+        return tarfile.open(fileobj=f, mode="r|*"), False
 
 
 def read_shards(urls: list[str], *, shuffle: int = 0, seed: int = 0, by_rank: bool = False,
@@ -341,8 +446,7 @@ class MultiSource:
     def __iter__(self) -> Iterator[Record]:
         for label, source in zip(self.labels, self.sources, strict=True):
             for rec in source:
-                yield Record(f"{label}/{rec.key}", rec.meta, rec.data, rec.path, rec.max_bytes,
-                             rec.error)
+                yield replace(rec, key=f"{label}/{rec.key}")
 
 
 Source = FolderSource | LmdbSource | ShardSource | ListSource | MultiSource
