@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
+import multiprocessing as mp
+import os
+import pickle
+import shutil
 import tarfile
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -19,12 +26,16 @@ from pipeline.sources import (
     ListSource,
     LmdbSource,
     MultiSource,
+    ReadError,
+    Record,
     ShardSource,
     SourceError,
     open_source,
     open_sources,
+    read_shards,
     safe_key,
 )
+from pipeline.statuses import TOO_LARGE, UNREADABLE
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +121,151 @@ def test_text_list_of_paths(tmp_path, png):
     assert records[0].read() == png and records[1].read() == png
     with pytest.raises(OSError):
         records[2].read()
+
+
+# ---- LMDB and shard records are read by the worker, not by the process that lists them ------
+
+def read_elsewhere(records: list[Record]) -> list[bytes]:
+    """`Record.read()` of each record in a fresh process, as a worker of a stage reads them."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(Record.read, records))
+
+
+def bytes_read_by_this_process() -> int:
+    """Bytes this process has read through read() calls so far (Linux's /proc accounting)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def test_lmdb_records_carry_a_key_and_the_worker_reads_the_value(tmp_path):
+    values = [bytes([i]) * 50_000 for i in range(6)]
+    demo.write_lmdb(tmp_path / "db", [(f"k{i}", v) for i, v in enumerate(values)])
+    records = list(open_source(tmp_path / "db"))
+    assert [r.key for r in records] == [f"k{i}" for i in range(6)]
+    assert all(r.data is None for r in records)
+    assert all(len(pickle.dumps(r)) < 1000 for r in records)  # what a task carries
+    assert read_elsewhere(records) == values
+    assert [r.read() for r in records] == values  # and in the listing process too (1 worker)
+
+
+def test_shard_records_come_from_the_headers_and_the_worker_reads_the_member(tmp_path):
+    images = [os.urandom(1_000_000) for _ in range(8)]
+    with tarfile.open(tmp_path / "big.tar", "w") as tar:
+        for i, image in enumerate(images):
+            for name, data in ((f"{i:03d}.png", image), (f"{i:03d}.json", b"{}")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    source = open_source(tmp_path / "big.tar")
+    before = bytes_read_by_this_process()
+    records = list(source)
+    assert bytes_read_by_this_process() - before < 100_000  # 8 MB of images, unread
+    assert [r.key for r in records] == [f"{i:03d}" for i in range(8)]
+    assert all(r.data is None and len(pickle.dumps(r)) < 1000 for r in records)
+    assert read_elsewhere(records) == images
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE,
+               ) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.type = len(data), kind
+    tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+def write_odd_shard(path, fmt: int = tarfile.GNU_FORMAT) -> None:
+    """A shard with what WebDataset readers skip or group in their own way."""
+    with tarfile.open(path, "w", format=fmt) as tar:
+        add_member(tar, "__meta__", b"m")  # metadata, not a sample
+        add_member(tar, "a.PNG", b"a-png")  # suffixes are lower-cased
+        add_member(tar, "a.json", b"{}")
+        add_member(tar, "b.json", b"{}")  # a sample without an image
+        add_member(tar, "folder", kind=tarfile.DIRTYPE)
+        add_member(tar, "c.jpg", b"c-jpg")  # png is preferred to jpg
+        add_member(tar, "c.png", b"c-png")
+        add_member(tar, "no_suffix", b"x")
+        add_member(tar, "dir.v/d.x.png", b"d")  # suffix "x.png": not an image
+        add_member(tar, "long" * 40 + "/e.png", b"e-long")  # a name over 100 characters
+        add_member(tar, "ü/f.webp", b"f-webp")
+        add_member(tar, "g.png", b"g" * 5000)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_shard_samples_are_those_every_webdataset_reader_sees(tmp_path, fmt):
+    write_odd_shard(tmp_path / "odd.tar", fmt)
+    records = list(open_source(tmp_path / "odd.tar"))
+    samples = list(read_shards([str(tmp_path / "odd.tar")]))
+    assert [r.key for r in records] == [s["__key__"] for s in samples]
+    for rec, sample in zip(records, samples, strict=True):
+        image = next((sample[e] for e in ("png", "jpg", "webp") if e in sample), None)
+        if image is None:
+            with pytest.raises(ReadError, match="no image data"):
+                rec.read()
+        else:
+            assert rec.read() == image
+    assert [k for k, _ in open_source(tmp_path / "odd.tar").record_keys()] == \
+        [r.key for r in records]
+
+
+def test_a_compressed_shard_gives_the_same_records(tmp_path):
+    write_odd_shard(tmp_path / "odd.tar")
+    (tmp_path / "odd.tar.gz").write_bytes(gzip.compress((tmp_path / "odd.tar").read_bytes()))
+    plain, packed = (list(open_source(tmp_path / name)) for name in ("odd.tar", "odd.tar.gz"))
+    assert [r.key for r in packed] == [r.key for r in plain]
+    assert read_elsewhere([r for r in packed if r.path]) == [r.read() for r in plain if r.path]
+
+
+def test_too_large_lmdb_values_and_shard_members_are_refused_unread(tmp_path):
+    demo.write_lmdb(tmp_path / "db", [(b"small", b"s" * 100), (b"big", b"b" * 5000)])
+    write_odd_shard(tmp_path / "odd.tar")
+    big_lmdb = next(r for r in open_source(tmp_path / "db", max_bytes=1000) if r.key == "big")
+    big_member = list(open_source(tmp_path / "odd.tar", max_bytes=1000))[-1]
+    for rec in (big_lmdb, big_member):
+        with pytest.raises(ReadError, match="5000 bytes") as info:
+            rec.read()
+        assert info.value.status == TOO_LARGE
+
+
+def test_a_shard_changed_or_gone_after_listing_is_unreadable(tmp_path):
+    write_odd_shard(tmp_path / "odd.tar")
+    records = [r for r in open_source(tmp_path / "odd.tar") if r.path]
+    write_odd_shard(tmp_path / "odd.tar", tarfile.PAX_FORMAT)  # other offsets, same samples
+    with pytest.raises(ReadError, match="changed since it was listed") as info:
+        records[0].read()
+    (tmp_path / "odd.tar").unlink()
+    with pytest.raises(ReadError, match="No such file") as gone:
+        records[0].read()
+    assert info.value.status == gone.value.status == UNREADABLE
+
+
+def test_an_lmdb_key_or_folder_gone_after_listing_is_unreadable(tmp_path):
+    demo.write_lmdb(tmp_path / "db", [(b"a", b"1"), (b"b", b"2")])
+    first, second = open_source(tmp_path / "db")
+    assert first.read() == b"1"
+    shutil.rmtree(tmp_path / "db")
+    demo.write_lmdb(tmp_path / "db", [(b"b", b"two")])  # rewritten without "a"
+    with pytest.raises(ReadError, match="no longer in the LMDB") as info:
+        first.read()
+    assert info.value.status == UNREADABLE
+    assert second.read() == b"two"
+    shutil.rmtree(tmp_path / "db")
+    with pytest.raises(ReadError, match="No such file"):
+        second.read()
+
+
+def test_a_truncated_shard_is_one_error(tmp_path):
+    write_odd_shard(tmp_path / "odd.tar")
+    data = (tmp_path / "odd.tar").read_bytes()
+    (tmp_path / "odd.tar").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceError, match="odd.tar: not a readable tar shard"):
+        list(open_source(tmp_path / "odd.tar"))
+
+
+def test_a_sample_with_two_members_of_one_suffix_is_one_error(tmp_path):
+    with tarfile.open(tmp_path / "dup.tar", "w") as tar:
+        add_member(tar, "a.png", b"1")
+        add_member(tar, "a.png", b"2")
+    with pytest.raises(SourceError, match="sample 'a' has two .png members"):
+        list(open_source(tmp_path / "dup.tar"))
 
 
 def test_unknown_paths_get_one_line_naming_what_was_expected(tmp_path):
