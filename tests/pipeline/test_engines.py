@@ -141,6 +141,18 @@ class TestLocalRay:
         assert summary["faces_kept"] > 0
         assert_same_run(tmp_path / "local", tmp_path / "ray")
 
+    def test_lmdb_and_shard_records_are_read_by_the_tasks(self, corpus, tmp_path):
+        """Their records carry an LMDB key or a shard's byte range, not bytes: each Ray worker
+        reads them itself, and the output is the local pool's."""
+        make_shards([corpus["scraped_dir"]], tmp_path / "shards_in", maxcount=10, workers=2,
+                    progress=False)
+        sources = [corpus["lmdb_dir"], tmp_path / "shards_in"]
+        assert all(rec.data is None for rec in open_sources(sources))
+        for engine in ("local", "ray"):
+            make_shards(sources, tmp_path / engine, size=32, maxcount=25, workers=2,
+                        engine=engine, progress=False)
+        assert_same_run(tmp_path / "local", tmp_path / "ray")
+
     @pytest.mark.usefixtures("one_torch_thread")
     def test_dedup_is_identical_to_the_local_pool(self, corpus, tmp_path):
         for engine in ("local", "ray"):
