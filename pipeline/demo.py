@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.parallel import chunked
+from pipeline.sources import LmdbSource
 
 # scikit-image photographs stored inside the package (no download needed).
 # Files inside scikit-image's data folder (shipped with the wheel, no download needed).
@@ -245,7 +246,6 @@ def build_demo(out: str | Path, *, copies: int = 12, seed: int = 0) -> dict:
         build_lmdb(lmdb_dir, rng)
         done.write_text(f"seed={seed} copies={copies}\n")
     n_files = sum(1 for p in scraped.rglob("*") if p.is_file())
-    with lmdb.open(str(lmdb_dir), readonly=True, lock=False) as env:
-        n_lmdb = env.stat()["entries"]
+    n_lmdb = LmdbSource(lmdb_dir).count()  # the sources' handle: one per LMDB per process
     return {"scraped_dir": str(scraped), "scraped": n_files, "lmdb_dir": str(lmdb_dir),
             "lmdb": n_lmdb}
