@@ -260,7 +260,7 @@ def collision_sheet(crops: np.ndarray, groups: Groups, *, rows: int = 16, cols: 
     for g in np.argsort(-sizes, kind="stable")[:rows]:
         kept = int(groups.kept[g])
         members = [kept, *(r for r in np.flatnonzero(groups.ids == g) if r != kept)][:cols]
-        big = [np.repeat(np.repeat(np.asarray(crops[r]), scale, 0), scale, 1) for r in members]
+        big = [_enlarge(np.asarray(crops[r]), scale) for r in members]
         tiles.extend(big + [blank] * (cols - len(big)))
     return contact_sheet(tiles, cols=cols)
 
