@@ -111,14 +111,7 @@ def main(n: int, sizes: str, workers: int) -> None:
             per = summary["seconds"] / size * 1e6
             print(f"N = {size:>7}: {per:8.1f} us/image  ({summary['images_per_s']:.0f} images/s;"
                   f" {summary['verification']['candidate_pairs']} candidate pairs;"
-                  f" {summary['timings_s']}; peak RSS {peak_rss_mb():.0f} MB)")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (flat memory means it stops growing)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                  f" {summary['timings_s']})")
 
 
 if __name__ == "__main__":

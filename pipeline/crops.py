@@ -40,7 +40,7 @@ CROPS_NAME = "crops.u8"  # scratch: the crops, removed when dedup ends
 VIEWS_NAME = "views.u8"  # scratch: the whole-frame thumbnails, removed when dedup ends
 LOG_NAME = "records.jsonl"  # scratch: one line per input, in input order
 SIDE = 32  # the paper's 32x32 downsampled center crops
-REUPLOAD_SIDE = 256  # a sampled image is shrunk to this longer side before its re-upload is made
+REUPLOAD_SIDE = 128  # a sampled image is shrunk to this longer side before its re-upload is made
 CALIBRATION_KINDS = (*SINGLE, KINDS[-1])  # every change but the trivial exact/lossless copies
 VIEW_SHAPE = (VIEWS, VIEW_SIDE, VIEW_SIDE)
 

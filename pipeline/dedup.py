@@ -107,7 +107,9 @@ ENCODE_BATCH = 8192  # crops per encoder call in pass 3 (bounded memory, large m
 # Defaults that benchmarks/dedup_quality.py measured (README "Dedup quality").
 BITS = 128  # the paper's 3072-128-3072 autoencoder
 DEFAULT_RADIUS = 10  # candidate radius under verification (README "Dedup quality")
-CALIBRATION_SAMPLES = 1000  # images that get a synthetic re-upload for the calibration
+CALIBRATION_SAMPLES = 1000  # images that get a synthetic re-upload for the calibration ...
+CALIBRATION_RATE = 0.05  # ... but never more than this fraction of them ...
+MIN_CALIBRATION_SAMPLES = 50  # ... nor fewer than this many
 DEFAULT_TRAIN_SAMPLES = 200_000
 DEFAULT_EPOCHS = 20
 DEFAULT_MIN_STEPS = 2000  # measured: fewer steps leave the hash unselective on small samples
@@ -436,8 +438,13 @@ def train_hash(crops: Crops, out: Path, sources: list, *, train_samples: int, ep
 
 
 def calibration_rate(total: int, verify: bool) -> float:
-    """The fraction of records that get a synthetic re-upload: about CALIBRATION_SAMPLES."""
-    return min(1.0, CALIBRATION_SAMPLES / total) if verify and total else 0.0
+    """The fraction of records that get a synthetic re-upload: about CALIBRATION_SAMPLES, but
+    at most CALIBRATION_RATE of them (a re-upload costs about as much as a decode), and never
+    fewer than MIN_CALIBRATION_SAMPLES (a small collection still needs a threshold)."""
+    if not verify or total == 0:
+        return 0.0
+    wanted = min(CALIBRATION_SAMPLES / total, CALIBRATION_RATE)
+    return min(1.0, max(wanted, MIN_CALIBRATION_SAMPLES / total))
 
 
 def verified_groups(out: Path, crops: Crops, codes: np.ndarray, radius: int,

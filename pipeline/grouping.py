@@ -19,6 +19,7 @@ import numpy as np
 NEAREST_CODES = 16  # a code's candidate codes: at most this many, nearest first, mutually
 IMAGES_PER_CODE = 4  # images of one code that stand for it as candidates (the first ones)
 PAIR_CHUNK = 1 << 16  # images whose candidate pairs are produced at a time (bounded memory)
+SUBSTRING_BITS = 16  # shortest exact-match substring of the code search (see hamming_neighbours)
 
 
 def group_codes(codes: np.ndarray, radius: int = 0) -> np.ndarray:
@@ -68,9 +69,14 @@ def _anchor_groups(distinct: np.ndarray, first: np.ndarray, counts: np.ndarray,
 
 
 def hamming_neighbours(codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each code, the indices of all codes within `radius` bits (itself included), CSR-style,
+    """For each code, the indices of codes within `radius` bits (itself included), CSR-style,
     each list in increasing index order.
 
+    A code is found when it shares one of the query's `nhash` substrings exactly and is within
+    `radius` bits. With radius + 1 substrings every code within the radius shares one
+    (pigeonhole), so up to radius 128 / SUBSTRING_BITS - 1 (7) the search is exact; beyond,
+    the substrings stay SUBSTRING_BITS long, so a bucket holds ~N / 2^16 codes and the search
+    stays linear up to millions of codes, at the price of missing some codes near the radius.
     Always faiss' CPU multi-index hash, whatever faiss build is installed: a GPU build's
     brute-force search would compare all pairs (N^2) and give other neighbours when capped.
     faiss' binary range search counts distances strictly below its argument, hence radius + 1.
@@ -78,10 +84,8 @@ def hamming_neighbours(codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.n
     import faiss
 
     bits = codes.shape[1] * 8
-    nhash = radius + 1
-    if bits // nhash < 8:
-        raise ValueError(f"radius {radius} is too large for {bits}-bit codes")
-    index = faiss.IndexBinaryMultiHash(bits, nhash, min(64, bits // nhash))
+    nhash = min(radius + 1, bits // SUBSTRING_BITS)
+    index = faiss.IndexBinaryMultiHash(bits, nhash, bits // nhash if nhash > 1 else 64)
     index.add(np.ascontiguousarray(codes))
     lims, _, labels = index.range_search(np.ascontiguousarray(codes), radius + 1)
     lims = lims.astype(np.int64)
