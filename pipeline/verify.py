@@ -36,7 +36,6 @@ VIEWS = 2  # as decoded, borders trimmed
 BORDER_STD = 3.0  # a border row: grey levels vary by at most this much along it ...
 BORDER_STEP = 6.0  # ... and its mean is within this of the outermost row's
 MAX_TRIM = 0.4  # more than this of a side in "border" is a dark or flat picture, not a frame
-WORK_SIDE = 128  # longer side of the grey copy borders are looked for on
 VERIFY_BATCH = 1 << 15  # candidate pairs compared at a time (bounded memory)
 
 # Calibration: a random different pair passes the threshold with at most this probability, and
@@ -52,14 +51,11 @@ DISTINCT_PAIRS = 20_000  # random pairs of different images the calibration meas
 
 def frame_views(rgb: np.ndarray) -> np.ndarray:
     """uint8 VIEWS x SIDE x SIDE: the grey whole frame as decoded and with uniform borders
-    trimmed (the same twice when there is no border). Borders are looked for on a copy at most
-    WORK_SIDE pixels long: enough to see a frame, and cheap next to decoding."""
+    trimmed (the same twice when there is no border)."""
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    scale = WORK_SIDE / max(grey.shape)
-    if scale < 1:
-        size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
-        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
-    return np.stack([_thumb(grey), _thumb(trim_borders(grey))])
+    whole = _thumb(grey)
+    trimmed = trim_borders(grey)
+    return np.stack([whole, whole if trimmed is grey else _thumb(trimmed)])
 
 
 def trim_borders(grey: np.ndarray) -> np.ndarray:
@@ -75,7 +71,9 @@ def trim_borders(grey: np.ndarray) -> np.ndarray:
 
 def _border(grey: np.ndarray) -> int:
     """How many leading rows are one uniform grey, the same as the first row's (counted up to
-    just past MAX_TRIM of the side)."""
+    just past MAX_TRIM of the side); most photos leave at the first row."""
+    if int(grey[0].max()) - int(grey[0].min()) > 6 * BORDER_STD:
+        return 0
     rows = grey[: int(MAX_TRIM * len(grey)) + 2].astype(np.float32)
     flat = (rows.std(axis=1) <= BORDER_STD) & (np.abs(rows.mean(axis=1) - rows[0].mean())
                                                 <= BORDER_STEP)
