@@ -15,6 +15,7 @@ from pipeline.cli_common import (
     device_option,
     one_line_errors,
     overwrite_option,
+    progress_option,
     restart_options,
 )
 from pipeline.decode import DEFAULT_MAX_PIXELS
@@ -102,9 +103,10 @@ def main() -> None:
 @workers_option
 @engine_options
 @restart_options
+@progress_option
 @user_errors
 def shards(src, out, size, fmt, maxcount, exclude, max_pixels, max_bytes, label_from, workers,
-           engine, ray_address, resume, overwrite):
+           engine, ray_address, resume, overwrite, progress):
     """Center-crop every image in SRC to a square, resize it (area interpolation) to --size,
     and write WebDataset training shards to --out."""
     from pipeline.shards import make_shards
@@ -113,7 +115,7 @@ def shards(src, out, size, fmt, maxcount, exclude, max_pixels, max_bytes, label_
                           exclude=exclude, workers=workers, engine=engine,
                           ray_address=ray_address, max_pixels=max_pixels,
                           max_bytes=max_bytes, label_from=label_from, resume=resume,
-                          overwrite=overwrite)
+                          overwrite=overwrite, progress=progress)
     click.echo(summary["line"])
 
 
@@ -160,10 +162,11 @@ def shards(src, out, size, fmt, maxcount, exclude, max_pixels, max_bytes, label_
 @workers_option
 @engine_options
 @restart_options
+@progress_option
 @user_errors
 def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale_factor,
           min_neighbors, max_side, search_below, fmt, maxcount, max_pixels, max_bytes,
-          debug_boxes, workers, engine, ray_address, resume, overwrite):
+          debug_boxes, workers, engine, ray_address, resume, overwrite, progress):
     """Detect faces in every photo in SRC (OpenCV) and write one square crop per face of at
     least --min-size pixels, resized to --size, to WebDataset training shards in --out."""
     from pipeline.faces import detect_faces
@@ -175,7 +178,7 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
                            maxcount=maxcount, max_pixels=max_pixels, max_bytes=max_bytes,
                            debug_boxes=debug_boxes,
                            workers=workers, engine=engine, ray_address=ray_address,
-                           resume=resume, overwrite=overwrite)
+                           resume=resume, overwrite=overwrite, progress=progress)
     click.echo(summary["line"])
 
 
@@ -216,10 +219,11 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
 @workers_option
 @engine_options
 @overwrite_option
+@progress_option
 @user_errors
 def dedup(src, out, model, train_samples, epochs, min_steps, noise, dropout, radius, verify,
           batch_size, device, seed, max_pixels, max_bytes, workers, engine, ray_address,
-          overwrite):
+          overwrite, progress):
     """Find near duplicates with the paper's semantic hash: 32x32 center crops, a
     3072-128-3072 de-noising autoencoder, codes binarized at the ReLU threshold; nearby codes
     propose candidate pairs (linear time), whole-frame thumbnails confirm them. Writes
@@ -231,7 +235,7 @@ def dedup(src, out, model, train_samples, epochs, min_steps, noise, dropout, rad
                         verify=verify, batch_size=batch_size, device=device, workers=workers,
                         engine=engine, ray_address=ray_address,
                         max_pixels=max_pixels, max_bytes=max_bytes, seed=seed,
-                        overwrite=overwrite)
+                        overwrite=overwrite, progress=progress)
     click.echo(summary["line"])
 
 @main.command()

@@ -211,6 +211,14 @@ def test_cli_success_prints_one_summary_line(corpus, tmp_path):
     assert last.startswith("shards: ") and "kept" in last and "images/s" in last
 
 
+def test_cli_no_progress_prints_only_the_summary_line(corpus, tmp_path):
+    result = CliRunner().invoke(cli, ["shards", str(corpus), "--out", str(tmp_path / "o"),
+                                      "--size", "32", "--workers", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("shards: ")
+
+
 @pytest.mark.parametrize(
     "args, code, message",
     [(["shards", "/no/such/folder", "--out", "{out}"], 1, "no such file"),
