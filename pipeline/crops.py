@@ -31,8 +31,7 @@ from pipeline.engines import Engine, LocalEngine
 from pipeline.geometry import center_crop, resize_area
 from pipeline.parallel import chunked
 from pipeline.reuploads import KINDS, SINGLE, reupload
-from pipeline.sources import Record, Source
-from pipeline.statuses import UNREADABLE
+from pipeline.sources import ReadError, Record, Source
 from pipeline.verify import SIDE as VIEW_SIDE
 from pipeline.verify import VIEWS, frame_views, sampled
 
@@ -82,13 +81,9 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
     for rec in records:
         try:
             data = rec.read()
-        except OSError as err:
-            entries.append(CropEntry(rec.key, UNREADABLE, str(err)))
-            continue
-        try:
             rgb = decode_image(data, max_pixels=params.max_pixels, draft_side=params.side)
             width, height = image_size(data)
-        except DecodeError as err:
+        except (ReadError, DecodeError) as err:  # too_large, unreadable, or a decoder reason
             entries.append(CropEntry(rec.key, err.status, err.reason))
             continue
         entries.append(CropEntry(rec.key))

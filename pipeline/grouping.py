@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.faiss_build import import_faiss
+
 NEAREST_CODES = 16  # a code's candidate codes: at most this many, nearest first, mutually
 IMAGES_PER_CODE = 4  # images of one code that stand for it as candidates (the first ones)
 PAIR_CHUNK = 1 << 16  # images whose candidate pairs are produced at a time (bounded memory)
@@ -81,7 +83,7 @@ def hamming_neighbours(codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.n
     brute-force search would compare all pairs (N^2) and give other neighbours when capped.
     faiss' binary range search counts distances strictly below its argument, hence radius + 1.
     """
-    import faiss
+    faiss = import_faiss()
 
     bits = codes.shape[1] * 8
     nhash = min(radius + 1, bits // SUBSTRING_BITS)

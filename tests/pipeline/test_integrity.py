@@ -359,3 +359,14 @@ def test_contact_sheet_after_resume_matches_an_uninterrupted_run(tiles, tmp_path
     run_stage(stage, open_sources([tmp_path / "src"]), out, workers=1, maxcount=2, chunk_size=1,
               resume=True, progress=False)
     assert (out / "contact_sheet.png").read_bytes() == (clean / "contact_sheet.png").read_bytes()
+
+
+def test_dedup_crops_pass_records_an_oversized_file_as_too_large(tiles, tmp_path):
+    """dedup reads through the same records as the shard stages: too_large, not unreadable."""
+    from pipeline.crops import CropParams, crop_chunk
+
+    write_photos(tmp_path / "src", ["1.png"], tiles)
+    make_sparse_file(tmp_path / "src" / "huge.png")
+    records = list(open_sources([tmp_path / "src"], max_bytes=10_000_000))
+    chunk = crop_chunk(records, CropParams())
+    assert {e.key: e.status for e in chunk.entries} == {"1.png": None, "huge.png": "too_large"}
