@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import click
-import lmdb
 
 from pipeline import demo
 from pipeline.autoencoder import HashConfig, SemanticHashAutoencoder, save_model
@@ -34,6 +33,7 @@ from pipeline.engines import open_engine
 from pipeline.faces import detect_faces
 from pipeline.parallel import default_workers, map_ordered
 from pipeline.shards import make_shards
+from pipeline.sources import LmdbSource
 
 PAPER_IMAGES = 3_000_000  # LSUN bedrooms (dedup) and the scraped faces set, each ~3M
 
@@ -51,10 +51,8 @@ def repeat_folder(folder: Path, into: Path, times: int) -> int:
 
 def repeat_lmdb(folder: Path, into: Path, times: int) -> int:
     """An LMDB holding every value of `folder` `times` times, under new keys."""
-    with lmdb.open(str(folder), readonly=True, lock=False) as env, env.begin() as txn:
-        items = list(txn.cursor())
-    return demo.write_lmdb(into, ((f"r{r}-{k.decode()}", v) for r in range(times)
-                                  for k, v in items))
+    items = [(rec.key, rec.read()) for rec in LmdbSource(folder)]  # the sources' one handle
+    return demo.write_lmdb(into, ((f"r{r}-{k}", v) for r in range(times) for k, v in items))
 
 
 def nothing(chunk: list, params: None) -> list:
