@@ -34,10 +34,10 @@ from gan.checkpoint import load_checkpoint
 from gan.data import StreamingBatches, open_shards
 from gan.metrics import read_metrics
 from gan.models import build_models
-from gan.runtime import Runtime
+from gan.runtime import Runtime, wrap_models
 from gan.sample import sample_z
 from gan.step import gan_step, make_optimizer
-from gan.train import train, wrap_models
+from gan.train import train
 from pipeline.faiss_build import faiss_build
 from pipeline.sinks import write_image_shards
 

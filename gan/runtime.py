@@ -1,5 +1,5 @@
-"""Where a training run executes: its device, its place among torchrun's processes, and the
-precision its step computes in.
+"""Where a training run executes: its device, its place among torchrun's processes, the
+precision its step computes in, and the networks wrapped for that (DDP, torch.compile).
 
 One process = one device. Under torchrun (WORLD_SIZE > 1) each process joins the process group
 (NCCL on GPUs, gloo on CPUs) and takes cuda:LOCAL_RANK; only rank 0 writes files.
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from pipeline.devices import resolve_device
 
@@ -123,3 +124,29 @@ def autocast_for(precision: str, rt: Runtime) -> Callable[[], contextlib.Abstrac
     if precision == "bf16" or (precision == "auto" and rt.cuda):
         return lambda: torch.autocast(rt.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
+
+
+def wrap_models(G: nn.Module, D: nn.Module, rt: Runtime, compile_with: str | None
+                ) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(G, D, D_plain) as the step calls them: DDP wrappers under torchrun, compiled with
+    `compile_with` (a torch.compile backend) when given.
+
+    DDP is wrapped first and compiled second, the order in which torch.compile splits the
+    backward at DDP's gradient buckets so that their all-reduce overlaps the rest of the
+    backward (compiling the network inside DDP would hand DDP every gradient at the end).
+    D runs twice (real, fake) before its one backward, so DDP must not broadcast its buffers
+    before each forward: that overwrites in place the BatchNorm statistics the first forward
+    saved for backward ("modified by an inplace operation" on CUDA). D's running statistics
+    play no part in training (D always runs in train mode there); each rank keeps its own and
+    rank 0's are saved.
+    """
+    D_plain = D
+    if rt.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [rt.device.index] if rt.cuda else None
+        G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids, broadcast_buffers=False)
+    if compile_with is not None:
+        G, D = torch.compile(G, backend=compile_with), torch.compile(D, backend=compile_with)
+        D_plain = D if rt.world == 1 else torch.compile(D_plain, backend=compile_with)
+    return G, D, D_plain

@@ -13,18 +13,12 @@ inside the step: the per-step statistics stay on the device and are copied out e
 `log_every` steps. `precision="bf16"` asks for bf16 autocast on a CPU too (~1.6x faster where it
 has bf16 units, but no longer the fp32 computation, so it is opt-in there); `precision="fp32"`
 also turns TF32 off on GPUs. Multi-GPU/multi-node runs go through torchrun (DDP); only rank 0
-writes files. Each rank draws its own z stream (seeded from the seed and the rank), and a
-checkpoint keeps every rank's RNG states, so a multi-rank run resumes exactly too.
+writes files.
 
-A run folder holds `metrics.jsonl` (one line per step), `samples/step-*.png` (a fixed z batch
-for the whole run), `checkpoints/last.pt` and `checkpoints/step-*.pt`, `loss_curve.png`,
-`config.json` and, once the run has finished, `summary.json`. A finished run is refused unless
-`overwrite=True` (the rule of every command, pipeline.outputs) or continued for more steps with
-`resume=True`; an unfinished one (a checkpoint but no summary) is continued with `resume=True`
-or started over with `overwrite=True`. `resume=True` continues exactly: on CPU, N steps +
-resume + M steps equals an uninterrupted N + M step run bit for bit, with one rank or several.
-Resuming with another number of ranks, or on another device type, continues from z streams
-re-derived from (seed, rank, step) and says so: correct training, but not the same numbers.
+The run folder and its rules (`resume`, `overwrite`) are gan/run_folder.py's; the state the
+steps change, seeded or restored from a checkpoint, is gan/state.py's. `resume=True` continues
+exactly: on CPU, N steps + resume + M steps equals an uninterrupted N + M step run bit for bit,
+with one rank or several (another number of ranks or device type: see gan/state.py).
 """
 
 from __future__ import annotations
@@ -32,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -40,16 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
-from gan.checkpoint import (
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    z_seed,
-)
+from gan.checkpoint import rng_state, save_checkpoint
 from gan.data import (
     CACHES,
     CachedBatches,
@@ -62,7 +48,8 @@ from gan.data import (
     to_model_input,
 )
 from gan.metrics import LOGGED, STATS, MetricsLog, plot_losses
-from gan.models import DEFAULT_WIDTH, build_models
+from gan.models import DEFAULT_WIDTH
+from gan.run_folder import FINISHED, claim_run, prepare_folder, resume_from, stopped
 from gan.runtime import (
     PRECISIONS,
     Runtime,
@@ -74,25 +61,19 @@ from gan.runtime import (
     set_tf32,
     start_runtime,
     stop_runtime,
+    wrap_models,
 )
 from gan.sample import PRIORS, generate, sample_z, save_grid
-from gan.step import gan_step, make_optimizer
+from gan.state import TrainState, check_same_data, new_state, restore, shard_list
+from gan.step import gan_step
 from pipeline.cli_common import BN_MODES
 from pipeline.files import write_json_atomic
-from pipeline.outputs import claim_output, hold_output
 from pipeline.parallel import default_workers
 
-COMMAND = "gan train"  # the owner named in a run folder and in its lock
-SAMPLE_GRID = 64  # images in each periodic sample grid (8 x 8)
 # Settings a resumed run may change; everything else comes from the checkpoint so that the
 # continuation is the same computation.
 RESUMABLE = ("steps", "epochs", "sample_every", "ckpt_every", "log_every", "device", "compile",
              "progress", "resume", "overwrite")
-FINISHED = "summary.json"  # written last: its presence marks a finished run
-# What a run writes in its folder; --overwrite removes these and nothing else (the decoded
-# cache stays: it checks itself against the shards).
-RUN_FILES = ("checkpoints", "samples", "tensorboard", "metrics.jsonl", "loss_curve.png",
-             "config.json", FINISHED)
 
 
 @dataclass
@@ -147,52 +128,12 @@ class TrainConfig:
 # Set up: the run folder, the data, the models
 
 
-def resume_from(config: TrainConfig, out: Path) -> dict | None:
-    """The checkpoint a `resume` run continues from (None for a fresh run); reads only."""
-    if not config.resume:
-        return None
-    last = out / "checkpoints" / "last.pt"
-    if not last.is_file():
-        raise TrainingError(f"--resume: no checkpoint at {last}")
-    return load_checkpoint(last)
-
-
-def claim_run(config: TrainConfig, out: Path, held: contextlib.ExitStack) -> None:
-    """Hold `out` for this run (a second run into it stops at once, naming this one) and
-    refuse it if it may not be used as asked: another command's folder, a finished run
-    without --overwrite, an unfinished one without --resume or --overwrite."""
-    held.enter_context(hold_output(out, command=COMMAND))
-    claim_output(out, command=COMMAND, overwrite=config.overwrite or config.resume,
-                 finished=FINISHED)
-    if (out / "checkpoints" / "last.pt").exists() and not (config.resume or config.overwrite):
-        raise TrainingError(f"{out} already holds a run: pass --resume to continue it, "
-                            f"--overwrite to start it over, or choose another --out")
-
-
 def resumed_config(config: TrainConfig, state: dict) -> TrainConfig:
     """The checkpoint's settings, except those a resumed run may change."""
     stored = dict(state["config"])
     stored.update({k: getattr(config, k) for k in RESUMABLE})
     stored["data"], stored["out"] = config.data, config.out
     return TrainConfig(**stored)
-
-
-def shard_list(urls: list[str], counts: list[int]) -> list[list]:
-    """What identifies the training data whatever folder it was moved to: shard names and
-    their sample counts (stored in checkpoints)."""
-    return [[Path(url).name, count] for url, count in zip(urls, counts, strict=True)]
-
-
-def check_same_data(checkpoint: dict, shards: list[list], data: str) -> None:
-    """A resumed run must read the shards it started on (moved is fine, other data is not)."""
-    trained_on = checkpoint.get("shards")
-    if trained_on is None or trained_on == shards:
-        return
-    raise TrainingError(
-        f"--resume: this run trained on other shards ({checkpoint['config']['data']}: "
-        f"{len(trained_on)} shards, {sum(c for _, c in trained_on)} images) than --data {data} "
-        f"({len(shards)} shards, {sum(c for _, c in shards)} images); resume with its own data, "
-        f"or start a new run in another --out")
 
 
 def make_batches(config: TrainConfig, rt: Runtime, out: Path, urls: list[str],
@@ -215,124 +156,6 @@ def make_batches(config: TrainConfig, rt: Runtime, out: Path, urls: list[str],
     return CachedBatches(images, batch_size=config.batch_size, seed=config.seed,
                          device=rt.device, on_device=config.cache == "gpu", rank=rt.rank,
                          world=rt.world)
-
-
-def prepare_folder(config: TrainConfig, rt: Runtime, out: Path) -> None:
-    """Rank 0 empties a run being overwritten, marks the run unfinished until it ends, and
-    writes config.json."""
-    if rt.is_main:
-        if config.overwrite:
-            for name in RUN_FILES:
-                path = out / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
-        (out / FINISHED).unlink(missing_ok=True)
-        (out / "samples").mkdir(parents=True, exist_ok=True)
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", dataclasses.asdict(config))
-    barrier(rt)
-
-
-@dataclass
-class TrainState:
-    """What the steps change and a checkpoint stores. `G_raw` and `D_raw` are the networks
-    themselves; `G` and `D` are what the step calls (DDP wrappers under torchrun, compiled with
-    --compile) and `D_plain` is D as the G update calls it (never the DDP wrapper)."""
-
-    G_raw: nn.Module
-    D_raw: nn.Module
-    opt_G: torch.optim.Optimizer
-    opt_D: torch.optim.Optimizer
-    z_rng: torch.Generator
-    fixed_z: torch.Tensor  # the z of every sample grid of the run
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    G: nn.Module | None = None
-    D: nn.Module | None = None
-    D_plain: nn.Module | None = None
-
-    def advance(self, steps_per_epoch: int) -> None:
-        """Count a step; at the end of an epoch the counters point at the next one already (so
-        a checkpoint taken then resumes there)."""
-        self.step, self.batch_in_epoch = self.step + 1, self.batch_in_epoch + 1
-        if self.batch_in_epoch == steps_per_epoch:
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-
-
-def new_state(config: TrainConfig, rt: Runtime) -> TrainState:
-    """Seeded networks (the paper's init), their optimizers and this rank's z generator."""
-    torch.manual_seed(config.seed)
-    G, D = build_models(dataclasses.asdict(config))
-    G = G.to(rt.device, memory_format=torch.channels_last)
-    D = D.to(rt.device, memory_format=torch.channels_last)
-    opt_G = make_optimizer(G, config.lr, config.beta1)
-    opt_D = make_optimizer(D, config.lr, config.beta1)
-    z_rng = torch.Generator(rt.device).manual_seed(z_seed(config.seed, rt.rank))
-    fixed_z = sample_z(SAMPLE_GRID, config.nz, config.prior,
-                       torch.Generator().manual_seed(config.seed + 2))
-    return TrainState(G, D, opt_G, opt_D, z_rng, fixed_z)
-
-
-def restore(st: TrainState, checkpoint: dict, config: TrainConfig, rt: Runtime,
-            steps_per_epoch: int) -> str | None:
-    """Put a checkpoint's networks, optimizers, counters and RNG states back. Returns a note
-    for the user when the run cannot continue exactly (another number of ranks, another
-    device type): then this rank's z stream is re-derived from (seed, rank, step)."""
-    st.G_raw.load_state_dict(checkpoint["G"])
-    st.D_raw.load_state_dict(checkpoint["D"])
-    st.opt_G.load_state_dict(checkpoint["opt_G"])
-    st.opt_D.load_state_dict(checkpoint["opt_D"])
-    st.step, st.epoch = checkpoint["step"], checkpoint["epoch"]
-    st.batch_in_epoch = checkpoint["batch_in_epoch"]
-    st.fixed_z = checkpoint["fixed_z"]
-    states = checkpoint["rng"]
-    if isinstance(states, dict):  # written before checkpoints kept every rank's states
-        states = [states]
-    note = None
-    if len(states) != rt.world:
-        note = (f"the checkpoint was written by {len(states)} rank(s), this run has {rt.world}: "
-                f"z streams re-derived from (seed, rank, step)")
-        set_rng_state(states[rt.rank % len(states)], torch.Generator())  # host RNGs only
-        exact = False
-    else:
-        exact = set_rng_state(states[rt.rank], st.z_rng)
-        if not exact:
-            note = (f"the checkpoint's z streams were drawn on {states[rt.rank]['device']}, this "
-                    f"run draws on {rt.device.type}: z streams re-derived from (seed, rank, step)")
-    if not exact:
-        st.z_rng.manual_seed(z_seed(config.seed, rt.rank, st.step))
-    if st.batch_in_epoch >= steps_per_epoch:  # fewer steps per epoch with more ranks
-        st.epoch, st.batch_in_epoch = st.epoch + 1, 0
-    return note
-
-
-def wrap_models(G: nn.Module, D: nn.Module, rt: Runtime, compile_with: str | None
-                ) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """(G, D, D_plain) as the step calls them: DDP wrappers under torchrun, compiled with
-    `compile_with` (a torch.compile backend) when given.
-
-    DDP is wrapped first and compiled second, the order in which torch.compile splits the
-    backward at DDP's gradient buckets so that their all-reduce overlaps the rest of the
-    backward (compiling the network inside DDP would hand DDP every gradient at the end).
-    D runs twice (real, fake) before its one backward, so DDP must not broadcast its buffers
-    before each forward: that overwrites in place the BatchNorm statistics the first forward
-    saved for backward ("modified by an inplace operation" on CUDA). D's running statistics
-    play no part in training (D always runs in train mode there); each rank keeps its own and
-    rank 0's are saved.
-    """
-    D_plain = D
-    if rt.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [rt.device.index] if rt.cuda else None
-        G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids, broadcast_buffers=False)
-    if compile_with is not None:
-        G, D = torch.compile(G, backend=compile_with), torch.compile(D, backend=compile_with)
-        D_plain = D if rt.world == 1 else torch.compile(D_plain, backend=compile_with)
-    return G, D, D_plain
 
 
 def accelerate(st: TrainState, config: TrainConfig, rt: Runtime) -> None:
@@ -434,14 +257,6 @@ def train_loop(st: TrainState, run: Run) -> dict:
         return last
     finally:
         bar.close()
-
-
-def stopped(err: TrainingError, out: Path) -> TrainingError:
-    """`err` with what the user still has: the last good checkpoint, if any."""
-    kept = out / "checkpoints" / "last.pt"
-    where = (f"the last good checkpoint is {kept} (step {load_checkpoint(kept)['step']})"
-             if kept.is_file() else "no checkpoint had been written")
-    return TrainingError(f"{err}; stopped, {where}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,10 +19,11 @@ import torch.multiprocessing as mp
 
 from gan.checkpoint import load_checkpoint
 from gan.metrics import read_metrics
-from gan.runtime import start_runtime, stop_runtime
+from gan.runtime import start_runtime, stop_runtime, wrap_models
 from gan.sample import sample_z
+from gan.state import new_state
 from gan.step import gan_step, make_optimizer
-from gan.train import TrainConfig, new_state, train, wrap_models
+from gan.train import TrainConfig, train
 from tests.gan.conftest import TINY
 
 WORLD = 2

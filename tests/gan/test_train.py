@@ -12,6 +12,7 @@ import torch
 import gan.train as train_module
 from gan.checkpoint import CheckpointError, load_checkpoint, load_models, save_checkpoint
 from gan.metrics import read_metrics
+from gan.models import build_models
 from gan.runtime import TrainingError
 from gan.sample import generate, sample_z
 from gan.train import train
@@ -41,7 +42,7 @@ def test_short_run_learns_and_writes_its_files(training_shards, tmp_path: Path) 
     assert np.mean([r["D_x"] for r in late]) > np.mean([r["D_G_z"] for r in late]) + 0.2
     # ... and G's samples move toward the (orange) training images.
     torch.manual_seed(3)
-    G0, _ = train_module.build_models({**TINY, "prior": "uniform"})
+    G0, _ = build_models({**TINY, "prior": "uniform"})
     G, _, config = load_models(run / "checkpoints" / "last.pt")
     assert config["arch"] == "compact" and config["width"] == 32
     assert _color_error(G) < 0.7 * _color_error(G0)
