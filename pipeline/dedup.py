@@ -9,8 +9,8 @@ Passes, each linear in the number of images and none holding the images in RAM:
    their status at once.
 2. **Train** the 3072-128-3072 autoencoder on a random sample of the crops (pipeline.autoencoder),
    or load a saved one with `model=` so the same hash applies to new data.
-3. **Hash.** Encode all crops in large batches; the active ReLUs are the 128-bit code. With
-   `--engine ray` the batches are tasks on the cluster (pipeline.engines).
+3. **Hash** (pipeline.hashing). Encode all crops in large batches; the active ReLUs are the
+   128-bit code. With `--engine ray` the batches are tasks on the cluster (pipeline.engines).
 4. **Verify** (the default): codes within `radius` bits propose a bounded number of candidate
    pairs per image (pipeline.grouping); each pair is judged on the whole-frame thumbnails
    against a threshold calibrated on the data itself (pipeline.verify), and groups form around
@@ -19,7 +19,8 @@ Passes, each linear in the number of images and none holding the images in RAM:
    codes); with `radius > 0`, codes within that Hamming distance of a group's anchor join it.
 
 In every group one member is kept (rule in `pipeline.grouping.keep_order`); the others are
-listed in `duplicates.txt`, the file `pipeline shards --exclude` reads.
+listed in `duplicates.txt`, the file `pipeline shards --exclude` reads (pipeline.dedup_results
+writes it, the manifest, the group list and the sheets).
 
 Restart rule (pipeline.outputs): a finished output folder (it has summary.json) is refused
 unless `overwrite`; an unfinished one is started over (hashing is a few passes over the data, so
@@ -28,58 +29,46 @@ there is nothing worth resuming).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
-from pipeline.crops import (
-    CROPS_NAME,
-    LOG_NAME,
-    SIDE,
-    VIEWS_NAME,
-    CropParams,
-    Crops,
-    extract_crops,
-)
+from pipeline.crops import CROPS_NAME, LOG_NAME, SIDE, VIEWS_NAME, CropParams, Crops, extract_crops
 from pipeline.decode import DEFAULT_MAX_PIXELS
-from pipeline.engines import Engine, engine_line, open_engine
-from pipeline.files import (
-    read_jsonl,
-    write_bytes_atomic,
-    write_figure_atomic,
-    write_json_atomic,
-    write_png_atomic,
+from pipeline.dedup_results import (
+    DUPLICATES_NAME,
+    GROUPS_NAME,
+    HISTOGRAM_NAME,
+    LOSS_NAME,
+    REJECTED_NAME,
+    SHEET_NAME,
+    loss_plot,
+    write_collision_sheet,
+    write_outputs,
+    write_rejected_sheet,
 )
+from pipeline.engines import engine_line, open_engine
+from pipeline.files import write_figure_atomic, write_json_atomic
 from pipeline.grouping import (
     IMAGES_PER_CODE,
     NEAREST_CODES,
-    Groups,
     candidate_pairs,
     code_neighbours,
     group_codes,
     group_pairs,
     resolve_groups,
 )
-from pipeline.manifest import (
-    MANIFEST_NAME,
-    SUMMARY_NAME,
-    Manifest,
-    Outcome,
-    stage_summary,
-    summary_line,
-)
+from pipeline.hashing import BITS, bit_usage, hash_all
+from pipeline.manifest import MANIFEST_NAME, SUMMARY_NAME, stage_summary, summary_line
 from pipeline.outputs import claim_output, hold_output
 from pipeline.parallel import default_workers
 from pipeline.runner import StageError
-from pipeline.sheets import contact_sheet
 from pipeline.sources import DEFAULT_MAX_BYTES, open_sources
 from pipeline.statuses import DUPLICATE, UNIQUE
 from pipeline.verify import (
@@ -93,19 +82,12 @@ from pipeline.verify import (
 if TYPE_CHECKING:  # torch is imported only when hashing, so `pipeline --help` stays quick
     from pipeline.autoencoder import SemanticHashAutoencoder
 
-GROUPS_NAME = "groups.jsonl"
-DUPLICATES_NAME = "duplicates.txt"
 MODEL_NAME = "autoencoder.pt"
-LOSS_NAME = "loss.png"
-SHEET_NAME = "collisions.png"
-REJECTED_NAME = "rejected.png"
-HISTOGRAM_NAME = "distances.png"
 OUTPUTS = (MANIFEST_NAME, SUMMARY_NAME, GROUPS_NAME, DUPLICATES_NAME, MODEL_NAME, LOSS_NAME,
            SHEET_NAME, REJECTED_NAME, HISTOGRAM_NAME, CROPS_NAME, VIEWS_NAME, LOG_NAME)
-ENCODE_BATCH = 8192  # crops per encoder call in pass 3 (bounded memory, large matmuls)
 
-# Defaults that benchmarks/dedup_quality.py measured (README "Dedup quality").
-BITS = 128  # the paper's 3072-128-3072 autoencoder
+# Defaults that benchmarks/dedup_quality.py measured (README "Dedup quality"); the code has
+# pipeline.hashing.BITS bits, the paper's 3072-128-3072 autoencoder.
 DEFAULT_RADIUS = 10  # candidate radius under verification (README "Dedup quality")
 CALIBRATION_SAMPLES = 1000  # images that get a synthetic re-upload for the calibration ...
 CALIBRATION_RATE = 0.02  # ... but never more than this fraction of them ...
@@ -116,173 +98,6 @@ DEFAULT_MIN_STEPS = 2000  # measured: fewer steps leave the hash unselective on 
 DEFAULT_NOISE = 1.0  # strength of the realistic de-noising corruption (autoencoder.corrupt)
 DEFAULT_DROPOUT = 0.1  # on the code units during training (the paper's regularizer)
 DEFAULT_CODE_NOISE = 1.0  # on the code pre-activations while training (autoencoder module doc)
-
-
-# ---- pass 3: hash -----------------------------------------------------------------------------
-
-def hash_crops(model: SemanticHashAutoencoder, crops: np.ndarray, *, device: str = "auto",
-               batch: int = ENCODE_BATCH, progress: bool = True) -> np.ndarray:
-    """uint8 n x 16 codes, encoding `batch` crops at a time from the memory map."""
-    from pipeline.autoencoder import semantic_hash
-    from pipeline.devices import resolve_device
-
-    dev = resolve_device(device)
-    codes = np.zeros((len(crops), model.config.bits // 8), np.uint8)
-    starts = range(0, len(crops), batch)
-    for start in tqdm(starts, unit="batch", desc="hash", disable=not progress,
-                      dynamic_ncols=True):
-        chunk = np.asarray(crops[start : start + batch])
-        codes[start : start + len(chunk)] = semantic_hash(model, chunk, dev)
-    return codes
-
-
-@dataclass(frozen=True)
-class HashJob:
-    """What every hashing task shares: the model (in Ray's object store once) and the crops
-    file, which the workers read themselves (OUT must be on a filesystem every node reads)."""
-
-    model: SemanticHashAutoencoder
-    crops: str
-    shape: tuple[int, ...]
-
-
-def hash_all(model: SemanticHashAutoencoder | None, crops: np.ndarray, engine: Engine, *,
-             device: str, progress: bool) -> np.ndarray:
-    """Every crop's code: on the cluster's workers, or here on `device`; all zero without a
-    model (fewer than two images to train on)."""
-    if model is None:
-        return np.zeros((len(crops), BITS // 8), np.uint8)
-    if engine.distributed:
-        return hash_on_cluster(model, crops, engine, progress=progress)
-    return hash_crops(model, crops, device=device, progress=progress)
-
-
-def hash_rows(chunk: list[int], job: HashJob) -> np.ndarray:
-    """Codes of crops [start, stop) (`chunk`), on the worker's CPU."""
-    from pipeline.autoencoder import semantic_hash
-
-    start, stop = chunk
-    crops = np.memmap(job.crops, np.uint8, "r", shape=job.shape)
-    return semantic_hash(job.model, np.asarray(crops[start:stop]), "cpu")
-
-
-def hash_on_cluster(model: SemanticHashAutoencoder, crops: np.ndarray, engine: Engine, *,
-                    batch: int = ENCODE_BATCH, progress: bool = True) -> np.ndarray:
-    """`hash_crops` as tasks on `engine`, in the same batches, so the codes are the same."""
-    if len(crops) == 0:
-        return np.zeros((0, model.config.bits // 8), np.uint8)
-    job = HashJob(model, str(crops.filename), crops.shape)
-    chunks = ([start, min(start + batch, len(crops))] for start in range(0, len(crops), batch))
-    results = engine.map(hash_rows, job, chunks)
-    return np.concatenate(list(tqdm(results, total=-(-len(crops) // batch), unit="batch",
-                                    desc="hash", disable=not progress, dynamic_ncols=True)))
-
-
-# ---- outputs ----------------------------------------------------------------------------------
-
-def write_outputs(out: Path, groups: Groups, codes: np.ndarray, progress: bool) -> dict:
-    """Manifest (input order), groups.jsonl and duplicates.txt from the pass-1 log; returns
-    the manifest's counts by status."""
-    counts, keys_of = write_manifest(out, groups, progress)
-    write_group_files(out, groups, codes, keys_of)
-    return counts
-
-
-def write_manifest(out: Path, groups: Groups,
-                   progress: bool) -> tuple[dict[str, int], dict[int, str]]:
-    """One manifest line per input, in input order; returns the counts by status and the key
-    of every grouped row."""
-    keys_of: dict[int, str] = {}
-    manifest = Manifest(out / MANIFEST_NAME)
-    try:
-        for line in tqdm(read_jsonl(out / LOG_NAME), desc="manifest", unit="img",
-                         disable=not progress, dynamic_ncols=True):
-            if "row" not in line:
-                manifest.record(Outcome(line["key"], line["status"], line["reason"]))
-                continue
-            row, g = line["row"], int(groups.ids[line["row"]])
-            if g < 0:
-                manifest.record(Outcome(line["key"], UNIQUE))
-                continue
-            keys_of[row] = line["key"]
-            info = {"group": g}
-            if groups.kept[g] == row:
-                manifest.record(Outcome(line["key"], UNIQUE, "kept from its group", info))
-            else:
-                manifest.record(Outcome(line["key"], DUPLICATE, "near duplicate", info))
-    finally:
-        manifest.close()
-    return dict(sorted(manifest.counts.items())), keys_of
-
-
-def write_group_files(out: Path, groups: Groups, codes: np.ndarray,
-                      keys_of: dict[int, str]) -> None:
-    """groups.jsonl (one line per group) and duplicates.txt (every member but the kept one)."""
-    members: dict[int, list[int]] = {}
-    for row in sorted(keys_of):
-        members.setdefault(int(groups.ids[row]), []).append(row)
-    lines, dup_keys = [], []
-    for g in range(groups.count):
-        rows, kept = members[g], int(groups.kept[g])
-        anchor = codes[kept]
-        distance = max(int(np.unpackbits(codes[r] ^ anchor).sum()) for r in rows)
-        lines.append(json.dumps({"group": g, "code": anchor.tobytes().hex(), "size": len(rows),
-                                 "kept": keys_of[kept], "members": [keys_of[r] for r in rows],
-                                 "max_bits_from_kept": distance}))
-        dup_keys.extend(keys_of[r] for r in rows if r != kept)
-    write_bytes_atomic(out / GROUPS_NAME, "".join(x + "\n" for x in lines).encode("utf-8"))
-    write_bytes_atomic(out / DUPLICATES_NAME, "".join(k + "\n" for k in dup_keys).encode("utf-8"))
-
-
-def bit_usage(codes: np.ndarray) -> dict:
-    """How many code bits ever fire / always fire: dead or saturated bits weaken the hash."""
-    bits = codes.shape[1] * 8
-    if len(codes) == 0:
-        return {"bits": bits, "ever_on": 0, "always_on": 0, "never_on": bits,
-                "mean_on_fraction": 0.0, "distinct_codes": 0}
-    rate = np.zeros(bits)
-    for start in range(0, len(codes), 1 << 16):
-        rate += np.unpackbits(codes[start : start + (1 << 16)], axis=1).sum(axis=0)
-    rate /= len(codes)
-    return {"bits": bits, "ever_on": int((rate > 0).sum()), "always_on": int((rate == 1).sum()),
-            "never_on": int((rate == 0).sum()), "mean_on_fraction": round(float(rate.mean()), 4),
-            "distinct_codes": int(len(np.unique(codes, axis=0)))}
-
-
-def collision_sheet(crops: np.ndarray, groups: Groups, *, rows: int = 16, cols: int = 8,
-                    scale: int = 2) -> np.ndarray | None:
-    """A row per group (largest first): the kept image, then its duplicates; None if no groups."""
-    if groups.count == 0:
-        return None
-    sizes = np.bincount(groups.ids[groups.ids >= 0], minlength=groups.count)
-    cols = min(cols, int(sizes.max()))
-    side = crops.shape[1] * scale
-    blank = np.full((side, side, 3), 255, np.uint8)
-    tiles = []
-    for g in np.argsort(-sizes, kind="stable")[:rows]:
-        kept = int(groups.kept[g])
-        members = [kept, *(r for r in np.flatnonzero(groups.ids == g) if r != kept)][:cols]
-        big = [_enlarge(np.asarray(crops[r]), scale) for r in members]
-        tiles.extend(big + [blank] * (cols - len(big)))
-    return contact_sheet(tiles, cols=cols)
-
-
-def loss_plot(history: list[float], path: Path) -> None:
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 3.2), dpi=100)
-    ax = fig.add_subplot()
-    ax.plot(range(1, len(history) + 1), history, marker="o", markersize=3)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
-    ax.set_title("semantic-hash autoencoder")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    write_figure_atomic(path, fig)
 
 
 # ---- the driver: the steps in the order they run ---------------------------------------------
@@ -479,31 +294,6 @@ def verification_line(verification: dict) -> str:
     return (f"; {verification['candidate_pairs']} candidate pairs, "
             f"{verification['verified_pairs']} verified at distance <= "
             f"{verification['threshold']}")
-
-
-def write_rejected_sheet(out: Path, crops: Crops, verdicts: Verdicts, *, scale: int = 2,
-                         per_row: int = 4) -> None:
-    """The rejected candidates nearest the threshold, side by side (whole-frame thumbnails as
-    compared, then the two center crops): what a person checks before trusting a threshold."""
-    if len(verdicts.rejected) == 0:
-        return
-    tiles = []
-    for _, left, right in verdicts.rejected:
-        for row in (int(left), int(right)):
-            grey = np.asarray(crops.views[row, 0])
-            tiles.append(_enlarge(np.repeat(grey[..., None], 3, axis=2), scale))
-        tiles.extend(_enlarge(np.asarray(crops.images[int(r)]), scale) for r in (left, right))
-    write_png_atomic(out / REJECTED_NAME, contact_sheet(tiles, cols=4 * per_row))
-
-
-def _enlarge(img: np.ndarray, scale: int) -> np.ndarray:
-    return np.repeat(np.repeat(img, scale, 0), scale, 1)
-
-
-def write_collision_sheet(out: Path, crops: Crops, groups: Groups) -> None:
-    sheet = collision_sheet(crops.images, groups)
-    if sheet is not None:
-        write_png_atomic(out / SHEET_NAME, sheet)
 
 
 @contextmanager

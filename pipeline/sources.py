@@ -1,16 +1,12 @@
-"""Every kind of input becomes one stream of `Record`s: a stable `key`, provenance `meta`, and
-either the image bytes (`data`) or the `path` to read them from (`Record.read()` gives both).
+"""Every kind of input becomes one stream of `Record`s (pipeline.records): a stable `key`,
+provenance `meta`, and where the image bytes are, which the worker reads with `Record.read()`.
 
 Like stylegan2-ada's dataset_tool, each input kind is an adapter with the same contract
 (`count()` and iteration in a stable order) and one function, `open_source`, picks the adapter by
-looking at the path: users never say what kind of source they have.
-
-Records carry where the bytes are, not the bytes: a file's path (folder, list), a shard and the
-byte range of the image member in it (`.tar` shards: the main process reads only the tar
-headers), or an LMDB folder and the key (LMDB: the main process walks the keys alone). The
-worker process reads the bytes itself (`Record.read()`), so the main process never becomes the
-bottleneck reading and copying image bytes through pipes or a cluster's object store. Only a
-member that is not one byte range of its file (a compressed or sparse tar) travels as bytes.
+looking at the path: users never say what kind of source they have. The folder, list and LMDB
+adapters live here; WebDataset shards, whose tar walking is longer, in pipeline.shard_source.
+This module is where the other packages import every input name from, so the record types and
+the shard names are importable from here too.
 
 A run sees one input set: a folder or list is listed once (the first time it is counted or
 read) and that listing is what the run processes, so a file deleted meanwhile becomes an
@@ -18,150 +14,36 @@ read) and that listing is what the run processes, so a file deleted meanwhile be
 `fingerprint()` hashes that input set (keys, sizes, modification times) so that `--resume` can
 tell whether it is continuing over the same inputs. A folder that cannot be listed becomes a
 record too (`unreadable`, with the reason), so the counts still add up to what is on disk.
-
-Reads are bounded: only regular files are opened (a FIFO or a device in a list would hang or
-never end), and a record larger than `max_bytes` is `too_large` before a byte of it is read.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 import re
-import stat
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-import lmdb
+from pipeline.records import (
+    DEFAULT_MAX_BYTES,
+    ReadError,
+    Record,
+    SourceError,
+    file_identity,
+    input_fingerprint,
+    lmdb_env,
+)
+from pipeline.shard_source import SHARD_IMAGE_EXTS, ShardSource, read_shards
 
-from pipeline.statuses import TOO_LARGE, UNREADABLE
-
-# Sample members that hold the image when reading WebDataset shards, in order of preference.
-SHARD_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "ppm", "tif", "tiff", "gif")
-# Larger files are `too_large` unread: no image a 64x64 training set needs comes near it, and a
-# worker holding a few of them stays within a laptop's memory.
-DEFAULT_MAX_BYTES = 256 * 2**20
-
-
-class SourceError(Exception):
-    """The path cannot be read as any kind of source; the message is for the user."""
-
-
-class ReadError(OSError):
-    """A record's bytes cannot be had; `status` is what the manifest records for it."""
-
-    def __init__(self, status: str, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Record:
-    """One input item. `key` is stable and unique within its source. The bytes are `data`, or
-    are read from `path`: the whole file; with `span`, the (offset, size) byte range of a tar
-    member, from a shard that must still have the (size, mtime in ns) `stamp` it was listed
-    with (a rewritten shard's offsets point into other members); with `lmdb_key`, the value
-    under that key of the LMDB folder `path`. `error` is set when the source already knows the
-    item cannot be read (a folder it could not list)."""
-
-    key: str
-    meta: dict = field(default_factory=dict)
-    data: bytes | None = None
-    path: str | None = None
-    max_bytes: int = DEFAULT_MAX_BYTES
-    error: str | None = None
-    span: tuple[int, int] | None = None
-    stamp: tuple[int, int] | None = None
-    lmdb_key: bytes | None = None
-
-    def read(self) -> bytes:
-        """The item's bytes, or ReadError: `unreadable` (vanished, not a regular file, changed,
-        I/O error) or `too_large` (over `max_bytes`, refused before reading)."""
-        if self.error is not None:
-            raise ReadError(UNREADABLE, self.error)
-        if self.data is not None:
-            self._check_size(len(self.data))
-            return self.data
-        if self.path is None:
-            raise ReadError(UNREADABLE, "record carries no image data")
-        try:
-            if self.lmdb_key is not None:
-                return self._read_lmdb(self.path, self.lmdb_key)
-            return self._read_file(self.path)
-        except ReadError:
-            raise
-        except OSError as err:
-            raise ReadError(UNREADABLE, f"{err.strerror or err}: {self.path}") from None
-        except lmdb.Error as err:
-            raise ReadError(UNREADABLE, f"LMDB {self.path}: {err}") from None
-
-    def _read_file(self, path: str) -> bytes:
-        if self.span is not None:
-            self._check_size(self.span[1])
-        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ReadError(UNREADABLE, f"not a regular file ({_file_kind(info.st_mode)})")
-            if self.span is None:
-                self._check_size(info.st_size)
-                data = f.read(self.max_bytes + 1)  # the file may have grown since fstat
-                self._check_size(len(data))
-                return data
-            if self.stamp is not None and (info.st_size, info.st_mtime_ns) != self.stamp:
-                raise ReadError(UNREADABLE, f"the shard changed since it was listed: {path}")
-            offset, size = self.span
-            f.seek(offset)
-            return f.read(size)
-
-    def _read_lmdb(self, folder: str, key: bytes) -> bytes:
-        # buffers=True: the value is a view into the map, so its size is known before a copy
-        with _lmdb_env(folder).begin(buffers=True) as txn:
-            value = txn.get(key)
-            if value is None:
-                raise ReadError(UNREADABLE, f"the key is no longer in the LMDB {folder}")
-            self._check_size(len(value))
-            return bytes(value)
-
-    def _check_size(self, size: int) -> None:
-        if size > self.max_bytes:
-            raise ReadError(TOO_LARGE, f"{size} bytes, over the --max-bytes limit of "
-                                       f"{self.max_bytes}")
-
-
-# Per process: the read-only LMDB handles, by real folder path, with the identity of the
-# data.mdb each was opened on (a handle maps the file as it was then).
-_lmdb_envs: dict[str, tuple[tuple, lmdb.Environment]] = {}
-
-
-def _lmdb_env(folder: str) -> lmdb.Environment:
-    """This process's handle on the LMDB in `folder`, opened once and then shared by everything
-    in the process (the listing, every record read here): LMDB refuses a second handle on one
-    file in one process. Opened afresh if data.mdb was replaced or changed since."""
-    info = os.stat(os.path.join(folder, "data.mdb"))
-    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-    real = os.path.realpath(folder)
-    cached = _lmdb_envs.get(real)
-    if cached is not None and cached[0] == identity:
-        return cached[1]
-    if cached is not None:
-        cached[1].close()
-    env = lmdb.open(folder, readonly=True, lock=False, readahead=False)
-    _lmdb_envs[real] = (identity, env)
-    return env
-
-
-def _file_kind(mode: int) -> str:
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISDIR, "a folder"))
-    return next((name for test, name in kinds if test(mode)), "not a plain file")
+__all__ = [
+    "DEFAULT_MAX_BYTES", "EXPECTED", "SHARD_IMAGE_EXTS", "SOURCES_HELP", "SOURCE_KINDS",
+    "FolderSource", "ListSource", "LmdbSource", "MultiSource", "ReadError", "Record",
+    "ShardSource", "Source", "SourceError", "open_source", "open_sources", "read_shards",
+    "safe_key",
+]
 
 
 def _is_folder(entry: os.DirEntry) -> bool:
@@ -169,23 +51,6 @@ def _is_folder(entry: os.DirEntry) -> bool:
         return entry.is_dir()
     except OSError:
         return False
-
-
-def _fingerprint(parts: Iterator[object]) -> str:
-    """A short hash of an input set, from its items' identities (key, size, mtime, ...)."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(json.dumps(part).encode("utf-8") + b"\n")
-    return digest.hexdigest()[:16]
-
-
-def _file_identity(path: str) -> list:
-    """(size, mtime in ns) of a file, or the error that stands in for them."""
-    try:
-        info = os.stat(path)
-    except OSError as err:
-        return [err.strerror]
-    return [info.st_size, info.st_mtime_ns]
 
 
 class FolderSource:
@@ -231,7 +96,7 @@ class FolderSource:
         return ((key, key) for key, _ in self.listing())
 
     def fingerprint(self) -> str:
-        return _fingerprint([key, error, _file_identity(os.path.join(self.root, key))]
+        return input_fingerprint([key, error, file_identity(os.path.join(self.root, key))]
                             for key, error in self.listing())
 
     def __iter__(self) -> Iterator[Record]:
@@ -252,134 +117,22 @@ class LmdbSource:
         self.max_bytes = max_bytes
 
     def count(self) -> int:
-        return _lmdb_env(str(self.folder)).stat()["entries"]
+        return lmdb_env(str(self.folder)).stat()["entries"]
 
     def fingerprint(self) -> str:
-        return _fingerprint([self.count(), _file_identity(str(self.folder / "data.mdb"))])
+        return input_fingerprint([self.count(), file_identity(str(self.folder / "data.mdb"))])
 
     def record_keys(self) -> Iterator[tuple[str, str]]:
         return ((rec.key, rec.key) for rec in self)
 
     def __iter__(self) -> Iterator[Record]:
         folder = str(self.folder)
-        with _lmdb_env(folder).begin() as txn:
+        with lmdb_env(folder).begin() as txn:
             # A key-only cursor: the values' pages are never touched here.
             for raw_key in txn.cursor().iternext(keys=True, values=False):
                 key = raw_key.decode("utf-8", errors="backslashreplace")
                 yield Record(key, {"source": folder, "source_key": key}, path=folder,
                              lmdb_key=raw_key, max_bytes=self.max_bytes)
-
-
-# webdataset's rules for tar members (webdataset.tariterators), so that keys and samples are
-# those every WebDataset reader sees: names like this are metadata, not samples; a member's
-# sample key is its name up to the first dot of its last part, and its suffix is the rest.
-_META_NAME = re.compile(r"__[^/]*__($|/)")
-_KEY_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
-
-
-class ShardSource:
-    """WebDataset .tar shards, in the order given (brace patterns and globs expanded). Iteration
-    reads only the tar headers; each record points at its image member's byte range."""
-
-    kind = "shards"
-
-    def __init__(self, urls: list[str], counts: list[int] | None = None,
-                 max_bytes: int = DEFAULT_MAX_BYTES):
-        self.urls = urls
-        self.counts = counts
-        self.max_bytes = max_bytes
-
-    def count(self) -> int | None:
-        return sum(self.counts) if self.counts is not None else None
-
-    def fingerprint(self) -> str:
-        return _fingerprint([url, _file_identity(url)] for url in self.urls)
-
-    def record_keys(self) -> Iterator[tuple[str, str]]:
-        return ((rec.key, rec.key) for rec in self)
-
-    def __iter__(self) -> Iterator[Record]:
-        for url in self.urls:
-            try:
-                yield from self._shard_records(url)
-            except tarfile.ReadError as err:
-                raise SourceError(f"{url}: not a readable tar shard ({err})") from None
-
-    def _shard_records(self, url: str) -> Iterator[Record]:
-        """One shard's samples: consecutive members with the same key, grouped as webdataset
-        groups them (regular files only, suffixes lower-cased)."""
-        # Unbuffered: a read-ahead buffer would pull in the start of each image with its header.
-        with open(url, "rb", buffering=0) as f:
-            info = os.fstat(f.fileno())
-            stamp = (info.st_size, info.st_mtime_ns)
-            tar, seekable = _open_tar(f)
-            with tar:
-                key, sample = None, {}
-                while (member := tar.next()) is not None:
-                    tar.members = []  # tarfile keeps every header read: a shard's worth
-                    match = _KEY_SUFFIX.match(member.name)
-                    if not member.isreg() or _META_NAME.match(member.name) or match is None:
-                        continue
-                    if match.group(1) != key:
-                        if key is not None:
-                            yield self._record(url, stamp, key, sample)
-                        key, sample = match.group(1), {}
-                    suffix = match.group(2).lower()
-                    if suffix in sample:
-                        raise SourceError(f"{url}: sample {key!r} has two .{suffix} members")
-                    sample[suffix] = (member, self._unseekable_bytes(tar, member, seekable,
-                                                                     suffix))
-                if key is not None:
-                    yield self._record(url, stamp, key, sample)
-
-    def _unseekable_bytes(self, tar: tarfile.TarFile, member: tarfile.TarInfo, seekable: bool,
-                          suffix: str) -> bytes | None:
-        """An image member's bytes when no worker could seek to them (a compressed shard, a
-        sparse member) and they are within max_bytes; else None, the worker reads them."""
-        if seekable and not member.issparse():
-            return None
-        if suffix not in SHARD_IMAGE_EXTS or member.size > self.max_bytes:
-            return None
-        return tar.extractfile(member).read()
-
-    def _record(self, url: str, stamp: tuple[int, int], key: str, sample: dict) -> Record:
-        meta = {"source": url, "source_key": key}
-        image = next((sample[e] for e in SHARD_IMAGE_EXTS if e in sample), None)
-        if image is None:
-            return Record(key, meta, max_bytes=self.max_bytes)
-        member, data = image
-        return Record(key, meta, data=data, path=url, max_bytes=self.max_bytes,
-                      span=(member.offset_data, member.size), stamp=stamp)
-
-
-def _open_tar(f) -> tuple[tarfile.TarFile, bool]:
-    """A shard opened to walk its headers, and whether its members are byte ranges of the file:
-    an uncompressed tar is walked by seeking from header to header (the data in between is
-    never read); a compressed one can only be read as a stream."""
-    try:
-        return tarfile.open(fileobj=f, mode="r:"), True
-    except tarfile.ReadError:
-        f.seek(0)
-        return tarfile.open(fileobj=f, mode="r|*"), False
-
-
-def read_shards(urls: list[str], *, shuffle: int = 0, seed: int = 0, by_rank: bool = False,
-                by_worker: bool = False):
-    """The one place a `webdataset.WebDataset` is built: raw samples (dicts of member bytes) of
-    `urls` in stored order, or, with `shuffle`, in shuffled shard order through a `shuffle`-sample
-    buffer. `by_rank` / `by_worker` give each DDP rank / DataLoader worker its own shards
-    (training); without them every sample is read once, in one process."""
-    import webdataset as wds  # imports torch (~1 s): keep it out of worker processes
-
-    dataset = wds.WebDataset(
-        urls,
-        shardshuffle=len(urls) if shuffle else False,
-        nodesplitter=wds.split_by_node if by_rank else None,
-        workersplitter=wds.split_by_worker if by_worker else None,
-        seed=seed,
-        empty_check=False,
-    )
-    return dataset.shuffle(shuffle, seed=seed) if shuffle else dataset
 
 
 class ListSource:
@@ -407,7 +160,7 @@ class ListSource:
         return len(self.entries())
 
     def fingerprint(self) -> str:
-        return _fingerprint([e, _file_identity(self._path(e))] for e in self.entries())
+        return input_fingerprint([e, file_identity(self._path(e))] for e in self.entries())
 
     def record_keys(self) -> Iterator[tuple[str, str]]:
         return ((entry, entry) for entry in self.entries())
@@ -432,7 +185,7 @@ class MultiSource:
         return None if None in counts else sum(counts)
 
     def fingerprint(self) -> str:
-        return _fingerprint([label, source.fingerprint()]
+        return input_fingerprint([label, source.fingerprint()]
                             for label, source in zip(self.labels, self.sources, strict=True))
 
     def record_keys(self) -> Iterator[tuple[str, str]]:

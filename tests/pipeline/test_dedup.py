@@ -15,7 +15,7 @@ from pipeline import demo
 from pipeline.autoencoder import load_model
 from pipeline.cli import main
 from pipeline.crops import CropParams, extract_crops
-from pipeline.dedup import DEFAULT_RADIUS, hash_crops
+from pipeline.dedup import DEFAULT_RADIUS
 from pipeline.dedup import dedup as run_dedup
 from pipeline.files import read_jsonl
 from pipeline.grouping import (
@@ -28,6 +28,7 @@ from pipeline.grouping import (
     hamming_neighbours,
     keep_order,
 )
+from pipeline.hashing import hash_crops
 from pipeline.manifest import read_manifest
 from pipeline.reuploads import reupload
 from pipeline.shards import make_shards

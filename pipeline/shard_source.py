@@ -1,0 +1,137 @@
+"""WebDataset `.tar` shards as a source, and `read_shards`, the one place a WebDataset reader is
+built.
+
+Listing a shard reads only its tar headers, seeking from one to the next (an uncompressed tar's
+members are byte ranges of the file); each record points at its image member's byte range, which
+the worker reads itself. Samples and keys follow webdataset's own rules, so a shard lists the
+same samples here as in any WebDataset reader.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+
+from pipeline.records import (
+    DEFAULT_MAX_BYTES,
+    Record,
+    SourceError,
+    file_identity,
+    input_fingerprint,
+)
+
+# Sample members that hold the image when reading WebDataset shards, in order of preference.
+SHARD_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "ppm", "tif", "tiff", "gif")
+
+# webdataset's rules for tar members (webdataset.tariterators), so that keys and samples are
+# those every WebDataset reader sees: names like this are metadata, not samples; a member's
+# sample key is its name up to the first dot of its last part, and its suffix is the rest.
+_META_NAME = re.compile(r"__[^/]*__($|/)")
+_KEY_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+
+
+class ShardSource:
+    """WebDataset .tar shards, in the order given (brace patterns and globs expanded). Iteration
+    reads only the tar headers; each record points at its image member's byte range."""
+
+    kind = "shards"
+
+    def __init__(self, urls: list[str], counts: list[int] | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES):
+        self.urls = urls
+        self.counts = counts
+        self.max_bytes = max_bytes
+
+    def count(self) -> int | None:
+        return sum(self.counts) if self.counts is not None else None
+
+    def fingerprint(self) -> str:
+        return input_fingerprint([url, file_identity(url)] for url in self.urls)
+
+    def record_keys(self) -> Iterator[tuple[str, str]]:
+        return ((rec.key, rec.key) for rec in self)
+
+    def __iter__(self) -> Iterator[Record]:
+        for url in self.urls:
+            try:
+                yield from self._shard_records(url)
+            except tarfile.ReadError as err:
+                raise SourceError(f"{url}: not a readable tar shard ({err})") from None
+
+    def _shard_records(self, url: str) -> Iterator[Record]:
+        """One shard's samples: consecutive members with the same key, grouped as webdataset
+        groups them (regular files only, suffixes lower-cased)."""
+        # Unbuffered: a read-ahead buffer would pull in the start of each image with its header.
+        with open(url, "rb", buffering=0) as f:
+            info = os.fstat(f.fileno())
+            stamp = (info.st_size, info.st_mtime_ns)
+            tar, seekable = _open_tar(f)
+            with tar:
+                key, sample = None, {}
+                while (member := tar.next()) is not None:
+                    tar.members = []  # tarfile keeps every header read: a shard's worth
+                    match = _KEY_SUFFIX.match(member.name)
+                    if not member.isreg() or _META_NAME.match(member.name) or match is None:
+                        continue
+                    if match.group(1) != key:
+                        if key is not None:
+                            yield self._record(url, stamp, key, sample)
+                        key, sample = match.group(1), {}
+                    suffix = match.group(2).lower()
+                    if suffix in sample:
+                        raise SourceError(f"{url}: sample {key!r} has two .{suffix} members")
+                    sample[suffix] = (member, self._unseekable_bytes(tar, member, seekable,
+                                                                     suffix))
+                if key is not None:
+                    yield self._record(url, stamp, key, sample)
+
+    def _unseekable_bytes(self, tar: tarfile.TarFile, member: tarfile.TarInfo, seekable: bool,
+                          suffix: str) -> bytes | None:
+        """An image member's bytes when no worker could seek to them (a compressed shard, a
+        sparse member) and they are within max_bytes; else None, the worker reads them."""
+        if seekable and not member.issparse():
+            return None
+        if suffix not in SHARD_IMAGE_EXTS or member.size > self.max_bytes:
+            return None
+        return tar.extractfile(member).read()
+
+    def _record(self, url: str, stamp: tuple[int, int], key: str, sample: dict) -> Record:
+        meta = {"source": url, "source_key": key}
+        image = next((sample[e] for e in SHARD_IMAGE_EXTS if e in sample), None)
+        if image is None:
+            return Record(key, meta, max_bytes=self.max_bytes)
+        member, data = image
+        return Record(key, meta, data=data, path=url, max_bytes=self.max_bytes,
+                      span=(member.offset_data, member.size), stamp=stamp)
+
+
+def _open_tar(f) -> tuple[tarfile.TarFile, bool]:
+    """A shard opened to walk its headers, and whether its members are byte ranges of the file:
+    an uncompressed tar is walked by seeking from header to header (the data in between is
+    never read); a compressed one can only be read as a stream."""
+    try:
+        return tarfile.open(fileobj=f, mode="r:"), True
+    except tarfile.ReadError:
+        f.seek(0)
+        return tarfile.open(fileobj=f, mode="r|*"), False
+
+
+def read_shards(urls: list[str], *, shuffle: int = 0, seed: int = 0, by_rank: bool = False,
+                by_worker: bool = False):
+    """The one place a `webdataset.WebDataset` is built: raw samples (dicts of member bytes) of
+    `urls` in stored order, or, with `shuffle`, in shuffled shard order through a `shuffle`-sample
+    buffer. `by_rank` / `by_worker` give each DDP rank / DataLoader worker its own shards
+    (training); without them every sample is read once, in one process."""
+    import webdataset as wds  # imports torch (~1 s): keep it out of worker processes
+
+    dataset = wds.WebDataset(
+        urls,
+        shardshuffle=len(urls) if shuffle else False,
+        nodesplitter=wds.split_by_node if by_rank else None,
+        workersplitter=wds.split_by_worker if by_worker else None,
+        seed=seed,
+        empty_check=False,
+    )
+    return dataset.shuffle(shuffle, seed=seed) if shuffle else dataset
