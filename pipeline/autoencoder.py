@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from pipeline.devices import resolve_device
 from pipeline.files import write_bytes_atomic
+from pipeline.hashing import STD_FLOOR
 from pipeline.pixels import to_float
 from pipeline.torch_files import UnsafeFileError, load_plain
 
@@ -83,7 +84,7 @@ class SemanticHashAutoencoder(nn.Module):
         return self.decoder(self.dropout(code)).view_as(x)
 
 
-def standardize(x: torch.Tensor, floor: float = 8 / 127.5) -> torch.Tensor:
+def standardize(x: torch.Tensor, floor: float = STD_FLOOR / 127.5) -> torch.Tensor:
     """Each crop minus its mean, over its standard deviation (at least `floor`, 8 grey levels).
 
     A brightness or contrast change then leaves the code untouched, and low-contrast crops
@@ -208,14 +209,6 @@ def train(
 
 
 @torch.no_grad()
-def semantic_hash(model: SemanticHashAutoencoder, crops: np.ndarray,
-                  device: str | torch.device = "cpu") -> np.ndarray:
-    """Binarized codes: uint8 N x (bits / 8), bit i set where code unit i's ReLU is active."""
-    model = model.to(device).eval()
-    active = model.preactivation(to_input(crops, device)) > 0
-    return np.packbits(active.cpu().numpy(), axis=1)
-
-
 def save_model(model: SemanticHashAutoencoder, path: Path, extra: dict | None = None) -> None:
     """A plain state dict + config (tensors, numbers and strings only): safe to load anywhere."""
     import io

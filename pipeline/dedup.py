@@ -9,8 +9,9 @@ Passes, each linear in the number of images and none holding the images in RAM:
    their status at once.
 2. **Train** the 3072-128-3072 autoencoder on a random sample of the crops (pipeline.autoencoder),
    or load a saved one with `model=` so the same hash applies to new data.
-3. **Hash** (pipeline.hashing). Encode all crops in large batches; the active ReLUs are the
-   128-bit code. With `--engine ray` the batches are tasks on the cluster (pipeline.engines).
+3. **Hash** (pipeline.hashing). Encode all crops in large batches, in numpy on the CPU; the
+   active ReLUs are the 128-bit code. With `--engine ray` the batches are tasks on the cluster
+   (pipeline.engines).
 4. **Verify** (the default): codes within `radius` bits propose a bounded number of candidate
    pairs per image (pipeline.grouping); each pair is judged on the whole-frame thumbnails
    against a threshold calibrated on the data itself (pipeline.verify), and groups form around
@@ -158,8 +159,7 @@ def dedup(
                     min_steps=min_steps, noise=noise, dropout=dropout, code_noise=code_noise,
                     batch_size=batch_size, seed=seed, device=device, progress=progress)
         with _timed(timings, "hash_s"):
-            codes = hash_all(hash_model, crops.images, mapper, device=device,
-                             progress=progress)
+            codes = hash_all(hash_model, crops.images, mapper, progress=progress)
         verification: dict = {"enabled": verify}
         if verify:
             with _timed(timings, "verify_s"):

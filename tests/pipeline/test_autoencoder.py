@@ -15,11 +15,15 @@ from pipeline.autoencoder import (
     corrupt,
     load_model,
     save_model,
-    semantic_hash,
     to_input,
 )
+from pipeline.hashing import HashEncoder
 
 CONFIG = HashConfig(side=32, bits=128, noise=1.0, dropout=0.1, binary=True, code_noise=3.0)
+
+
+def semantic_hash(model: SemanticHashAutoencoder, crops: np.ndarray) -> np.ndarray:
+    return HashEncoder.of(model).codes(crops)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +42,19 @@ def test_codes_ignore_brightness(crops):
     assert len(unclipped) > 20
     brighter = unclipped + np.uint8(20)
     assert np.array_equal(semantic_hash(model, unclipped), semantic_hash(model, brighter))
+
+
+def test_numpy_codes_are_the_trained_encoders_active_units(crops):
+    """Hashing runs in numpy on the weights (pipeline.hashing); each bit must be the torch
+    encoder's own ReLU, wherever the pre-activation is not within rounding of the threshold."""
+    torch.manual_seed(5)
+    model = SemanticHashAutoencoder(CONFIG).eval()
+    with torch.no_grad():
+        pre = model.preactivation(to_input(crops)).numpy()
+    bits = np.unpackbits(semantic_hash(model, crops), axis=1).astype(bool)
+    clear = np.abs(pre) > 1e-4
+    assert clear.mean() > 0.99
+    assert np.array_equal(bits[clear], pre[clear] > 0)
 
 
 def test_corruption_is_realistic_and_off_at_zero(crops):
@@ -82,8 +99,9 @@ def test_binary_decoder_sees_only_the_hash(crops):
     is trained on exactly what the hash keeps, so the information has to live in the bits."""
     torch.manual_seed(2)
     model = SemanticHashAutoencoder(CONFIG).eval()
-    bits = np.unpackbits(semantic_hash(model, crops), axis=1).astype(np.float32)
-    expected = model.decoder(torch.from_numpy(bits)).view(len(crops), 3, 32, 32)
+    with torch.no_grad():
+        bits = (model.preactivation(to_input(crops)) > 0).float()
+    expected = model.decoder(bits).view(len(crops), 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(to_input(crops)), expected, atol=1e-5)
 

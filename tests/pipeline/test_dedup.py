@@ -28,7 +28,7 @@ from pipeline.grouping import (
     hamming_neighbours,
     keep_order,
 )
-from pipeline.hashing import hash_crops
+from pipeline.hashing import HashEncoder, hash_crops
 from pipeline.manifest import read_manifest
 from pipeline.reuploads import reupload
 from pipeline.shards import make_shards
@@ -117,7 +117,7 @@ def test_model_reuse_gives_identical_codes(tmp_path, tiles):
     assert groups_of(tmp_path / "first") == groups_of(tmp_path / "second")
     model, _ = load_model(model_path)
     crops = extract_crops(open_source(folder), tmp_path, CropParams(), 1, progress=False)
-    codes = hash_crops(model, crops.images, device="cpu", progress=False)
+    codes = hash_crops(HashEncoder.of(model), crops.images, progress=False)
     assert codes.shape == (41, 16)
     first = groups_of(tmp_path / "first")[0]
     assert first["code"] == codes[1].tobytes().hex()
@@ -183,7 +183,7 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path, tiles):
         tracemalloc.start()
         crops = extract_crops(open_source(folder), out, CropParams(), 1, chunk_size=16,
                               progress=False)
-        hash_crops(model, crops.images, device="cpu", batch=32, progress=False)
+        hash_crops(HashEncoder.of(model), crops.images, batch=32, progress=False)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     per_extra_image = (peaks[1] - peaks[0]) / 180
@@ -287,7 +287,7 @@ def test_paper_mode_is_radius_0_without_verification(tmp_path, tiles):
     assert not (tmp_path / "paper" / "distances.png").exists()
     hash_model, _ = load_model(model)
     crops = extract_crops(open_source(folder), tmp_path, CropParams(), 1, progress=False)
-    codes = hash_crops(hash_model, crops.images, device="cpu", progress=False)
+    codes = hash_crops(HashEncoder.of(hash_model), crops.images, progress=False)
     expected = group_codes(codes, radius=0)  # equal codes, nothing else
     keys = [line["key"] for line in read_jsonl(tmp_path / "records.jsonl")]
     want = {frozenset(keys[r] for r in np.flatnonzero(expected == g))
