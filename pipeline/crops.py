@@ -5,7 +5,10 @@ Each record is decoded once by a pure per-chunk worker (`crop_chunk`) mapped ove
 a Ray cluster's (pipeline.engines), into its side x side center crop (what the paper's hash
 reads) and the grey thumbnails of its whole frame that verification compares
 (pipeline.verify.frame_views). Both stream in input order into uint8 files that the later passes
-read as memory maps, so no pass ever holds the images in RAM. Alongside, a JSON-lines log gets
+read as memory maps, so no pass ever holds the images in RAM. A picture in a uniform frame or
+between letterbox bars also gets the center crop of what is inside them, to a third file: its
+code proposes candidates next to the frame's own (a framed copy's center crop is shifted and
+shrunk against the original's, so their codes are far apart). Alongside, a JSON-lines log gets
 one line per input, in input order: the crop's row, or why the record could not be decoded (the
 manifest is written from it once the groups are known).
 
@@ -30,13 +33,14 @@ from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, image
 from pipeline.engines import Engine, LocalEngine
 from pipeline.geometry import center_crop, resize_area
 from pipeline.parallel import chunked
-from pipeline.reuploads import KINDS, SINGLE, reupload
+from pipeline.reuploads import KINDS, SINGLE, reuploaded
 from pipeline.sources import ReadError, Record, Source
 from pipeline.verify import SIDE as VIEW_SIDE
-from pipeline.verify import VIEWS, frame_views, sampled
+from pipeline.verify import VIEWS, frame_views, inner_box, sampled
 
 CROPS_NAME = "crops.u8"  # scratch: the crops, removed when dedup ends
 VIEWS_NAME = "views.u8"  # scratch: the whole-frame thumbnails, removed when dedup ends
+INNER_NAME = "inner.u8"  # scratch: center crops of framed pictures inside their borders
 LOG_NAME = "records.jsonl"  # scratch: one line per input, in input order
 SIDE = 32  # the paper's 32x32 downsampled center crops
 REUPLOAD_SIDE = 128  # a sampled image is shrunk to this longer side before its re-upload is made
@@ -70,6 +74,8 @@ class CropChunk:
     crops: np.ndarray  # k x side x side x 3 uint8, k = decoded records, in order
     views: np.ndarray  # k x VIEW_SHAPE uint8, the whole-frame thumbnails
     pixels: list[int]  # header width * height of each decoded record (the keep rule uses it)
+    framed: list[int]  # which of the k decoded records have a uniform border ...
+    inner: np.ndarray  # ... and the center crop of the picture inside it, len(framed) x crop
     sampled: list[int]  # which of the k decoded records have a synthetic re-upload ...
     reuploads: np.ndarray  # ... and its thumbnails, len(sampled) x VIEW_SHAPE
 
@@ -78,6 +84,7 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
     """Decode each record into its center crop and frame thumbnails, or record why it cannot
     be; sampled records also get a synthetic re-upload's thumbnails."""
     entries, crops, views, pixels, chosen, reuploads = [], [], [], [], [], []
+    framed, inner = [], []
     for rec in records:
         try:
             data = rec.read()
@@ -90,11 +97,16 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
         if sampled(rec.key, params.calibration_rate):
             chosen.append(len(crops))
             reuploads.append(reupload_views(rgb, rec.key, params.seed))
+        box = inner_box(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+        if box is not None:
+            framed.append(len(crops))
+            inner.append(resize_area(center_crop(rgb[box]), params.side))
         crops.append(resize_area(center_crop(rgb), params.side))
         views.append(frame_views(rgb))
         pixels.append(width * height)
-    return CropChunk(entries, _stack(crops, (params.side, params.side, 3)),
-                     _stack(views, VIEW_SHAPE), pixels, chosen, _stack(reuploads, VIEW_SHAPE))
+    crop_shape = (params.side, params.side, 3)
+    return CropChunk(entries, _stack(crops, crop_shape), _stack(views, VIEW_SHAPE), pixels,
+                     framed, _stack(inner, crop_shape), chosen, _stack(reuploads, VIEW_SHAPE))
 
 
 def reupload_views(rgb: np.ndarray, key: str, seed: int) -> np.ndarray:
@@ -105,8 +117,7 @@ def reupload_views(rgb: np.ndarray, key: str, seed: int) -> np.ndarray:
     if scale < 1:
         rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)),
                                max(1, round(rgb.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-    data = reupload(rgb, str(rng.choice(CALIBRATION_KINDS)), rng)
-    return frame_views(decode_image(data))
+    return frame_views(reuploaded(rgb, str(rng.choice(CALIBRATION_KINDS)), rng))
 
 
 def _stack(arrays: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -120,6 +131,8 @@ class Crops:
     images: np.ndarray  # memmap, n x side x side x 3
     views: np.ndarray  # memmap, n x VIEW_SHAPE
     pixels: np.ndarray  # n, header pixel counts
+    inner: np.ndarray  # memmap, m x side x side x 3: the framed pictures' inner crops ...
+    framed: np.ndarray  # ... and their rows (m)
     inputs: int
     rejected: dict[str, int] = field(default_factory=dict)
     sampled: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows ...
@@ -138,15 +151,18 @@ def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *
     pixels = array("q")  # 8 bytes per image, not a Python int object each
     rejected: dict[str, int] = {}
     inputs = 0
-    sampled_rows, reuploads = [], []
+    sampled_rows, reuploads, framed_rows = [], [], []
     bar = tqdm(total=total, unit="img", desc="crops", disable=not progress, dynamic_ncols=True)
     with open(out / CROPS_NAME, "wb") as crop_file, open(out / VIEWS_NAME, "wb") as view_file, \
+            open(out / INNER_NAME, "wb") as inner_file, \
             open(out / LOG_NAME, "w", encoding="utf-8") as log:
         for chunk in engine.map(crop_chunk, params, chunked(iter(source), chunk_size)):
             crop_file.write(chunk.crops.tobytes())
             view_file.write(chunk.views.tobytes())
+            inner_file.write(chunk.inner.tobytes())
             row = len(pixels)
             sampled_rows.extend(row + k for k in chunk.sampled)
+            framed_rows.extend(row + k for k in chunk.framed)
             reuploads.append(chunk.reuploads)
             for entry in chunk.entries:
                 if entry.status is None:
@@ -160,10 +176,12 @@ def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *
             inputs += len(chunk.entries)
             bar.update(len(chunk.entries))
     bar.close()
-    n = len(pixels)
-    return Crops(_memmap(out / CROPS_NAME, (n, params.side, params.side, 3)),
+    n, crop_shape = len(pixels), (params.side, params.side, 3)
+    return Crops(_memmap(out / CROPS_NAME, (n, *crop_shape)),
                  _memmap(out / VIEWS_NAME, (n, *VIEW_SHAPE)), np.asarray(pixels, np.int64),
-                 inputs, rejected, np.asarray(sampled_rows, np.int64),
+                 _memmap(out / INNER_NAME, (len(framed_rows), *crop_shape)),
+                 np.asarray(framed_rows, np.int64), inputs, rejected,
+                 np.asarray(sampled_rows, np.int64),
                  np.concatenate([np.zeros((0, *VIEW_SHAPE), np.uint8), *reuploads]))
 
 

@@ -40,7 +40,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.crops import CROPS_NAME, LOG_NAME, SIDE, VIEWS_NAME, CropParams, Crops, extract_crops
+from pipeline.crops import (
+    CROPS_NAME,
+    INNER_NAME,
+    LOG_NAME,
+    SIDE,
+    VIEWS_NAME,
+    CropParams,
+    Crops,
+    extract_crops,
+)
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.dedup_results import (
     DUPLICATES_NAME,
@@ -85,14 +94,14 @@ if TYPE_CHECKING:  # torch is imported only when hashing, so `pipeline --help` s
 
 MODEL_NAME = "autoencoder.pt"
 OUTPUTS = (MANIFEST_NAME, SUMMARY_NAME, GROUPS_NAME, DUPLICATES_NAME, MODEL_NAME, LOSS_NAME,
-           SHEET_NAME, REJECTED_NAME, HISTOGRAM_NAME, CROPS_NAME, VIEWS_NAME, LOG_NAME)
+           SHEET_NAME, REJECTED_NAME, HISTOGRAM_NAME, CROPS_NAME, VIEWS_NAME, INNER_NAME, LOG_NAME)
 
 # Defaults that benchmarks/dedup_quality.py measured (README "Dedup quality"); the code has
 # pipeline.hashing.BITS bits, the paper's 3072-128-3072 autoencoder.
 DEFAULT_RADIUS = 10  # candidate radius under verification (README "Dedup quality")
 CALIBRATION_SAMPLES = 1000  # images that get a synthetic re-upload for the calibration ...
-CALIBRATION_RATE = 0.02  # ... but never more than this fraction of them ...
-MIN_CALIBRATION_SAMPLES = 50  # ... nor fewer than this many
+CALIBRATION_RATE = 0.1  # ... but never more than this fraction of them ...
+MIN_CALIBRATION_SAMPLES = 200  # ... nor fewer than this many (the 0.9 quantile needs ~20 above)
 DEFAULT_TRAIN_SAMPLES = 200_000
 DEFAULT_EPOCHS = 20
 DEFAULT_MIN_STEPS = 2000  # measured: fewer steps leave the hash unselective on small samples
@@ -163,7 +172,9 @@ def dedup(
         verification: dict = {"enabled": verify}
         if verify:
             with _timed(timings, "verify_s"):
-                group, verification = verified_groups(out, crops, codes, radius, seed)
+                inner_codes = hash_all(hash_model, crops.inner, mapper, progress=False)
+                group, verification = verified_groups(out, crops, codes, inner_codes, radius,
+                                                      seed)
         else:
             group = group_codes(codes, radius)
         with _timed(timings, "group_s"):
@@ -171,7 +182,7 @@ def dedup(
             counts = write_outputs(out, groups, codes, progress)
             write_collision_sheet(out, crops, groups)
         del crops  # closes the memory maps before their files go
-        for name in (CROPS_NAME, VIEWS_NAME, LOG_NAME):
+        for name in (CROPS_NAME, VIEWS_NAME, INNER_NAME, LOG_NAME):
             (out / name).unlink(missing_ok=True)
 
         seconds = time.perf_counter() - started
@@ -258,28 +269,35 @@ def calibration_rate(total: int, verify: bool) -> float:
     return min(1.0, max(wanted, MIN_CALIBRATION_SAMPLES / total))
 
 
-def verified_groups(out: Path, crops: Crops, codes: np.ndarray, radius: int,
-                    seed: int) -> tuple[np.ndarray, dict]:
+def verified_groups(out: Path, crops: Crops, codes: np.ndarray, inner_codes: np.ndarray,
+                    radius: int, seed: int) -> tuple[np.ndarray, dict]:
     """Calibrate the threshold, judge every candidate pair, group from the pairs that pass;
     writes the histogram and the sheet of rejected candidates. Returns the group ids and the
-    summary's `verification` entry."""
+    summary's `verification` entry.
+
+    Candidates come from every image's code and, for framed pictures, also from the code of
+    the picture inside the frame (`inner_codes`, of rows `crops.framed`)."""
     calibration = calibration_distances(crops.views, codes, radius, crops.sampled,
                                         crops.reuploads, seed=seed)
-    neighbours = code_neighbours(codes, radius)
-    verdicts = verify_pairs(crops.views, candidate_pairs(neighbours), calibration.threshold)
+    neighbours = code_neighbours(np.concatenate([codes, inner_codes]), radius)
+    owners = np.concatenate([np.arange(len(codes)), crops.framed])
+    verdicts = verify_pairs(crops.views, candidate_pairs(neighbours, owners),
+                            calibration.threshold)
     write_figure_atomic(out / HISTOGRAM_NAME, histogram(calibration, verdicts.counts))
     write_rejected_sheet(out, crops, verdicts)
     group = group_pairs(len(codes), verdicts.left, verdicts.right, crops.pixels)
-    return group, verification_summary(radius, len(codes), calibration, verdicts)
+    return group, verification_summary(radius, len(codes), len(crops.framed), calibration,
+                                       verdicts)
 
 
-def verification_summary(radius: int, n: int, calibration: Calibration,
+def verification_summary(radius: int, n: int, framed: int, calibration: Calibration,
                          verdicts: Verdicts) -> dict:
     return {"enabled": True, "candidate_radius": radius,
             "candidate_pairs": verdicts.candidates,
             "candidates_per_image": round(verdicts.candidates / max(1, n), 2),
             "max_proposed_per_image": IMAGES_PER_CODE * (NEAREST_CODES + 1),
             "verified_pairs": int(len(verdicts.left)),
+            "framed_images": framed,
             **calibration.describe(),
             "nearest_rejected": [round(float(d), 4) for d in verdicts.rejected[:8, 0]]}
 

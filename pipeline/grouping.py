@@ -151,14 +151,19 @@ def code_neighbours(codes: np.ndarray, radius: int, nearest: int = NEAREST_CODES
     return CodeNeighbours(code_of, lims, near, reps, rep_lims)
 
 
-def candidate_pairs(neighbours: CodeNeighbours,
+def candidate_pairs(neighbours: CodeNeighbours, owners: np.ndarray | None = None,
                     chunk: int = PAIR_CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Every candidate pair once, as (left, right) row arrays, `chunk` images at a time.
+    """Every candidate pair, as (left, right) row arrays with left < right, `chunk` codes at a
+    time.
 
     An image's candidates are the images that stand for its own code and for its candidate
-    codes (`code_neighbours`): at most IMAGES_PER_CODE * (NEAREST_CODES + 1) per image, so the
+    codes (`code_neighbours`): at most IMAGES_PER_CODE * (NEAREST_CODES + 1) per code, so the
     number of pairs grows with N. The relation between codes is symmetric, so a pair of two
     standing-for images is produced from both sides; it is kept from the lower row only.
+
+    With `owners`, the codes are not one per image: code k belongs to image owners[k] (dedup
+    adds a second code for framed pictures). Pairs are then of owners, without an image paired
+    with itself, and a pair reached through both codes of an image may come twice.
     """
     nb = neighbours
     is_rep = nb.is_rep
@@ -170,6 +175,10 @@ def candidate_pairs(neighbours: CodeNeighbours,
                               nb.rep_lims[partner_code + 1], nb.reps)
         keep = (left != right) & (~is_rep[left] | (left < right))
         left, right = left[keep], right[keep]
+        if owners is not None:
+            left, right = owners[left], owners[right]
+            keep = left != right
+            left, right = left[keep], right[keep]
         yield np.minimum(left, right), np.maximum(left, right)
 
 
@@ -189,7 +198,11 @@ def group_pairs(n: int, left: np.ndarray, right: np.ndarray, pixels: np.ndarray)
     `keep_order` ranks first); each one not yet placed becomes an *anchor* and takes every
     unplaced image verified against **it**. Every member of a group has thus been verified
     against one image, the anchor: a path of pairwise matches (A~B, B~C, ...) cannot chain
-    unrelated pictures into one group. Group ids follow first appearance in the input.
+    unrelated pictures into one group. An anchor can be an outlier of its group (a cropped
+    copy that matched one more image than the original did), so an image still alone after
+    that then joins the group it was verified against most often, if that is at least half of
+    the group's members (`join_majority`): still never through a single link. Group ids follow
+    first appearance in the input.
     """
     group = np.full(n, -1, np.int64)
     if len(left) == 0:
@@ -209,11 +222,29 @@ def group_pairs(n: int, left: np.ndarray, right: np.ndarray, pixels: np.ndarray)
         if len(members):
             group[members] = anchor
             group[anchor] = anchor
+    join_majority(group, partners, lims, linked)
     placed = group >= 0
     ids, first_row = np.unique(group[placed], return_index=True)
     renumber = np.full(n, -1, np.int64)
     renumber[ids[np.argsort(first_row)]] = np.arange(len(ids))
     return np.where(placed, renumber[np.maximum(group, 0)], -1)
+
+
+def join_majority(group: np.ndarray, partners: np.ndarray, lims: np.ndarray,
+                  linked: np.ndarray) -> None:
+    """Place each image of `linked` that no anchor took into the group (ids are anchors'
+    rows) holding most of its verified partners, when they are at least half of that group as
+    the anchors formed it; in place. Images placed here do not count for each other."""
+    formed = group.copy()
+    size = np.bincount(formed[formed >= 0], minlength=len(group))
+    for image in linked[formed[linked] < 0]:
+        near = formed[partners[lims[image] : lims[image + 1]]]
+        near = near[near >= 0]
+        if len(near):
+            votes = np.bincount(near)
+            best = int(np.argmax(votes))
+            if 2 * votes[best] >= size[best]:
+                group[image] = best
 
 
 def keep_order(pixels: np.ndarray) -> np.ndarray:

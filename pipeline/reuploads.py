@@ -44,6 +44,18 @@ def reupload(rgb: np.ndarray, kind: str, rng: np.random.Generator) -> bytes:
     return encode(changed(rgb, kind, rng), "PNG")
 
 
+def reuploaded(rgb: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """The pixels that `reupload(rgb, kind, rng)`'s bytes decode to, with the same random draws,
+    without the lossless PNG round trip that changes nothing but costs ~10x the change itself
+    (what dedup's calibration uses: it needs the pixels, not a file)."""
+    if kind in ("exact", "lossless"):
+        return rgb
+    if kind == "combined":
+        first, second = rng.choice(SINGLE, 2, replace=False)
+        return changed(changed(rgb, str(first), rng), str(second), rng)
+    return changed(rgb, kind, rng)
+
+
 def changed(rgb: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
     """The pixels of `rgb` after one change (re-encodes are decoded back)."""
     h, w = rgb.shape[:2]

@@ -40,10 +40,11 @@ VERIFY_BATCH = 1 << 15  # candidate pairs compared at a time (bounded memory)
 
 # Calibration: a random different pair passes the threshold with at most this probability, and
 # the threshold never exceeds the distance that SAME_QUANTILE of the synthetic re-uploads reach
-# (the hardest few per cent of synthetic changes are given up: on the quality set, 0.98 let in
-# ~20x more false pairs for 0.02 more recall; benchmarks/dedup_quality.py).
+# (the hardest tenth of synthetic changes, mostly crops and rotations, is given up: on the
+# quality set, 0.98 let in ~20x more false pairs for 0.02 more recall, and 0.93 merged a few
+# pairs of look-alike tiles when the sample was large; benchmarks/dedup_quality.py).
 DISTINCT_QUANTILE = 1e-3
-SAME_QUANTILE = 0.93
+SAME_QUANTILE = 0.90
 DISTINCT_PAIRS = 20_000  # random pairs of different images the calibration measures
 
 
@@ -60,13 +61,21 @@ def frame_views(rgb: np.ndarray) -> np.ndarray:
 
 def trim_borders(grey: np.ndarray) -> np.ndarray:
     """`grey` without uniform rows or columns of one grey level on its edges (a frame or
-    letterbox bars); untouched when that would remove more than MAX_TRIM of either side."""
+    letterbox bars); untouched when there are none (see `inner_box`)."""
+    box = inner_box(grey)
+    return grey if box is None else grey[box]
+
+
+def inner_box(grey: np.ndarray) -> tuple[slice, slice] | None:
+    """Where the picture is inside uniform borders (rows, columns), or None when it has none,
+    or when they would take more than MAX_TRIM of either side (a dark or flat picture)."""
     h, w = grey.shape
     top, bottom = _border(grey), _border(grey[::-1])
     left, right = _border(grey.T), _border(grey.T[::-1])
-    if top + bottom > MAX_TRIM * h or left + right > MAX_TRIM * w:
-        return grey
-    return grey[top : h - bottom, left : w - right]
+    if top + bottom > MAX_TRIM * h or left + right > MAX_TRIM * w or \
+            top + bottom + left + right == 0:
+        return None
+    return slice(top, h - bottom), slice(left, w - right)
 
 
 def _border(grey: np.ndarray) -> int:
@@ -208,7 +217,8 @@ class Verdicts:
 
 def verify_pairs(views: np.ndarray, pairs, threshold: float) -> Verdicts:
     """Judge every candidate pair from `pairs` (an iterator of (left, right) chunks) on the
-    thumbnails `views`; memory holds one chunk, the passing pairs and a histogram."""
+    thumbnails `views`; memory holds one chunk, the passing pairs and a histogram. A pair
+    proposed twice passes once."""
     kept = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
     counts, candidates = np.zeros(len(BINS) - 1, np.int64), 0
     rejected = np.zeros((0, 3))
@@ -219,11 +229,10 @@ def verify_pairs(views: np.ndarray, pairs, threshold: float) -> Verdicts:
         ok = d <= threshold
         kept.append((left[ok], right[ok], d[ok]))
         near = np.column_stack([d[~ok], left[~ok], right[~ok]])
-        rejected = np.concatenate([rejected, near])
-        rejected = rejected[np.lexsort((rejected[:, 2], rejected[:, 1], rejected[:, 0]))]
-        rejected = rejected[:NEAREST_REJECTED]
+        rejected = np.unique(np.concatenate([rejected, near]), axis=0)[:NEAREST_REJECTED]
     left, right, distance = (np.concatenate(x) for x in zip(*kept, strict=True))
-    return Verdicts(left, right, distance, candidates, counts, rejected)
+    _, once = np.unique(np.column_stack([left, right]), axis=0, return_index=True)
+    return Verdicts(left[once], right[once], distance[once], candidates, counts, rejected)
 
 
 def histogram(calibration: Calibration, candidate_counts: np.ndarray | None = None):

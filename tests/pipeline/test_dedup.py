@@ -217,6 +217,31 @@ def test_verified_pairs_group_around_anchors_without_chaining():
         assert any(all(r == a or (min(a, r), max(a, r)) in pairs for r in rows) for a in rows)
 
 
+def test_an_image_an_outlier_anchor_left_out_joins_the_group_it_matches_mostly():
+    """Anchor 4 (a cropped copy, say) matched more images than the original 0 did; image 6
+    matches 0, 1, 2 and 3 but not the anchor, so it joins by majority (4 of the 7 members);
+    image 7 matches one member only and stays alone (a single link never chains)."""
+    pairs = [(0, 1), (0, 2), (0, 3), (0, 4), (1, 4), (2, 4), (3, 4), (4, 5), (4, 8),
+             (0, 6), (1, 6), (2, 6), (3, 6), (5, 7)]
+    left, right = (np.array(x) for x in zip(*pairs, strict=True))
+    groups = group_pairs(9, left, right, pixels=np.full(9, 100))
+    assert groups.tolist() == [0, 0, 0, 0, 0, 0, 0, -1, 0]
+
+
+def test_a_second_code_per_image_proposes_pairs_of_images_never_with_itself():
+    """dedup gives a framed picture a second code (of the picture inside the frame); pairs
+    are then of images, and an image's two codes never pair it with itself."""
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 256, (50, 16), dtype=np.uint8)
+    one_bit = np.eye(16, dtype=np.uint8)[0]
+    inner = codes[[7, 20, 9]] ^ one_bit  # second codes near 7's and 20's own (image 20's two),
+    owners = np.concatenate([np.arange(50), [20, 20, 30]])  # and near 9's (image 30's)
+    neighbours = code_neighbours(np.concatenate([codes, inner]), radius=4)
+    pairs = [(int(a), int(b)) for left, right in candidate_pairs(neighbours, owners)
+             for a, b in zip(left, right, strict=True)]
+    assert set(pairs) == {(7, 20), (9, 30)}
+
+
 def test_candidates_are_bounded_per_image_and_listed_once():
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, (3000, 16), dtype=np.uint8)
@@ -275,6 +300,27 @@ def test_verification_finds_reuploads_and_reports_its_threshold(tmp_path, tiles)
     for name in ("distances.png", "collisions.png", "rejected.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert not (tmp_path / "out" / "views.u8").exists()  # scratch removed
+
+
+def test_a_framed_copy_is_found_though_its_center_crop_code_is_far(tmp_path, tiles):
+    """A frame shrinks the picture inside the center crop, so the hash alone cannot propose
+    the pair; the code of the picture inside the frame does."""
+    folder = write_folder(tmp_path / "src", tiles[:30])
+    for i in range(3):
+        framed = np.pad(tiles[i], ((8, 8), (8, 8), (0, 0)))  # a black frame, 8 px of 64
+        (folder / f"t{i:03d}_framed.png").write_bytes(demo.encode(framed, "PNG"))
+    summary = run_dedup([folder], tmp_path / "out", **FAST)
+    hash_model, _ = load_model(tmp_path / "out" / "autoencoder.pt")
+    crops = extract_crops(open_source(folder), tmp_path, CropParams(), 1, progress=False)
+    codes = hash_crops(HashEncoder.of(hash_model), crops.images, progress=False)
+    keys = [line["key"] for line in read_jsonl(tmp_path / "records.jsonl")]
+    row = {key: r for r, key in enumerate(keys)}
+    bits = [int(np.bitwise_count(codes[row[f"t{i:03d}.png"]] ^ codes[row[f"t{i:03d}_framed.png"]])
+                .sum()) for i in range(3)]
+    assert max(bits) > DEFAULT_RADIUS  # at least one pair the frame's own code cannot reach
+    assert summary["verification"]["framed_images"] >= 3  # and tiles with a flat edge
+    found = {frozenset(g["members"]) for g in groups_of(tmp_path / "out")}
+    assert found == {frozenset({f"t{i:03d}.png", f"t{i:03d}_framed.png"}) for i in range(3)}
 
 
 def test_paper_mode_is_radius_0_without_verification(tmp_path, tiles):
