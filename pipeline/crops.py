@@ -36,7 +36,7 @@ from pipeline.parallel import chunked
 from pipeline.reuploads import KINDS, SINGLE, reuploaded
 from pipeline.sources import ReadError, Record, Source
 from pipeline.verify import SIDE as VIEW_SIDE
-from pipeline.verify import VIEWS, frame_views, inner_box, sampled
+from pipeline.verify import VIEWS, frame_views, sampled
 
 CROPS_NAME = "crops.u8"  # scratch: the crops, removed when dedup ends
 VIEWS_NAME = "views.u8"  # scratch: the whole-frame thumbnails, removed when dedup ends
@@ -97,12 +97,12 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
         if sampled(rec.key, params.calibration_rate):
             chosen.append(len(crops))
             reuploads.append(reupload_views(rgb, rec.key, params.seed))
-        box = inner_box(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+        frame, box = frame_views(rgb)
         if box is not None:
             framed.append(len(crops))
             inner.append(resize_area(center_crop(rgb[box]), params.side))
         crops.append(resize_area(center_crop(rgb), params.side))
-        views.append(frame_views(rgb))
+        views.append(frame)
         pixels.append(width * height)
     crop_shape = (params.side, params.side, 3)
     return CropChunk(entries, _stack(crops, crop_shape), _stack(views, VIEW_SHAPE), pixels,
@@ -117,7 +117,7 @@ def reupload_views(rgb: np.ndarray, key: str, seed: int) -> np.ndarray:
     if scale < 1:
         rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)),
                                max(1, round(rgb.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-    return frame_views(reuploaded(rgb, str(rng.choice(CALIBRATION_KINDS)), rng))
+    return frame_views(reuploaded(rgb, str(rng.choice(CALIBRATION_KINDS)), rng))[0]
 
 
 def _stack(arrays: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:

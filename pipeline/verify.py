@@ -50,20 +50,14 @@ DISTINCT_PAIRS = 20_000  # random pairs of different images the calibration meas
 
 # ---- per image (in the crops worker) ---------------------------------------------------------
 
-def frame_views(rgb: np.ndarray) -> np.ndarray:
+def frame_views(rgb: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice] | None]:
     """uint8 VIEWS x SIDE x SIDE: the grey whole frame as decoded and with uniform borders
-    trimmed (the same twice when there is no border)."""
+    trimmed (the same twice when there is no border); and where the picture inside the
+    borders is (`inner_box`), for dedup's inner crop."""
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     whole = _thumb(grey)
-    trimmed = trim_borders(grey)
-    return np.stack([whole, whole if trimmed is grey else _thumb(trimmed)])
-
-
-def trim_borders(grey: np.ndarray) -> np.ndarray:
-    """`grey` without uniform rows or columns of one grey level on its edges (a frame or
-    letterbox bars); untouched when there are none (see `inner_box`)."""
     box = inner_box(grey)
-    return grey if box is None else grey[box]
+    return np.stack([whole, whole if box is None else _thumb(grey[box])]), box
 
 
 def inner_box(grey: np.ndarray) -> tuple[slice, slice] | None:
