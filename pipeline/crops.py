@@ -36,7 +36,7 @@ from pipeline.parallel import chunked
 from pipeline.reuploads import KINDS, SINGLE, reuploaded
 from pipeline.sources import ReadError, Record, Source
 from pipeline.verify import SIDE as VIEW_SIDE
-from pipeline.verify import VIEWS, frame_views, sampled
+from pipeline.verify import VIEWS, frame_views, is_frame, sampled
 
 CROPS_NAME = "crops.u8"  # scratch: the crops, removed when dedup ends
 VIEWS_NAME = "views.u8"  # scratch: the whole-frame thumbnails, removed when dedup ends
@@ -74,17 +74,19 @@ class CropChunk:
     crops: np.ndarray  # k x side x side x 3 uint8, k = decoded records, in order
     views: np.ndarray  # k x VIEW_SHAPE uint8, the whole-frame thumbnails
     pixels: list[int]  # header width * height of each decoded record (the keep rule uses it)
-    framed: list[int]  # which of the k decoded records have a uniform border ...
-    inner: np.ndarray  # ... and the center crop of the picture inside it, len(framed) x crop
+    framed: list[bool]  # each decoded record: is it framed (pipeline.verify.is_frame)
+    inner_rows: list[int]  # which of the k decoded records have a uniform border ...
+    inner: np.ndarray  # ... and the center crop of the picture inside it, len(inner_rows) x crop
     sampled: list[int]  # which of the k decoded records have a synthetic re-upload ...
-    reuploads: np.ndarray  # ... and its thumbnails, len(sampled) x VIEW_SHAPE
+    reuploads: np.ndarray  # ... and its thumbnails, len(sampled) x VIEW_SHAPE ...
+    reuploads_framed: list[bool]  # ... and whether it is framed
 
 
 def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
     """Decode each record into its center crop and frame thumbnails, or record why it cannot
     be; sampled records also get a synthetic re-upload's thumbnails."""
-    entries, crops, views, pixels, chosen, reuploads = [], [], [], [], [], []
-    framed, inner = [], []
+    entries, crops, views, pixels, framed, chosen = [], [], [], [], [], []
+    inner_rows, inner, reuploads, reuploads_framed = [], [], [], []
     for rec in records:
         try:
             data = rec.read()
@@ -96,28 +98,34 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
         entries.append(CropEntry(rec.key))
         if sampled(rec.key, params.calibration_rate):
             chosen.append(len(crops))
-            reuploads.append(reupload_views(rgb, rec.key, params.seed))
+            copy, copy_framed = reupload_views(rgb, rec.key, params.seed)
+            reuploads.append(copy)
+            reuploads_framed.append(copy_framed)
         frame, box = frame_views(rgb)
         if box is not None:
-            framed.append(len(crops))
+            inner_rows.append(len(crops))
             inner.append(resize_area(center_crop(rgb[box]), params.side))
         crops.append(resize_area(center_crop(rgb), params.side))
         views.append(frame)
+        framed.append(is_frame(box, rgb.shape))
         pixels.append(width * height)
     crop_shape = (params.side, params.side, 3)
     return CropChunk(entries, _stack(crops, crop_shape), _stack(views, VIEW_SHAPE), pixels,
-                     framed, _stack(inner, crop_shape), chosen, _stack(reuploads, VIEW_SHAPE))
+                     framed, inner_rows, _stack(inner, crop_shape), chosen,
+                     _stack(reuploads, VIEW_SHAPE), reuploads_framed)
 
 
-def reupload_views(rgb: np.ndarray, key: str, seed: int) -> np.ndarray:
-    """The frame thumbnails of a synthetic re-upload of `rgb` (its kind and randomness drawn
-    from the key and the seed, so every run makes the same one)."""
+def reupload_views(rgb: np.ndarray, key: str, seed: int) -> tuple[np.ndarray, bool]:
+    """The frame thumbnails of a synthetic re-upload of `rgb`, and whether it is framed (its
+    kind and randomness drawn from the key and the seed, so every run makes the same one)."""
     rng = np.random.default_rng([zlib.crc32(key.encode("utf-8")), seed])
     scale = REUPLOAD_SIDE / max(rgb.shape[:2])
     if scale < 1:
         rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)),
                                max(1, round(rgb.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-    return frame_views(reuploaded(rgb, str(rng.choice(CALIBRATION_KINDS)), rng))[0]
+    copy = reuploaded(rgb, str(rng.choice(CALIBRATION_KINDS)), rng)
+    views, box = frame_views(copy)
+    return views, is_frame(box, copy.shape)
 
 
 def _stack(arrays: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -131,13 +139,16 @@ class Crops:
     images: np.ndarray  # memmap, n x side x side x 3
     views: np.ndarray  # memmap, n x VIEW_SHAPE
     pixels: np.ndarray  # n, header pixel counts
-    inner: np.ndarray  # memmap, m x side x side x 3: the framed pictures' inner crops ...
-    framed: np.ndarray  # ... and their rows (m)
+    framed: np.ndarray  # n flags: framed (pipeline.verify.is_frame)
+    inner: np.ndarray  # memmap, m x side x side x 3: the bordered pictures' inner crops ...
+    inner_rows: np.ndarray  # ... and their rows (m)
     inputs: int
     rejected: dict[str, int] = field(default_factory=dict)
     sampled: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows ...
-    reuploads: np.ndarray = field(  # ... and their synthetic re-uploads' thumbnails
+    reuploads: np.ndarray = field(  # ... and their synthetic re-uploads' thumbnails ...
         default_factory=lambda: np.zeros((0, *VIEW_SHAPE), np.uint8))
+    reuploads_framed: np.ndarray = field(  # ... and which of those are framed
+        default_factory=lambda: np.zeros(0, bool))
 
 
 def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *,
@@ -151,7 +162,8 @@ def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *
     pixels = array("q")  # 8 bytes per image, not a Python int object each
     rejected: dict[str, int] = {}
     inputs = 0
-    sampled_rows, reuploads, framed_rows = [], [], []
+    sampled_rows, reuploads, reuploads_framed, inner_rows = [], [], [], []
+    framed = array("b")
     bar = tqdm(total=total, unit="img", desc="crops", disable=not progress, dynamic_ncols=True)
     with open(out / CROPS_NAME, "wb") as crop_file, open(out / VIEWS_NAME, "wb") as view_file, \
             open(out / INNER_NAME, "wb") as inner_file, \
@@ -162,7 +174,9 @@ def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *
             inner_file.write(chunk.inner.tobytes())
             row = len(pixels)
             sampled_rows.extend(row + k for k in chunk.sampled)
-            framed_rows.extend(row + k for k in chunk.framed)
+            inner_rows.extend(row + k for k in chunk.inner_rows)
+            framed.extend(chunk.framed)
+            reuploads_framed.extend(chunk.reuploads_framed)
             reuploads.append(chunk.reuploads)
             for entry in chunk.entries:
                 if entry.status is None:
@@ -179,10 +193,12 @@ def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *
     n, crop_shape = len(pixels), (params.side, params.side, 3)
     return Crops(_memmap(out / CROPS_NAME, (n, *crop_shape)),
                  _memmap(out / VIEWS_NAME, (n, *VIEW_SHAPE)), np.asarray(pixels, np.int64),
-                 _memmap(out / INNER_NAME, (len(framed_rows), *crop_shape)),
-                 np.asarray(framed_rows, np.int64), inputs, rejected,
+                 np.asarray(framed, bool),
+                 _memmap(out / INNER_NAME, (len(inner_rows), *crop_shape)),
+                 np.asarray(inner_rows, np.int64), inputs, rejected,
                  np.asarray(sampled_rows, np.int64),
-                 np.concatenate([np.zeros((0, *VIEW_SHAPE), np.uint8), *reuploads]))
+                 np.concatenate([np.zeros((0, *VIEW_SHAPE), np.uint8), *reuploads]),
+                 np.asarray(reuploads_framed, bool))
 
 
 def _memmap(path: Path, shape: tuple[int, ...]) -> np.ndarray:

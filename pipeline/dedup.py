@@ -275,22 +275,23 @@ def verified_groups(out: Path, crops: Crops, codes: np.ndarray, inner_codes: np.
     writes the histogram and the sheet of rejected candidates. Returns the group ids and the
     summary's `verification` entry.
 
-    Candidates come from every image's code and, for framed pictures, also from the code of
-    the picture inside the frame (`inner_codes`, of rows `crops.framed`)."""
-    calibration = calibration_distances(crops.views, codes, radius, crops.sampled,
-                                        crops.reuploads, seed=seed)
+    Candidates come from every image's code and, for bordered pictures, also from the code of
+    the picture inside the borders (`inner_codes`, of rows `crops.inner_rows`)."""
+    calibration = calibration_distances(crops.views, crops.framed, codes, radius, crops.sampled,
+                                        crops.reuploads, crops.reuploads_framed, seed=seed)
     neighbours = code_neighbours(np.concatenate([codes, inner_codes]), radius)
-    owners = np.concatenate([np.arange(len(codes)), crops.framed])
-    verdicts = verify_pairs(crops.views, candidate_pairs(neighbours, owners),
+    owners = np.concatenate([np.arange(len(codes)), crops.inner_rows])
+    verdicts = verify_pairs(crops.views, crops.framed, candidate_pairs(neighbours, owners),
                             calibration.threshold)
     write_figure_atomic(out / HISTOGRAM_NAME, histogram(calibration, verdicts.counts))
     write_rejected_sheet(out, crops, verdicts)
     group = group_pairs(len(codes), verdicts.left, verdicts.right, crops.pixels)
-    return group, verification_summary(radius, len(codes), len(crops.framed), calibration,
-                                       verdicts)
+    return group, verification_summary(radius, len(codes), int(crops.framed.sum()),
+                                       len(crops.inner_rows), calibration, verdicts)
 
 
-def verification_summary(radius: int, n: int, framed: int, calibration: Calibration,
+def verification_summary(radius: int, n: int, framed: int, bordered: int,
+                         calibration: Calibration,
                          verdicts: Verdicts) -> dict:
     return {"enabled": True, "candidate_radius": radius,
             "candidate_pairs": verdicts.candidates,
@@ -298,6 +299,7 @@ def verification_summary(radius: int, n: int, framed: int, calibration: Calibrat
             "max_proposed_per_image": IMAGES_PER_CODE * (NEAREST_CODES + 1),
             "verified_pairs": int(len(verdicts.left)),
             "framed_images": framed,
+            "bordered_images": bordered,
             **calibration.describe(),
             "nearest_rejected": [round(float(d), 4) for d in verdicts.rejected[:8, 0]]}
 

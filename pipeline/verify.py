@@ -60,6 +60,16 @@ def frame_views(rgb: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice] | None
     return np.stack([whole, whole if box is None else _thumb(grey[box])]), box
 
 
+def is_frame(box: tuple[slice, slice] | None, shape: tuple[int, ...]) -> bool:
+    """Whether `box` (from `inner_box`) cuts borders off two opposite sides: a frame or
+    letterbox bars, which two different photos can share. One flat edge is more likely the
+    picture's own (a sky, a dark floor), which a re-upload's noise may keep from being cut."""
+    if box is None:
+        return False
+    rows, cols = box
+    return (rows.start > 0 and rows.stop < shape[0]) or (cols.start > 0 and cols.stop < shape[1])
+
+
 def inner_box(grey: np.ndarray) -> tuple[slice, slice] | None:
     """Where the picture is inside uniform borders (rows, columns), or None when it has none,
     or when they would take more than MAX_TRIM of either side (a dark or flat picture)."""
@@ -110,25 +120,29 @@ def features(views: np.ndarray) -> np.ndarray:
     return flat / np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-3)
 
 
-def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def distances(a: np.ndarray, b: np.ndarray, both_framed: np.ndarray) -> np.ndarray:
     """Per pair, the smallest distance between their views (feature arrays from `features`,
-    m x VIEWS x F each): trimmed against trimmed, or one side as decoded against the other
-    trimmed (a flat edge one copy lost to noise). Never both as decoded: two different photos in
-    the same kind of frame would match on the frame."""
+    m x VIEWS x F each): trimmed against trimmed, one side as decoded against the other
+    trimmed (a frame one copy's noise kept from being cut), and both as decoded (a flat edge of
+    the picture cut in one copy only) - except when both pictures are framed (`both_framed`,
+    per pair): two different photos in the same kind of frame would match on the frame."""
     d = np.linalg.norm(a[:, :, None, :] - b[:, None, :, :], axis=-1)
-    return np.minimum(d[:, 1, 1], np.minimum(d[:, 0, 1], d[:, 1, 0]))
+    best = np.minimum(d[:, 1, 1], np.minimum(d[:, 0, 1], d[:, 1, 0]))
+    return np.where(both_framed, best, np.minimum(best, d[:, 0, 0]))
 
 
-def pair_distances(views: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+def pair_distances(views: np.ndarray, framed: np.ndarray, left: np.ndarray,
+                   right: np.ndarray) -> np.ndarray:
     """float32 distance of every pair (left[k], right[k]) of rows of `views` (n x VIEWS x SIDE
-    x SIDE, e.g. the memory map), `VERIFY_BATCH` pairs at a time so memory stays flat."""
+    x SIDE, e.g. the memory map; `framed`: n flags from `is_frame`), `VERIFY_BATCH` pairs at a
+    time so memory stays flat."""
     out = np.empty(len(left), np.float32)
     for start in range(0, len(left), VERIFY_BATCH):
         i, j = left[start : start + VERIFY_BATCH], right[start : start + VERIFY_BATCH]
         rows, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)
         feats = features(np.asarray(views[rows]))  # each image once, read in row order
         out[start : start + len(i)] = distances(feats[inverse[: len(i)]],
-                                                feats[inverse[len(i) :]])
+                                                feats[inverse[len(i) :]], framed[i] & framed[j])
     return out
 
 
@@ -177,19 +191,21 @@ def calibrate(same: np.ndarray, distinct: np.ndarray) -> Calibration:
     return Calibration(limit, same, distinct)
 
 
-def calibration_distances(views: np.ndarray, codes: np.ndarray, radius: int, rows: np.ndarray,
-                          reuploads: np.ndarray, *, pairs: int = DISTINCT_PAIRS,
+def calibration_distances(views: np.ndarray, framed: np.ndarray, codes: np.ndarray,
+                          radius: int, rows: np.ndarray, reuploads: np.ndarray,
+                          reuploads_framed: np.ndarray, *, pairs: int = DISTINCT_PAIRS,
                           seed: int = 0) -> Calibration:
     """Calibrate on the data: `rows` of `views` against their synthetic re-uploads
-    (`reuploads`, same order), and up to `pairs` random pairs of rows whose hash `codes` are
-    more than 2 * `radius` bits apart."""
-    same = (distances(features(np.asarray(views[rows])), features(reuploads)) if len(rows)
+    (`reuploads`, same order; `framed` and `reuploads_framed` flag the framed ones), and up to
+    `pairs` random pairs of rows whose hash `codes` are more than 2 * `radius` bits apart."""
+    same = (distances(features(np.asarray(views[rows])), features(reuploads),
+                      framed[rows] & reuploads_framed) if len(rows)
             else np.zeros(0, np.float32))
     if len(views) < 2:
         return calibrate(same, np.zeros(0, np.float32))
     left, right = random_distinct_pairs(len(views), pairs, seed)
     apart = np.bitwise_count(codes[left] ^ codes[right]).sum(axis=1) > 2 * radius
-    return calibrate(same, pair_distances(views, left[apart], right[apart]))
+    return calibrate(same, pair_distances(views, framed, left[apart], right[apart]))
 
 
 BINS = np.linspace(0.0, 2.0, 101)  # unit vectors are at most 2 apart
@@ -209,15 +225,15 @@ class Verdicts:
     rejected: np.ndarray  # k x 3 (distance, left, right), nearest the threshold first
 
 
-def verify_pairs(views: np.ndarray, pairs, threshold: float) -> Verdicts:
+def verify_pairs(views: np.ndarray, framed: np.ndarray, pairs, threshold: float) -> Verdicts:
     """Judge every candidate pair from `pairs` (an iterator of (left, right) chunks) on the
-    thumbnails `views`; memory holds one chunk, the passing pairs and a histogram. A pair
-    proposed twice passes once."""
+    thumbnails `views` (`framed`: which are framed); memory holds one chunk, the passing pairs
+    and a histogram. A pair proposed twice passes once."""
     kept = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
     counts, candidates = np.zeros(len(BINS) - 1, np.int64), 0
     rejected = np.zeros((0, 3))
     for left, right in pairs:
-        d = pair_distances(views, left, right)
+        d = pair_distances(views, framed, left, right)
         candidates += len(d)
         counts += np.histogram(np.clip(d, 0, 2), BINS)[0]
         ok = d <= threshold
