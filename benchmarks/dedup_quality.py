@@ -193,12 +193,12 @@ def verdict(ours: dict[str, dict], label: str, baseline: dict[str, dict],
             baseline_label: str) -> list[str]:
     """The targets, plainly: overall precision and recall, and each kind against the baseline."""
     overall = ours["all"]
-    lines = [f"- {label}: overall precision {overall['precision']:.3f} (target >= "
+    lines = [f"- {label}: overall precision {overall['precision']:.4f} (target >= "
              f"{TARGET_PRECISION}), recall {overall['recall']:.3f} (target >= 0.85), "
              f"per-pair FPR {overall['fpr']:.1e}: "
              + ("met" if overall["precision"] >= TARGET_PRECISION and overall["recall"] >= 0.85
                 else "NOT met")]
-    below = [f"{k} {ours[k]['recall']:.2f} < {baseline[k]['recall']:.2f}" for k in KINDS
+    below = [f"{k} {ours[k]['tp']} < {baseline[k]['tp']} true pairs" for k in KINDS
              if ours[k]["recall"] < baseline[k]["recall"]]
     lines.append(f"- {label} vs {baseline_label}, recall per kind: "
                  + ("no kind below" if not below else "below on " + ", ".join(below)))

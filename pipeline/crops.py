@@ -36,7 +36,7 @@ from pipeline.parallel import chunked
 from pipeline.reuploads import KINDS, SINGLE, reuploaded
 from pipeline.sources import ReadError, Record, Source
 from pipeline.verify import SIDE as VIEW_SIDE
-from pipeline.verify import VIEWS, frame_views, is_frame, sampled
+from pipeline.verify import VIEWS, frame_views, sampled
 
 CROPS_NAME = "crops.u8"  # scratch: the crops, removed when dedup ends
 VIEWS_NAME = "views.u8"  # scratch: the whole-frame thumbnails, removed when dedup ends
@@ -101,13 +101,13 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
             copy, copy_framed = reupload_views(rgb, rec.key, params.seed)
             reuploads.append(copy)
             reuploads_framed.append(copy_framed)
-        frame, box = frame_views(rgb)
+        frame, box, is_framed = frame_views(rgb)
         if box is not None:
             inner_rows.append(len(crops))
             inner.append(resize_area(center_crop(rgb[box]), params.side))
         crops.append(resize_area(center_crop(rgb), params.side))
         views.append(frame)
-        framed.append(is_frame(box, rgb.shape))
+        framed.append(is_framed)
         pixels.append(width * height)
     crop_shape = (params.side, params.side, 3)
     return CropChunk(entries, _stack(crops, crop_shape), _stack(views, VIEW_SHAPE), pixels,
@@ -123,9 +123,8 @@ def reupload_views(rgb: np.ndarray, key: str, seed: int) -> tuple[np.ndarray, bo
     if scale < 1:
         rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)),
                                max(1, round(rgb.shape[0] * scale))), interpolation=cv2.INTER_AREA)
-    copy = reuploaded(rgb, str(rng.choice(CALIBRATION_KINDS)), rng)
-    views, box = frame_views(copy)
-    return views, is_frame(box, copy.shape)
+    views, _, framed = frame_views(reuploaded(rgb, str(rng.choice(CALIBRATION_KINDS)), rng))
+    return views, framed
 
 
 def _stack(arrays: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:

@@ -50,24 +50,31 @@ DISTINCT_PAIRS = 20_000  # random pairs of different images the calibration meas
 
 # ---- per image (in the crops worker) ---------------------------------------------------------
 
-def frame_views(rgb: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice] | None]:
+def frame_views(rgb: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice] | None, bool]:
     """uint8 VIEWS x SIDE x SIDE: the grey whole frame as decoded and with uniform borders
-    trimmed (the same twice when there is no border); and where the picture inside the
-    borders is (`inner_box`), for dedup's inner crop."""
+    trimmed (the same twice when there is no border); where the picture inside the borders is
+    (`inner_box`, for dedup's inner crop); and whether those borders are a frame (`is_frame`)."""
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     whole = _thumb(grey)
     box = inner_box(grey)
-    return np.stack([whole, whole if box is None else _thumb(grey[box])]), box
+    views = np.stack([whole, whole if box is None else _thumb(grey[box])])
+    return views, box, is_frame(grey, box)
 
 
-def is_frame(box: tuple[slice, slice] | None, shape: tuple[int, ...]) -> bool:
-    """Whether `box` (from `inner_box`) cuts borders off two opposite sides: a frame or
-    letterbox bars, which two different photos can share. One flat edge is more likely the
-    picture's own (a sky, a dark floor), which a re-upload's noise may keep from being cut."""
+def is_frame(grey: np.ndarray, box: tuple[slice, slice] | None) -> bool:
+    """Whether `box` (from `inner_box`) cuts borders of one grey off two opposite sides: a
+    frame or letterbox bars, which two different photos can share. A flat edge, or two of
+    different greys (a sky above, a dark floor below), is more likely the picture's own, which
+    a re-upload's noise or gamma may cut differently."""
     if box is None:
         return False
-    rows, cols = box
-    return (rows.start > 0 and rows.stop < shape[0]) or (cols.start > 0 and cols.stop < shape[1])
+    (rows, cols), (h, w) = box, grey.shape
+    bars = rows.start > 0 and rows.stop < h and _alike(grey[0], grey[-1])
+    return bars or (cols.start > 0 and cols.stop < w and _alike(grey[:, 0], grey[:, -1]))
+
+
+def _alike(a: np.ndarray, b: np.ndarray) -> bool:
+    return abs(float(a.mean()) - float(b.mean())) <= BORDER_STEP
 
 
 def inner_box(grey: np.ndarray) -> tuple[slice, slice] | None:

@@ -13,7 +13,6 @@ from pipeline.verify import (
     features,
     frame_views,
     inner_box,
-    is_frame,
     pair_distances,
     random_distinct_pairs,
 )
@@ -28,8 +27,7 @@ def photos() -> list[np.ndarray]:
 
 def views_of(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """The images' thumbnails and their framed flags, as pass 1 of dedup keeps them."""
-    views, boxes = zip(*(frame_views(img) for img in images), strict=True)
-    framed = [is_frame(box, img.shape) for box, img in zip(boxes, images, strict=True)]
+    views, _, framed = zip(*(frame_views(img) for img in images), strict=True)
     return np.stack(views), np.array(framed)
 
 
