@@ -208,7 +208,6 @@ def train(
     return model.cpu().eval(), history
 
 
-@torch.no_grad()
 def save_model(model: SemanticHashAutoencoder, path: Path, extra: dict | None = None) -> None:
     """A plain state dict + config (tensors, numbers and strings only): safe to load anywhere."""
     import io

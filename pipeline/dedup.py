@@ -74,7 +74,7 @@ from pipeline.grouping import (
     group_pairs,
     resolve_groups,
 )
-from pipeline.hashing import BITS, bit_usage, hash_all
+from pipeline.hashing import BITS, HashEncoder, bit_usage, hash_all
 from pipeline.manifest import MANIFEST_NAME, SUMMARY_NAME, stage_summary, summary_line
 from pipeline.outputs import claim_output, hold_output
 from pipeline.parallel import default_workers
@@ -168,11 +168,13 @@ def dedup(
                     min_steps=min_steps, noise=noise, dropout=dropout, code_noise=code_noise,
                     batch_size=batch_size, seed=seed, device=device, progress=progress)
         with _timed(timings, "hash_s"):
-            codes = hash_all(hash_model, crops.images, mapper, progress=progress)
+            encoder = HashEncoder.of(hash_model) if hash_model is not None else None
+            codes = hash_all(encoder, crops.images, mapper, progress=progress)
+            if verify:  # the inner crops' codes only propose candidates
+                inner_codes = hash_all(encoder, crops.inner, mapper, progress=False)
         verification: dict = {"enabled": verify}
         if verify:
             with _timed(timings, "verify_s"):
-                inner_codes = hash_all(hash_model, crops.inner, mapper, progress=False)
                 group, verification = verified_groups(out, crops, codes, inner_codes, radius,
                                                       seed)
         else:

@@ -162,8 +162,8 @@ def candidate_pairs(neighbours: CodeNeighbours, owners: np.ndarray | None = None
     standing-for images is produced from both sides; it is kept from the lower row only.
 
     With `owners`, the codes are not one per image: code k belongs to image owners[k] (dedup
-    adds a second code for framed pictures). Pairs are then of owners, without an image paired
-    with itself, and a pair reached through both codes of an image may come twice.
+    adds a second code for pictures with uniform borders). Pairs are then of owners, without an
+    image paired with itself, and a pair reached through both codes of an image may come twice.
     """
     nb = neighbours
     is_rep = nb.is_rep

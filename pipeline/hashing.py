@@ -80,13 +80,12 @@ class HashJob:
     shape: tuple[int, ...]
 
 
-def hash_all(model: SemanticHashAutoencoder | None, crops: np.ndarray, engine: Engine, *,
+def hash_all(encoder: HashEncoder | None, crops: np.ndarray, engine: Engine, *,
              progress: bool) -> np.ndarray:
-    """Every crop's code: on the cluster's workers, or here; all zero without a model (fewer
-    than two images to train on)."""
-    if model is None:
+    """Every crop's code: on the cluster's workers, or here; all zero without an encoder (no
+    model: fewer than two images to train on)."""
+    if encoder is None:
         return np.zeros((len(crops), BITS // 8), np.uint8)
-    encoder = HashEncoder.of(model)
     if engine.distributed:
         return hash_on_cluster(encoder, crops, engine, progress=progress)
     return hash_crops(encoder, crops, progress=progress)
