@@ -29,10 +29,11 @@ import torch
 
 from analysis.data import AnalysisError, load_run
 from analysis.windows import WindowBox
-from gan.sample import generate, sample_z
-from pipeline.files import write_json_atomic, write_npy_atomic, write_png_atomic
-from pipeline.outputs import own_output
-from pipeline.pixels import to_uint8
+from core.devices import resolve_device
+from core.files import write_json_atomic, write_npy_atomic, write_png_atomic
+from core.outputs import own_output
+from core.pixels import to_uint8
+from gan.sample import generate, load_z, sample_z
 
 COMMAND = "analysis annotate"
 DEFAULT_SAMPLES = 150  # the paper annotated 150 generated bedrooms
@@ -158,7 +159,7 @@ def prepare_samples(
     """Write out/z.npy (drawn with `seed`, or copied from `z`; an existing one is kept) and
     out/samples/NNNNNN.png, and open out/boxes.json (created, or resumed). The returned
     annotation holds the folder until it is closed."""
-    G, _D, config = load_run(ckpt, device)
+    G, _D, config = load_run(ckpt, resolve_device(device))
     with ExitStack() as held:
         # Never "finished": reopening the folder resumes it.
         out = held.enter_context(own_output(Path(out), command=COMMAND, overwrite=True))
@@ -209,16 +210,7 @@ def _latent(saved: Path, given: Path | None, n: int | None, seed: int | None,
 
 
 def _read_z(path: Path, nz: int) -> np.ndarray:
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise AnalysisError(f"{path}: cannot read the z array ({err})") from None
-    if z.ndim != 2 or z.shape[1] != nz or len(z) == 0:
-        raise AnalysisError(f"{path}: expected an [N, {nz}] array of z's (the checkpoint's G "
-                            f"takes {nz}), found shape {z.shape}")
-    if z.dtype.kind not in "fiu" or not np.isfinite(z).all():
-        raise AnalysisError(f"{path}: z must hold finite real numbers (found {z.dtype})")
-    return z.astype(np.float32)
+    return load_z(path, nz).numpy()
 
 
 class AnnotationServer(ThreadingHTTPServer):

@@ -39,12 +39,11 @@ from tqdm import tqdm
 from analysis.data import AnalysisError, check_image_size, load_run
 from analysis.guided_backprop import random_discriminator
 from analysis.hooks import captured_outputs, layer_module
-from gan.data import DataError, decode_sample, open_shards
+from core.devices import resolve_device
+from core.files import write_figure_atomic, write_json_atomic
+from core.outputs import own_output
+from gan.data import image_samples, open_shards, sample_tensor
 from gan.models import Discriminator
-from pipeline.devices import resolve_device
-from pipeline.files import write_figure_atomic, write_json_atomic
-from pipeline.outputs import own_output
-from pipeline.sources import SHARD_IMAGE_EXTS, read_shards
 
 POOL_SIDE = 4  # each layer's map is max-pooled to POOL_SIDE x POOL_SIDE (the paper's 4x4)
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -80,20 +79,12 @@ def sample_label(sample: dict) -> int:
     return int(text)
 
 
-def _image_samples(urls: list[str]) -> Iterator[dict]:
-    """Samples that hold an image, in stored order (their position is the image's index)."""
-    return (s for s in read_shards(urls) if any(e in s for e in SHARD_IMAGE_EXTS))
-
-
 def read_labels(spec: str | os.PathLike) -> tuple[list[str], np.ndarray, dict[int, str]]:
     """The shard files of `spec`, every image's class index (one pass, nothing decoded) and the
     class names the samples' .json carry ({} if none)."""
-    try:
-        urls = open_shards(spec)[0]
-    except DataError as err:
-        raise AnalysisError(str(err)) from None
+    urls = open_shards(spec)[0]
     labels, names = [], {}
-    for sample in _image_samples(urls):
+    for sample in image_samples(urls):
         label = sample_label(sample)
         labels.append(label)
         if label not in names and "json" in sample:
@@ -110,10 +101,10 @@ def selected_images(urls: list[str], rows: np.ndarray, image_size: int,
     wanted = iter(rows.tolist())
     target = next(wanted, None)
     batch: list[torch.Tensor] = []
-    for index, sample in enumerate(_image_samples(urls)):
+    for index, sample in enumerate(image_samples(urls)):
         if index != target:
             continue
-        batch.append(decode_sample(sample, image_size))
+        batch.append(sample_tensor(sample, image_size))
         target = next(wanted, None)
         if len(batch) == batch_size or target is None:
             yield torch.stack(batch)

@@ -9,37 +9,18 @@ never a traceback.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from analysis.data import AnalysisError
-from pipeline.cli_common import (
-    bn_option,
-    ckpt_option,
+from core.cli import (
     device_option,
-    one_line_errors,
     out_dir_option,
     overwrite_option,
     progress_option,
+    run,
+    user_errors,
 )
-from pipeline.outputs import OutputError
-
-if TYPE_CHECKING:
-    import torch
-
-user_errors = one_line_errors(AnalysisError, OutputError)
-
-
-def checked_device(device: str) -> torch.device:
-    """--device as a torch.device, or a one-line error before any work (a misspelt name, or
-    CUDA asked of a torch that sees no GPU)."""
-    from pipeline.devices import resolve_device
-
-    try:
-        return resolve_device(device)
-    except ValueError as err:
-        raise click.ClickException(str(err)) from None
+from gan.cli_options import bn_option, ckpt_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,7 +63,7 @@ def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show, device, p
     from analysis.windows import remove_windows as run
 
     r = run(ckpt, boxes, out, layer=layer, negatives=negatives, seed=seed, bn=bn, show=show,
-            device=checked_device(device), progress=progress, overwrite=overwrite)
+            device=device, progress=progress, overwrite=overwrite)
     click.echo(f"dropped {r['dropped']} of {r['channels']} maps at {r['layer']} "
                f"(held-out accuracy {r['heldout_accuracy']:.3f}, AUC {r['heldout_auc']:.3f}, "
                f"BatchNorm {bn} statistics); comparison in {out / 'comparison.png'}")
@@ -116,7 +97,7 @@ def annotate(ckpt, out, n, z_path, seed, bn, port, scale, label, device):
     from analysis.annotate import annotate as start
 
     server = start(ckpt, out, n=n, z=z_path, seed=seed, bn=bn, port=port, scale=scale,
-                   label=label, device=checked_device(device))
+                   label=label, device=device)
     a = server.annotation
     resumed = a.summary()
     click.echo(f"annotating {a.count} samples at {server.url} (boxes saved to {a.path} as you "
@@ -162,7 +143,7 @@ def guided_backprop(ckpt, data, out, layer, features, top, limit, seed, device, 
     from analysis.guided_backprop import guided_backprop as run
 
     r = run(ckpt, data, out, layer=layer, features=features, top=top, limit=limit, seed=seed,
-            device=checked_device(device), progress=progress, overwrite=overwrite)
+            device=device, progress=progress, overwrite=overwrite)
     click.echo(f"guided backprop of {len(r['features'])} features of D's {r['layer']} layer, "
                f"top {top} images each; panels in {out / 'guided_backprop.png'}")
 
@@ -202,7 +183,7 @@ def memorization(ckpt, train_shards, holdout, out, n, space, k, cells, min_gen, 
     from analysis.memorization import memorization as run
 
     r = run(ckpt, train_shards, holdout, out, n=n, space=space, k=k, cells=cells,
-            min_gen=min_gen, search=search, bn=bn, seed=seed, device=checked_device(device),
+            min_gen=min_gen, search=search, bn=bn, seed=seed, device=device,
             progress=progress, overwrite=overwrite)
     for warning in r["warnings"]:
         click.echo(f"warning: {warning}", err=True)
@@ -260,7 +241,7 @@ def classify(ckpt, train_shards, test_shards, out, labels_per_class, validation,
 
     r = run(ckpt, train_shards, test_shards, out, labels_per_class=labels_per_class,
             validation=validation, C=c, layers=layers, baselines=baselines, seed=seed,
-            device=checked_device(device), progress=progress, overwrite=overwrite)
+            device=device, progress=progress, overwrite=overwrite)
     accuracies = ", ".join(f"{m} {v['accuracy']:.1%}" for m, v in r["methods"].items())
     counts = r["counts"]
     click.echo(f"test accuracy: {accuracies} ({r['feature_dim']:,}-d D features, C "
@@ -269,4 +250,4 @@ def classify(ckpt, train_shards, test_shards, out, labels_per_class, validation,
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

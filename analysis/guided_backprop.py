@@ -22,12 +22,12 @@ from tqdm import tqdm
 
 from analysis.data import AnalysisError, image_batches, load_run
 from analysis.hooks import captured_outputs, guided_rectifiers, layer_module
+from core.devices import resolve_device
+from core.files import write_json_atomic, write_png_atomic
+from core.outputs import own_output
+from core.pixels import to_uint8
+from core.sheets import contact_sheet
 from gan.models import Discriminator
-from pipeline.devices import resolve_device
-from pipeline.files import write_json_atomic, write_png_atomic
-from pipeline.outputs import own_output
-from pipeline.pixels import to_uint8
-from pipeline.sheets import contact_sheet
 
 TILE = 64  # smallest side a map is shown at (32x32 maps are enlarged, nearest neighbour)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from pipeline.faiss_build import import_faiss
+from core.faiss_build import import_faiss
 
 faiss = import_faiss()
 

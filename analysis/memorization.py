@@ -44,19 +44,19 @@ from analysis.data import (
 )
 from analysis.hooks import captured_outputs, layer_module
 from analysis.knn import IvfKnn, StreamingKnn
-from gan.models import Discriminator, Generator
-from gan.sample import generate, sample_z
-from pipeline.devices import resolve_device
-from pipeline.faiss_build import faiss_build, import_faiss
-from pipeline.files import (
+from core.devices import resolve_device
+from core.faiss_build import faiss_build, import_faiss
+from core.files import (
     write_bytes_atomic,
     write_figure_atomic,
     write_json_atomic,
     write_png_atomic,
 )
-from pipeline.outputs import own_output
-from pipeline.pixels import to_uint8
-from pipeline.sheets import contact_sheet
+from core.outputs import own_output
+from core.pixels import to_uint8
+from core.sheets import contact_sheet
+from gan.models import Discriminator, Generator
+from gan.sample import generate, sample_z
 
 Embed = Callable[[torch.Tensor], np.ndarray]
 COPYING_THRESHOLD = 3.0  # |C_T| beyond this: a verdict; each cell's z is ~N(0, 1) without effect

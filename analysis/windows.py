@@ -29,13 +29,13 @@ from tqdm import tqdm
 
 from analysis.data import AnalysisError, load_run
 from analysis.hooks import captured_outputs, layer_module, zeroed_channels
+from core.devices import resolve_device
+from core.files import write_json_atomic, write_npy_atomic, write_png_atomic
+from core.outputs import own_output
+from core.pixels import to_uint8
+from core.sheets import contact_sheet
 from gan.models import Generator
 from gan.sample import generate
-from pipeline.devices import resolve_device
-from pipeline.files import write_json_atomic, write_npy_atomic, write_png_atomic
-from pipeline.outputs import own_output
-from pipeline.pixels import to_uint8
-from pipeline.sheets import contact_sheet
 
 WindowBox = tuple[float, float, float, float]  # x0, y0, x1, y1 in output-image pixels
 

@@ -32,7 +32,7 @@ import numpy as np
 from pipeline import demo
 from pipeline.decode import decode_image
 from pipeline.dedup import dedup
-from pipeline.parallel import chunked, default_workers, map_ordered
+from pipeline.engines.local import chunked, default_workers, map_ordered
 from pipeline.sources import open_source
 
 TRAIN_STEPS = 200  # a short training: its cost depends on steps, not on N (timed on its own)

@@ -27,11 +27,11 @@ from pathlib import Path
 import click
 
 from pipeline import demo
-from pipeline.autoencoder import HashConfig, SemanticHashAutoencoder, save_model
 from pipeline.dedup import DEFAULT_DROPOUT, DEFAULT_NOISE, dedup
+from pipeline.dedup.autoencoder import HashConfig, SemanticHashAutoencoder, save_model
 from pipeline.engines import open_engine
+from pipeline.engines.local import default_workers, map_ordered
 from pipeline.faces import detect_faces
-from pipeline.parallel import default_workers, map_ordered
 from pipeline.shards import make_shards
 from pipeline.sources import LmdbSource
 

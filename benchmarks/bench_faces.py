@@ -27,9 +27,9 @@ import cv2
 import numpy as np
 
 from pipeline import demo
-from pipeline.detectors import detection_scale, make_spec, window_size
+from pipeline.engines.local import chunked, default_workers, map_ordered
 from pipeline.faces import FaceParams, detect_faces
-from pipeline.parallel import chunked, default_workers, map_ordered
+from pipeline.faces.detectors import detection_scale, make_spec, window_size
 
 _cascade: cv2.CascadeClassifier | None = None
 

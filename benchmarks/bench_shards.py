@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline import demo
 from pipeline.decode import decode_image
-from pipeline.parallel import chunked, default_workers, map_ordered
+from pipeline.engines.local import chunked, default_workers, map_ordered
 from pipeline.shards import make_shards
 
 

@@ -1,14 +1,14 @@
 """Near-duplicate quality of `pipeline dedup` against imagehash's pHash and dHash, on real
 photographs.
 
-The set: non-overlapping tiles of the photographs that ship inside scikit-image, scikit-learn
-and matplotlib, each stored losslessly as the base image, plus one copy per kind of change a
-re-upload brings (pipeline.reuploads: exact, lossless, JPEG and WebP at quality 30-95, down- and
+The set: non-overlapping tiles of the photographs that ship inside scikit-image, scikit-learn and
+matplotlib, each stored losslessly as the base image, plus one copy per kind of change a re-upload
+brings (pipeline.dedup.reuploads: exact, lossless, JPEG and WebP at quality 30-95, down- and
 upscaling, blur, noise, gamma, brightness/contrast, a border or letterbox, a text or watermark
-overlay, a small crop, crop + resize, a rotation of 1-5 degrees, and two changes combined). A
-base must be a genuinely distinct picture, or the ground truth itself is wrong (two patches of
-clear sky are the same picture to anyone). The rule looks at the bases alone, before any hash
-is computed, and the same set is scored for every method:
+overlay, a small crop, crop + resize, a rotation of 1-5 degrees, and two changes combined). A base
+must be a genuinely distinct picture, or the ground truth itself is wrong (two patches of clear sky
+are the same picture to anyone). The rule looks at the bases alone, before any hash is computed, and
+the same set is scored for every method:
 
 - texture: the tile's grey levels (luminance) vary by a standard deviation of at least
   `MIN_TILE_STD`; measured on luminance, not across the RGB values, which counts a flat orange
@@ -38,11 +38,11 @@ import click
 import numpy as np
 from PIL import Image
 
+from core.files import read_jsonl
 from pipeline import demo
 from pipeline.dedup import DEFAULT_RADIUS, dedup
-from pipeline.files import read_jsonl
+from pipeline.dedup.reuploads import KINDS, reupload
 from pipeline.geometry import resize_area
-from pipeline.reuploads import KINDS, reupload
 
 # Real photographs (synthetic images, silhouettes and the stereo twin motorcycle_right, whose
 # tiles are near duplicates of motorcycle_left's, are left out).

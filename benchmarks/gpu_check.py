@@ -30,6 +30,7 @@ import click
 import numpy as np
 import torch
 
+from core.faiss_build import faiss_build
 from gan.checkpoint import load_checkpoint
 from gan.data import StreamingBatches, open_shards
 from gan.metrics import read_metrics
@@ -38,7 +39,6 @@ from gan.runtime import Runtime, wrap_models
 from gan.sample import sample_z
 from gan.step import gan_step, make_optimizer
 from gan.train import train
-from pipeline.faiss_build import faiss_build
 from pipeline.sinks import write_image_shards
 
 REPO = Path(__file__).resolve().parents[1]

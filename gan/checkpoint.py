@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.errors import UserError
+from core.files import write_bytes_atomic
+from core.torch_files import TorchFileError, UnsafeFileError, load_plain
 from gan.models import Discriminator, Generator, build_models
-from pipeline.files import write_bytes_atomic
-from pipeline.torch_files import UnsafeFileError, load_plain
 
 FORMAT = "dcgan-pipeline/checkpoint"
 VERSION = 1
@@ -26,7 +27,7 @@ VERSION = 1
 MODEL_KEYS = ("image_size", "nz", "width", "arch", "prior")
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """The file cannot be used as a checkpoint; the message is for the user."""
 
 
@@ -54,7 +55,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         state = load_plain(path)
     except UnsafeFileError as err:
         raise CheckpointError(str(err)) from None
-    except ValueError as err:
+    except TorchFileError as err:
         raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a dcgan-pipeline checkpoint (written by `gan train`)")

@@ -2,7 +2,8 @@
 
 Parse, call the Python function with the same defaults, print one summary line. User errors
 (missing shards, a wrong image size, a bad checkpoint, divergence) end with a one-line message
-and exit code 1, never a traceback.
+and exit code 1, never a traceback. Torch is imported by the commands, not here, so `--help`
+is quick and a Ctrl-C while it loads is handled like any other (core.signals).
 """
 
 from __future__ import annotations
@@ -10,37 +11,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 
-from gan.checkpoint import CheckpointError, load_models
-from gan.data import CACHES, DataError
-from gan.models import ARCHS, IMAGE_SIZES
-from gan.runtime import PRECISION_HELP, PRECISIONS, TrainingError
-from gan.sample import (
-    PRIORS,
-    arithmetic,
-    arithmetic_sheet,
-    check_figure_size,
-    interpolate,
-    load_z,
-    sample_z,
-)
-from gan.train import TrainConfig
-from pipeline.cli_common import (
-    bn_option,
-    ckpt_option,
+from core.cli import (
     device_option,
-    one_line_errors,
     out_dir_option,
     progress_option,
     restart_options,
+    run,
+    user_errors,
 )
-from pipeline.devices import resolve_device
-from pipeline.files import write_npy_atomic, write_png_atomic
-from pipeline.outputs import OutputError
-
-user_errors = one_line_errors(DataError, TrainingError, CheckpointError, OutputError, ValueError,
-                              IndexError)
+from gan.cli_options import bn_option, ckpt_option
+from gan.config import (
+    ARCHS,
+    CACHES,
+    IMAGE_SIZES,
+    PRECISION_HELP,
+    PRECISIONS,
+    PRIORS,
+    TrainConfig,
+)
 
 
 def png_out_option(default: str):
@@ -136,7 +125,7 @@ def train(data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch,
     summary = run_training(
         data, out, image_size=int(image_size), batch_size=batch_size, epochs=epochs,
         steps=steps, lr=lr, beta1=beta1, nz=nz, arch=arch, width=width, prior=prior,
-        workers=workers, cache=cache, device=device, seed=seed, sample_every=sample_every,
+        workers=workers, cache=cache, device=str(device), seed=seed, sample_every=sample_every,
         ckpt_every=ckpt_every, log_every=log_every, bn=bn, compile=compile_,
         precision=precision, resume=resume, overwrite=overwrite, progress=progress)
     if summary.get("line"):
@@ -157,10 +146,14 @@ def train(data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch,
 @user_errors
 def sample(ckpt, n, seed, out, save_z, nrow, bn, device):
     """A numbered grid of samples, so exemplars can be picked by number."""
-    from gan.sample import generate, save_grid
+    import torch
+
+    from core.files import write_npy_atomic
+    from gan.checkpoint import load_models
+    from gan.sample import check_figure_size, generate, sample_z, save_grid
 
     check_figure_size(n, f"--n {n}")
-    G, _, config = load_models(ckpt, resolve_device(device))
+    G, _, config = load_models(ckpt, device)
     z = sample_z(n, config["nz"], config["prior"], torch.Generator().manual_seed(seed))
     save_grid(generate(G, z, bn), out, nrow=nrow, numbered=True)
     if save_z:
@@ -182,10 +175,11 @@ def sample(ckpt, n, seed, out, save_z, nrow, bn, device):
 @user_errors
 def interpolate_cmd(ckpt, points, steps, seed, slerp, out, bn, device):
     """Latent walks (paper Fig. 4): smooth transitions argue against memorization."""
-    from gan.sample import save_grid
+    from gan.checkpoint import load_models
+    from gan.sample import check_figure_size, interpolate, save_grid
 
     check_figure_size((points - 1) * steps, f"--points {points} --steps {steps}")
-    G, _, config = load_models(ckpt, resolve_device(device))
+    G, _, config = load_models(ckpt, device)
     images = interpolate(G, config["prior"], points, steps, seed, slerp, bn)
     save_grid(images, out, nrow=steps)
     click.echo(f"{points - 1} walks of {steps} steps -> {out}")
@@ -218,7 +212,11 @@ def arithmetic_cmd(ckpt, z_path, a, b, c, noise, seed, out, bn, device):
     Rows: A's exemplars and G(mean z[A]); the same for B and C; G(Y) followed by 8 samples of
     Y + U(-noise, noise); last, the same arithmetic done on pixels, for contrast.
     """
-    G, _, config = load_models(ckpt, resolve_device(device))
+    from core.files import write_png_atomic
+    from gan.checkpoint import load_models
+    from gan.sample import arithmetic, arithmetic_sheet, load_z
+
+    G, _, config = load_models(ckpt, device)
     if not z_path.is_file():
         raise click.ClickException(f"{z_path}: no such file")
     z = load_z(z_path, config["nz"])
@@ -228,4 +226,4 @@ def arithmetic_cmd(ckpt, z_path, a, b, c, noise, seed, out, bn, device):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,12 +1,13 @@
 """Training images from WebDataset shards: the one way the project opens, counts, checks,
 iterates and decodes them, and the two batch sources `gan train` draws from.
 
-Open: `shard_urls` / `open_shards` turn a spec (a `pipeline shards` output folder, a .tar, a
-glob or a brace pattern) into shard files and their sample counts. Check: `check_image_size`
-reads the first image, so a run made for another size fails at once, with the fix. Iterate:
-`training_dataset` is a small webdataset chain (shard shuffle -> split across ranks and loader
-workers -> sample shuffle -> decode) on `pipeline.sources.read_shards`, so memory stays flat
-however many shards there are; `image_batches` reads them in stored order for analyses.
+Open: `open_shards` turns a spec (a `pipeline shards` output folder, a .tar, a glob or a brace
+pattern) into shard files and their sample counts. Check: `check_image_size` reads the first
+image, so a run made for another size fails at once, with the fix. Iterate: `training_dataset`
+is a small webdataset chain (shard shuffle -> split across ranks and loader workers -> sample
+shuffle -> decode) on `pipeline.sources.read_shards`, so memory stays flat however many shards
+there are; `image_batches` reads them in stored order for analyses. Which member of a sample is
+its image is core.samples' rule, as for every reader; a sample without one is skipped.
 
 Streaming (`StreamingBatches`) wraps `training_dataset` in a DataLoader, shuffled per epoch with
 a seed derived from (seed, epoch). Decoding PNG/JPEG costs ~2.5-4.7k images/s per core, far below
@@ -28,21 +29,23 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.files import write_json_atomic
-from pipeline.pixels import to_float
-from pipeline.sources import SHARD_IMAGE_EXTS, ShardSource, SourceError, open_source, read_shards
+from core.errors import UserError
+from core.files import write_json_atomic
+from core.pixels import to_float
+from core.samples import image_extension, is_image, split_member
+from pipeline.decode import DecodeError, decode_shard_image
+from pipeline.sources import ShardSource, open_source, read_shards
+from pipeline.statuses import TOO_LARGE, TOO_SMALL
 
 SHUFFLE_BUFFER = 1000
-CACHES = ("none", "ram", "gpu")
 
 
-class DataError(Exception):
+class DataError(UserError):
     """The shards cannot feed this run (empty, too few for the ranks, wrong size); for users."""
 
 
@@ -51,10 +54,7 @@ class DataError(Exception):
 
 
 def _shard_source(spec: str | os.PathLike) -> ShardSource:
-    try:
-        source = open_source(spec)
-    except SourceError as err:
-        raise DataError(str(err)) from None
+    source = open_source(spec)
     if not isinstance(source, ShardSource):
         raise DataError(f"{spec}: expected WebDataset shards (a folder with index.json, a .tar, a "
                         f"glob or a brace pattern), found a {source.kind} source")
@@ -72,22 +72,17 @@ def open_shards(spec: str | os.PathLike) -> tuple[list[str], list[int]]:
 
 def _count_samples(url: str) -> int:
     """Samples with an image in one .tar (reads member headers only, not the images)."""
-    exts = {f".{e}" for e in SHARD_IMAGE_EXTS}
     with tarfile.open(url) as tar:
-        keys = {m.name.rsplit(".", 1)[0] for m in tar if os.path.splitext(m.name)[1] in exts}
-    return len(keys)
+        parts = (split_member(m.name) for m in tar if m.isreg())
+        return len({key for key, extension in filter(None, parts) if is_image(extension)})
 
 
 def check_image_size(urls: list[str], image_size: int) -> None:
     """Fail before a long run, with the fix, if the shards hold another image size: the first
     image decides (shards are made at one size)."""
-    for sample in read_shards(urls):
-        if any(ext in sample for ext in SHARD_IMAGE_EXTS):
-            try:
-                decode_image(sample, image_size)
-            except ValueError as err:
-                raise DataError(str(err)) from None
-            return
+    for sample in image_samples(urls):
+        sample_pixels(sample, image_size)
+        return
     raise DataError("no images in these shards")
 
 
@@ -95,25 +90,36 @@ def check_image_size(urls: list[str], image_size: int) -> None:
 # Decode and iterate
 
 
-def decode_image(sample: dict, image_size: int | None = None) -> np.ndarray:
-    """One shard sample -> S x S x 3 uint8 RGB; a wrong size is a ValueError, not a resize."""
-    ext = next((e for e in SHARD_IMAGE_EXTS if e in sample), None)
-    if ext is None:
-        raise ValueError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image")
-    bgr = cv2.imdecode(np.frombuffer(sample[ext], np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"sample {sample['__key__']}: image does not decode")
-    if image_size is not None and bgr.shape[:2] != (image_size, image_size):
-        raise ValueError(
-            f"sample {sample['__key__']} is {bgr.shape[1]}x{bgr.shape[0]}, expected "
-            f"{image_size}x{image_size}: make shards with --size {image_size}"
-        )
-    return np.ascontiguousarray(bgr[..., ::-1])
+def image_samples(urls: list[str]) -> Iterator[dict]:
+    """The samples of `urls` that hold an image, in stored order (a sample's position here is
+    its image's index)."""
+    return (s for s in read_shards(urls) if has_image(s))
 
 
-def decode_sample(sample: dict, image_size: int | None = None) -> torch.Tensor:
+def has_image(sample: dict) -> bool:
+    return image_extension(k for k in sample if not k.startswith("__")) is not None
+
+
+def sample_pixels(sample: dict, image_size: int | None = None) -> np.ndarray:
+    """One shard sample's image -> S x S x 3 uint8 RGB; DataError, naming the sample, for one
+    without an image, that does not decode, or of another size than `image_size` (never
+    resized: shards are made at the size a run trains at)."""
+    extension = image_extension(k for k in sample if not k.startswith("__"))
+    where = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
+    if extension is None:
+        raise DataError(f"{where} has no image")
+    try:
+        return decode_shard_image(sample[extension], image_size)
+    except DecodeError as err:
+        if image_size is not None and err.status in (TOO_LARGE, TOO_SMALL):
+            raise DataError(f"{where} is {err.reason}: make shards with --size {image_size}"
+                            ) from None
+        raise DataError(f"{where}: {err.reason}") from None
+
+
+def sample_tensor(sample: dict, image_size: int | None = None) -> torch.Tensor:
     """One shard sample -> 3 x S x S float32 in [-1, 1], the networks' input."""
-    return to_float(decode_image(sample, image_size))
+    return to_float(sample_pixels(sample, image_size))
 
 
 def training_dataset(
@@ -127,7 +133,7 @@ def training_dataset(
     loader workers, and shuffled (shard order, then a `shuffle`-sample buffer) unless 0."""
     urls = shards if isinstance(shards, list) else _shard_source(shards).urls
     dataset = read_shards(urls, shuffle=shuffle, seed=seed, by_rank=True, by_worker=True)
-    return dataset.map(functools.partial(decode_sample, image_size=image_size))
+    return dataset.select(has_image).map(functools.partial(sample_tensor, image_size=image_size))
 
 
 def image_batches(urls: list[str], image_size: int, batch_size: int = 256,
@@ -137,17 +143,14 @@ def image_batches(urls: list[str], image_size: int, batch_size: int = 256,
     """
     batch: list[torch.Tensor] = []
     seen = 0
-    try:
-        for image in training_dataset(urls, image_size=image_size, shuffle=0):
-            batch.append(image)
-            seen += 1
-            if len(batch) == batch_size or seen == limit:
-                yield torch.stack(batch)
-                batch = []
-            if seen == limit:
-                return
-    except ValueError as err:
-        raise DataError(str(err)) from None
+    for image in training_dataset(urls, image_size=image_size, shuffle=0):
+        batch.append(image)
+        seen += 1
+        if len(batch) == batch_size or seen == limit:
+            yield torch.stack(batch)
+            batch = []
+        if seen == limit:
+            return
     if batch:
         yield torch.stack(batch)
     if seen == 0:
@@ -182,7 +185,7 @@ class StreamingBatches:
     """Float batches in [-1, 1] decoded from shards by `workers` DataLoader processes."""
 
     def __init__(self, urls: list[str], counts: list[int], *, image_size: int, batch_size: int,
-                 workers: int, seed: int, rank: int = 0, world: int = 1, pin_memory: bool = False):
+                 workers: int, seed: int, world: int = 1, pin_memory: bool = False):
         self.urls, self.image_size, self.batch_size = urls, image_size, batch_size
         self.workers, self.seed, self.pin_memory = workers, seed, pin_memory
         self.steps_per_epoch = streaming_steps(counts, batch_size, world, workers)
@@ -293,8 +296,8 @@ def build_cache(urls: list[str], counts: list[int], folder: Path, *, image_size:
     meta_path.unlink(missing_ok=True)
     images = np.memmap(data_path, np.uint8, "w+", shape=shape)
     # Every shard, whatever this process's rank (training_dataset would split them by rank).
-    dataset = read_shards(urls, by_worker=True)
-    dataset = dataset.map(functools.partial(decode_image, image_size=image_size))
+    dataset = read_shards(urls, by_worker=True).select(has_image)
+    dataset = dataset.map(functools.partial(sample_pixels, image_size=image_size))
     loader = DataLoader(dataset, batch_size=256, num_workers=workers)
     filled = 0
     with tqdm(total=total, desc="decoding cache", unit="img", disable=not progress) as bar:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from core.files import read_jsonl, write_bytes_atomic, write_figure_atomic
 from gan.runtime import Runtime, TrainingError, mean_over_ranks
-from pipeline.files import read_jsonl, write_bytes_atomic, write_figure_atomic
 
 STATS = ("loss_D", "loss_G", "D_x", "D_G_z")
 LOGGED = (*STATS, "images_per_s", "data_wait")  # what the progress bar and TensorBoard show

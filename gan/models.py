@@ -14,29 +14,10 @@ Every layer that a hook may want lives in `.blocks` as a module (activations inc
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-ARCHS = ("paper", "compact")
-IMAGE_SIZES = (32, 64, 128)
-# Channels of the 4x4 maps (G's first block, D's last conv) when --width is not given.
-DEFAULT_WIDTH = {"paper": 1024, "compact": 512}
-
-
-def _check(image_size: int, width: int | None, arch: str) -> tuple[int, int]:
-    """Validate the shape arguments; return (width, number of doublings from 4x4 to the image)."""
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-    if image_size not in IMAGE_SIZES:
-        raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {image_size}")
-    width = DEFAULT_WIDTH[arch] if width is None else width
-    doublings = int(math.log2(image_size // 4))
-    if width < 2 ** (doublings - 1) or width % 2 ** (doublings - 1):
-        raise ValueError(f"width {width} must be a multiple of {2 ** (doublings - 1)} "
-                         f"for {image_size}x{image_size} images (channels halve per layer)")
-    return width, doublings
+from gan.config import check_shape
 
 
 def _kernel(arch: str) -> tuple[int, int, int]:
@@ -54,7 +35,7 @@ class Generator(nn.Module):
     def __init__(self, image_size: int = 64, nz: int = 100, width: int | None = None,
                  arch: str = "paper"):
         super().__init__()
-        width, doublings = _check(image_size, width, arch)
+        width, doublings = check_shape(image_size, width, arch)
         self.image_size, self.nz, self.width, self.arch = image_size, nz, width, arch
         if arch == "paper":
             project = [nn.Linear(nz, width * 16, bias=False), nn.Unflatten(1, (width, 4, 4))]
@@ -96,7 +77,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, image_size: int = 64, width: int | None = None, arch: str = "paper"):
         super().__init__()
-        width, doublings = _check(image_size, width, arch)
+        width, doublings = check_shape(image_size, width, arch)
         self.image_size, self.width, self.arch = image_size, width, arch
         k, pad, _ = _kernel(arch)
         blocks = []
@@ -148,7 +129,3 @@ def build_models(config: dict) -> tuple[Generator, Discriminator]:
     """G and D from a run config (the plain dict stored in checkpoints)."""
     arch, size, width = config["arch"], config["image_size"], config["width"]
     return (Generator(size, config["nz"], width, arch), Discriminator(size, width, arch))
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -4,7 +4,7 @@ continues from, and what a stopped run tells its user.
 A run folder holds `metrics.jsonl` (one line per step), `samples/step-*.png` (a fixed z batch
 for the whole run), `checkpoints/last.pt` and `checkpoints/step-*.pt`, `loss_curve.png`,
 `config.json` and, once the run has finished, `summary.json`. A finished run is refused unless
-`overwrite=True` (the rule of every command, pipeline.outputs) or continued for more steps with
+`overwrite=True` (the rule of every command, core.outputs) or continued for more steps with
 `resume=True`; an unfinished one (a checkpoint but no summary) is continued with `resume=True`
 or started over with `overwrite=True`.
 """
@@ -15,15 +15,12 @@ import contextlib
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from core.files import write_json_atomic
+from core.outputs import claim_output, hold_output
 from gan.checkpoint import load_checkpoint
+from gan.config import TrainConfig
 from gan.runtime import Runtime, TrainingError, barrier
-from pipeline.files import write_json_atomic
-from pipeline.outputs import claim_output, hold_output
-
-if TYPE_CHECKING:  # the config is defined with the loop that reads it
-    from gan.train import TrainConfig
 
 COMMAND = "gan train"  # the owner named in a run folder and in its lock
 FINISHED = "summary.json"  # written last: its presence marks a finished run

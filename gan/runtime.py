@@ -17,16 +17,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.devices import resolve_device
-
-PRECISIONS = ("auto", "bf16", "fp32")  # auto = bf16 autocast on CUDA, fp32 on CPU
-PRECISION_HELP = (
-    "auto = bf16 autocast on CUDA (TF32 allowed for what stays fp32), fp32 on CPU. bf16 also "
-    "on CPUs with bf16 units (~1.6x faster on AVX512-BF16, no longer bit-exact fp32). fp32 = "
-    "true fp32 everywhere: no autocast and no TF32 on GPUs.")
+from core.devices import resolve_device
+from core.errors import UserError
 
 
-class TrainingError(Exception):
+class TrainingError(UserError):
     """The run cannot go on (diverged, nothing to resume, ...); the message is for the user."""
 
 

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.cli_common import BN_MODES
-from pipeline.files import write_png_atomic
-from pipeline.pixels import to_uint8
-from pipeline.sheets import contact_sheet
+from core.errors import UserError
+from core.files import write_png_atomic
+from core.pixels import to_uint8
+from core.sheets import contact_sheet
+from gan.cli_options import BN_MODES
+from gan.config import PRIORS
 
-PRIORS = ("uniform", "normal")
 ARITHMETIC_SAMPLES = 8  # noisy samples of Y in the Fig. 7 sheet, as in the paper
 # Images a drawing command generates as one batch (a figure is one batch, see above): ~2 GB of
 # activations for the paper's G at 64x64, and more tiles than a person can pick from.
@@ -43,26 +44,27 @@ def sample_z(
 
 
 def check_figure_size(images: int, what: str) -> None:
-    """ValueError, before anything is allocated, for a figure too large to draw as one batch."""
+    """UserError, before anything is allocated, for a figure too large to draw as one batch."""
     if images > MAX_IMAGES:
-        raise ValueError(f"{what} asks for {images} images in one figure, drawn as one batch; "
-                         f"at most {MAX_IMAGES}")
+        raise UserError(f"{what} asks for {images} images in one figure, drawn as one batch; "
+                        f"at most {MAX_IMAGES}")
 
 
 def load_z(path: Path, nz: int) -> torch.Tensor:
-    """The z's of a `gan sample --save-z` file as float32 (N, nz); ValueError naming the file
-    if it holds anything else (another shape, complex numbers, NaN or infinity, which G would
-    turn into a blank image without a word)."""
+    """The z's of a `gan sample --save-z` file as float32 (N, nz); UserError naming the file
+    if it holds anything else (no rows, another shape, complex numbers, NaN or infinity, which
+    G would turn into a blank image without a word)."""
     try:
         z = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"{path}: not a .npy array of z's ({err})") from None
-    if z.ndim != 2 or z.shape[1] != nz:
-        raise ValueError(f"{path}: expected an (N, {nz}) array of z's, found shape {z.shape}")
+        raise UserError(f"{path}: not a .npy array of z's ({err})") from None
+    if z.ndim != 2 or z.shape[1] != nz or len(z) == 0:
+        raise UserError(f"{path}: expected an (N, {nz}) array of z's (the checkpoint's G takes "
+                        f"{nz}), found shape {z.shape}")
     if not (np.issubdtype(z.dtype, np.floating) or np.issubdtype(z.dtype, np.integer)):
-        raise ValueError(f"{path}: expected real numbers, found {z.dtype}")
+        raise UserError(f"{path}: expected real numbers, found {z.dtype}")
     if not np.isfinite(z).all():
-        raise ValueError(f"{path}: holds NaN or infinite values; z's must be finite")
+        raise UserError(f"{path}: holds NaN or infinite values; z's must be finite real numbers")
     return torch.from_numpy(z.astype(np.float32))
 
 
@@ -164,10 +166,10 @@ def arithmetic(generator: nn.Module, z: torch.Tensor, a: Sequence[int], b: Seque
     """
     for name, idx in (("a", a), ("b", b), ("c", c)):
         if not idx:
-            raise ValueError(f"concept {name} needs at least one exemplar index")
+            raise UserError(f"concept {name} needs at least one exemplar index")
         bad = [i for i in idx if not 0 <= i < len(z)]
         if bad:
-            raise IndexError(f"concept {name}: indices {bad} outside the {len(z)} saved z's")
+            raise UserError(f"concept {name}: indices {bad} outside the {len(z)} saved z's")
     z = z.float()
     means = [z[list(idx)].mean(0) for idx in (a, b, c)]
     y = means[0] - means[1] + means[2]

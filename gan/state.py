@@ -13,19 +13,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from gan.checkpoint import set_rng_state, z_seed
+from gan.config import TrainConfig
 from gan.models import build_models
 from gan.runtime import Runtime, TrainingError
 from gan.sample import sample_z
 from gan.step import make_optimizer
-
-if TYPE_CHECKING:  # the config is defined with the loop that reads it
-    from gan.train import TrainConfig
 
 SAMPLE_GRID = 64  # images in each periodic sample grid (8 x 8)
 

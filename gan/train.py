@@ -35,9 +35,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from core.files import write_json_atomic
 from gan.checkpoint import rng_state, save_checkpoint
+from gan.config import TrainConfig, resumed_config
 from gan.data import (
-    CACHES,
     CachedBatches,
     DataError,
     StreamingBatches,
@@ -48,10 +49,8 @@ from gan.data import (
     to_model_input,
 )
 from gan.metrics import LOGGED, STATS, MetricsLog, plot_losses
-from gan.models import DEFAULT_WIDTH
 from gan.run_folder import FINISHED, claim_run, prepare_folder, resume_from, stopped
 from gan.runtime import (
-    PRECISIONS,
     Runtime,
     TrainingError,
     autocast_for,
@@ -63,77 +62,12 @@ from gan.runtime import (
     stop_runtime,
     wrap_models,
 )
-from gan.sample import PRIORS, generate, sample_z, save_grid
+from gan.sample import generate, sample_z, save_grid
 from gan.state import TrainState, check_same_data, new_state, restore, shard_list
 from gan.step import gan_step
-from pipeline.cli_common import BN_MODES
-from pipeline.files import write_json_atomic
-from pipeline.parallel import default_workers
-
-# Settings a resumed run may change; everything else comes from the checkpoint so that the
-# continuation is the same computation.
-RESUMABLE = ("steps", "epochs", "sample_every", "ckpt_every", "log_every", "device", "compile",
-             "progress", "resume", "overwrite")
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run, as plain values (stored in checkpoints and config.json)."""
-
-    data: str
-    out: str
-    image_size: int = 64
-    batch_size: int = 128
-    epochs: int | None = None
-    steps: int | None = None
-    lr: float = 2e-4
-    beta1: float = 0.5
-    nz: int = 100
-    width: int | None = None  # None: the arch's own (DEFAULT_WIDTH)
-    arch: str = "paper"
-    prior: str = "uniform"
-    workers: int = dataclasses.field(default_factory=lambda: min(8, default_workers()))
-    device: str = "auto"
-    seed: int = 0
-    sample_every: int = 500
-    ckpt_every: int = 5000
-    log_every: int = 10
-    cache: str = "none"
-    bn: str = "batch"
-    compile: bool = False
-    precision: str = "auto"
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.width is None:  # a default that depends on another field
-            self.width = DEFAULT_WIDTH.get(self.arch)
-        self.validate()
-
-    def validate(self) -> None:
-        """ValueError, for the user, if the settings contradict each other or are unknown."""
-        if self.epochs is not None and self.steps is not None:
-            raise ValueError("give --epochs or --steps, not both")
-        if self.resume and self.overwrite:
-            raise ValueError("give --resume (continue the run in --out) or --overwrite (replace "
-                             "it), not both")
-        for name, allowed in (("cache", CACHES), ("bn", BN_MODES), ("prior", PRIORS),
-                              ("precision", PRECISIONS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-
 
 # ---------------------------------------------------------------------------------------------
 # Set up: the run folder, the data, the models
-
-
-def resumed_config(config: TrainConfig, state: dict) -> TrainConfig:
-    """The checkpoint's settings, except those a resumed run may change."""
-    stored = dict(state["config"])
-    stored.update({k: getattr(config, k) for k in RESUMABLE})
-    stored["data"], stored["out"] = config.data, config.out
-    return TrainConfig(**stored)
 
 
 def make_batches(config: TrainConfig, rt: Runtime, out: Path, urls: list[str],
@@ -142,7 +76,7 @@ def make_batches(config: TrainConfig, rt: Runtime, out: Path, urls: list[str],
     if config.cache == "none":
         return StreamingBatches(urls, counts, image_size=config.image_size,
                                 batch_size=config.batch_size, workers=config.workers,
-                                seed=config.seed, rank=rt.rank, world=rt.world,
+                                seed=config.seed, world=rt.world,
                                 pin_memory=rt.cuda)
     if config.cache == "gpu":
         if not rt.cuda:
@@ -298,10 +232,10 @@ def train(data: str | os.PathLike, out: str | os.PathLike, **options) -> dict:
     checkpoint = resume_from(config, out)
     if checkpoint is not None:
         config = resumed_config(config, checkpoint)
-    urls, counts = open_shards(config.data)  # reads only: bad shards leave no run folder behind
-    check_image_size(urls, config.image_size)
-    rt = start_runtime(config.device)
+    rt = start_runtime(config.device)  # a bad --device is refused before the data is read
     try:
+        urls, counts = open_shards(config.data)  # reads only: bad shards leave no run folder
+        check_image_size(urls, config.image_size)
         with contextlib.ExitStack() as held:  # rank 0 holds the run folder until the end
             run_on_main(rt, lambda: claim_run(config, out, held))
             return _run(config, rt, out, checkpoint, urls, counts)

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli_common import (
+from core.cli import (
     device_option,
-    one_line_errors,
     overwrite_option,
     progress_option,
     restart_options,
+    run,
+    user_errors,
 )
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.dedup import (
@@ -27,13 +28,9 @@ from pipeline.dedup import (
     DEFAULT_RADIUS,
     DEFAULT_TRAIN_SAMPLES,
 )
-from pipeline.engines import ENGINE_HELP, ENGINES, RAY_ADDRESS_HELP, EngineError
-from pipeline.outputs import OutputError
-from pipeline.parallel import default_workers
-from pipeline.runner import StageError
-from pipeline.sources import DEFAULT_MAX_BYTES, SOURCES_HELP, SourceError
-
-user_errors = one_line_errors(SourceError, StageError, OutputError, EngineError)
+from pipeline.engines import ENGINE_HELP, ENGINES, RAY_ADDRESS_HELP
+from pipeline.engines.local import default_workers
+from pipeline.sources import DEFAULT_MAX_BYTES, SOURCES_HELP
 
 
 def workers_option(fn):
@@ -256,4 +253,4 @@ def demo(out, copies, seed):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,9 +1,14 @@
 """Bytes -> upright RGB uint8, or a specific reason why not.
 
-This is the only image decoder in the project, so every stage rejects bad input the same way
-and with the same words. Pillow is used because it exposes the header (size, mode, frames)
-before any pixel is decoded: that is what lets us refuse decompression bombs without
-allocating for them, and skip decoding entirely for images too small to use.
+All image decoding in the project is here, in two entry points:
+- `decode_image` for input images, whatever a scrape holds: every stage rejects bad input the
+  same way and with the same words. Pillow is used because it exposes the header (size, mode,
+  frames) before any pixel is decoded: that is what lets us refuse decompression bombs without
+  allocating for them, and skip decoding entirely for images too small to use.
+- `decode_shard_image` for the images of training shards, read back by training, its caches,
+  the analyses and contact sheets: PNG or JPEG crops of one size, upright RGB already, decoded
+  millions of times per run. It checks the size from the header, then decodes with OpenCV
+  (about 1.5x faster than the full path at 64x64, which a GPU waiting for data notices).
 
 Conventions (documented in the README):
 - EXIF orientation is applied, so the array is upright as a person would see it.
@@ -16,12 +21,14 @@ Conventions (documented in the README):
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.statuses import CORRUPT, EMPTY, NOT_IMAGE, TOO_LARGE, TOO_SMALL
+from pipeline.statuses import CORRUPT, EMPTY, NOT_IMAGE, TOO_LARGE, TOO_SMALL, RecordError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 
@@ -31,13 +38,8 @@ EXIF_ORIENTATION = 0x0112
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "ICO")
 
 
-class DecodeError(Exception):
+class DecodeError(RecordError):
     """An input that cannot become a training image; `status` is the manifest status."""
-
-    def __init__(self, status: str, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 def decode_image(
@@ -79,6 +81,36 @@ def decode_image(
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise DecodeError(CORRUPT, f"damaged or truncated image data ({err})") from None
     return rgb
+
+
+def decode_shard_image(data: bytes, side: int | None = None) -> np.ndarray:
+    """A training shard's image (PNG, JPEG, ...) -> H x W x 3 uint8 RGB. With `side`, an image
+    that is not side x side is refused from its header, before decoding; without, one over
+    DEFAULT_MAX_PIXELS is. DecodeError (with a manifest status) when it cannot be decoded."""
+    width, height = _shard_image_size(data)
+    if side is not None and (width, height) != (side, side):
+        raise DecodeError(TOO_LARGE if max(width, height) > side else TOO_SMALL,
+                          f"{width}x{height}, expected {side}x{side}")
+    if width * height > DEFAULT_MAX_PIXELS:
+        raise DecodeError(TOO_LARGE, f"header claims {width}x{height}, over the "
+                                     f"{DEFAULT_MAX_PIXELS / 1e6:.0f} Mpixel limit")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DecodeError(CORRUPT, "damaged or truncated image data (OpenCV cannot decode it)")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _shard_image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an image: a PNG's from its IHDR chunk directly (the shards' default
+    format, read a million times), any other from Pillow's header parser."""
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if len(data) == 0:
+        raise DecodeError(EMPTY, "zero-byte image member")
+    return image_size(data)
 
 
 def image_size(data: bytes) -> tuple[int, int]:

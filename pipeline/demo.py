@@ -24,7 +24,7 @@ import lmdb
 import numpy as np
 from PIL import Image
 
-from pipeline.parallel import chunked
+from pipeline.engines.local import chunked
 from pipeline.sources import LmdbSource
 
 # scikit-image photographs stored inside the package (no download needed).

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from pipeline.files import read_jsonl
 from pipeline.sinks import Sample
 from pipeline.statuses import DESCRIPTIONS
 
@@ -69,10 +68,6 @@ class Manifest:
         self._file.close()
 
 
-def read_manifest(folder: Path) -> list[dict]:
-    return list(read_jsonl(folder / MANIFEST_NAME))
-
-
 def software_versions() -> dict:
     """Versions that change results, recorded so a run can be reproduced.
 
@@ -90,11 +85,12 @@ def software_versions() -> dict:
     return versions
 
 
-def stage_summary(stage: str, counts: dict, seconds: float, processed: int,
-                  **fields: object) -> dict:
+def stage_summary(stage: str, counts: dict, seconds: float, processed: int, *,
+                  device: str = "cpu", **fields: object) -> dict:
     """The summary.json every command that writes a manifest shares: what ran, the counts by
-    status (with what each status means), the stage's own `fields`, time and speed (over the
-    `processed` records of this run), and the software versions."""
+    status (with what each status means), the stage's own `fields`, the device it ran on (the
+    CPU, but for the dedup hash's training), time and speed (over the `processed` records of
+    this run), and the software versions."""
     counts = dict(sorted(counts.items()))
     return {
         "stage": stage,
@@ -102,6 +98,7 @@ def stage_summary(stage: str, counts: dict, seconds: float, processed: int,
         "counts": counts,
         "statuses": {s: DESCRIPTIONS[s] for s in counts},
         **fields,
+        "device": device,
         "seconds": round(seconds, 3),
         "images_per_s": round(processed / seconds, 1) if seconds > 0 else None,
         "versions": software_versions(),

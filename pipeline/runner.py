@@ -5,8 +5,8 @@ everything around it: output-folder safety, ordered parallel mapping, the manife
 rollover, checkpoints for `--resume`, the contact sheet and the summary.
 
 Restart rules (the same for every stage):
-- one run at a time: the folder is locked for the whole run (pipeline.outputs.hold_output), and
-  only an empty folder or one this stage owns is used (pipeline.outputs.claim_output);
+- one run at a time: the folder is locked for the whole run (core.outputs.hold_output), and
+  only an empty folder or one this stage owns is used (core.outputs.claim_output);
 - a finished output folder (it has `summary.json`) is refused unless `overwrite`;
 - an unfinished one (killed midway) is started over, or continued with `resume`;
 - a checkpoint (`progress.json`) is written each time a shard is completed, at an input-record
@@ -31,8 +31,14 @@ from typing import Any
 
 from tqdm import tqdm
 
+from core.errors import UserError
+from core.files import write_json_atomic, write_png_atomic
+from core.outputs import claim_output, hold_output
+from core.samples import is_image, split_member
+from core.sheets import contact_sheet
+from pipeline.decode import decode_shard_image
 from pipeline.engines import Engine, engine_line, open_engine
-from pipeline.files import write_json_atomic, write_png_atomic
+from pipeline.engines.local import chunked
 from pipeline.manifest import (
     MANIFEST_NAME,
     SUMMARY_NAME,
@@ -41,11 +47,8 @@ from pipeline.manifest import (
     stage_summary,
     summary_line,
 )
-from pipeline.outputs import claim_output, hold_output
-from pipeline.parallel import chunked
-from pipeline.sheets import contact_sheet, decode_encoded
 from pipeline.sinks import INDEX_NAME, ShardSink, shard_keys, write_index
-from pipeline.sources import SHARD_IMAGE_EXTS, Record, Source
+from pipeline.sources import Record, Source
 
 PROGRESS_NAME = "progress.json"
 SHEET_NAME = "contact_sheet.png"
@@ -54,7 +57,7 @@ SHEET_SIZE = 64  # samples shown on the contact sheet
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-class StageError(Exception):
+class StageError(UserError):
     """A problem with the user's request (output folder state, options); message is for them."""
 
 
@@ -145,7 +148,7 @@ def _run_held(stage: Stage, source: Source, out: Path, *, engine: Engine, maxcou
     seconds = time.perf_counter() - started
     write_index(out, shards, stage=stage.name, **stage.index_info)
     if preview:
-        write_png_atomic(out / SHEET_NAME, contact_sheet([decode_encoded(b) for b in preview]))
+        write_png_atomic(out / SHEET_NAME, contact_sheet([decode_shard_image(b) for b in preview]))
     summary = _summary(stage, manifest, shards, seconds, total, state, inputs)
     if stage.summarize is not None:
         summary.update(stage.summarize(out))
@@ -198,7 +201,8 @@ def _first_images(out: Path, shards: list[dict], n: int) -> list[bytes]:
             for member in tar:
                 if len(images) == n:
                     return images
-                if member.name.rsplit(".", 1)[-1] in SHARD_IMAGE_EXTS:
+                parts = split_member(member.name)
+                if parts is not None and is_image(parts[1]):
                     images.append(tar.extractfile(member).read())
     return images
 

@@ -18,15 +18,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
-from pipeline.files import write_json_atomic
+from core.files import write_json_atomic
+from core.samples import safe_key
+from pipeline.decode import DEFAULT_MAX_PIXELS, decode_image
+from pipeline.engines.local import default_workers
 from pipeline.geometry import center_crop, encode_image, resize_area
 from pipeline.manifest import Outcome
-from pipeline.parallel import default_workers
 from pipeline.runner import Stage, StageError, run_stage
 from pipeline.sinks import Sample
-from pipeline.sources import DEFAULT_MAX_BYTES, ReadError, Record, Source, open_sources, safe_key
-from pipeline.statuses import EXCLUDED, KEPT
+from pipeline.sources import DEFAULT_MAX_BYTES, Record, Source, open_sources
+from pipeline.statuses import EXCLUDED, KEPT, RecordError
 
 LABEL_SOURCES = ("parent",)
 LABELS_NAME = "labels.json"
@@ -52,7 +53,7 @@ def _shard_one(rec: Record, params: ShardParams) -> Outcome:
     try:
         rgb = decode_image(rec.read(), max_pixels=params.max_pixels, min_side=params.size,
                            draft_side=params.size)
-    except (ReadError, DecodeError) as err:
+    except RecordError as err:
         return Outcome(rec.key, err.status, err.reason)
     height, width = rgb.shape[:2]
     crop = resize_area(center_crop(rgb), params.size)

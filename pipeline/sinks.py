@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.files import write_json_atomic
+from core.files import write_json_atomic
+from core.samples import split_member
 from pipeline.geometry import encode_image
 
 INDEX_NAME = "index.json"
@@ -35,7 +36,7 @@ INDEX_NAME = "index.json"
 
 @dataclass
 class Sample:
-    """One training sample: `key` is tar-safe (see sources.safe_key), `meta` becomes `.json`,
+    """One training sample: `key` is tar-safe (see core.samples.safe_key), `meta` becomes `.json`,
     `members` are further `<key>.<ext>` members (e.g. `cls`, a class index as ASCII text)."""
 
     key: str
@@ -113,7 +114,7 @@ def shard_keys(out: Path, shards: list[dict]) -> set[str]:
     keys: set[str] = set()
     for shard in shards:
         with tarfile.open(out / shard["name"]) as tar:
-            keys.update(name.split(".", 1)[0] for name in tar.getnames())
+            keys.update(parts[0] for parts in map(split_member, tar.getnames()) if parts)
     return keys
 
 

@@ -1,8 +1,20 @@
-"""The closed set of states an input record can end in, shared by every stage's manifest.
+"""The closed set of states an input record can end in, shared by every stage's manifest, and
+`RecordError`, how a record that cannot be used says which state it ends in.
 
 Each input record gets exactly one of these in `manifest.jsonl`; `summary.json` counts them and
 the counts add up to the number of input records.
 """
+
+
+class RecordError(Exception):
+    """One input record cannot be used: `status` (one of this module's) is what the manifest
+    records for it, `reason` says why, for a person. Not a user error: the run goes on."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
 
 # Produced a training sample.
 KEPT = "kept"

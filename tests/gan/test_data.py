@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.pixels import to_uint8
+from pipeline.sources import SourceError
 from gan.data import (
     CachedBatches,
     DataError,
@@ -17,16 +19,15 @@ from gan.data import (
     build_cache,
     check_gpu_cache_fits,
     check_image_size,
-    decode_sample,
     image_batches,
     open_shards,
     rank_share,
+    sample_tensor,
     streaming_steps,
     to_model_input,
     training_dataset,
 )
 from pipeline.geometry import encode_image
-from pipeline.pixels import to_uint8
 from pipeline.sinks import read_index
 from tests.gan.conftest import write_shards
 
@@ -65,8 +66,8 @@ def test_wrong_image_size_says_how_to_fix(shards: Path) -> None:
     sample = next(iter(training_dataset(shards, shuffle=0).map(lambda x: x)))
     assert sample.shape == (3, 32, 32)
     raw = {"__key__": "k", "png": encode_image(np.zeros((48, 48, 3), np.uint8), "png")}
-    with pytest.raises(ValueError, match="--size 64"):
-        decode_sample(raw, image_size=64)
+    with pytest.raises(DataError, match="--size 64"):
+        sample_tensor(raw, image_size=64)
     urls, _ = open_shards(shards)
     check_image_size(urls, 32)
     with pytest.raises(DataError, match="is 32x32, expected 64x64: make shards with --size 64"):
@@ -75,10 +76,10 @@ def test_wrong_image_size_says_how_to_fix(shards: Path) -> None:
         next(image_batches(urls, 64))
 
 
-def test_decode_sample_pixel_values() -> None:
+def test_sample_tensor_pixel_values() -> None:
     img = np.zeros((4, 4, 3), np.uint8)
     img[..., 0] = 255  # red in RGB
-    tensor = decode_sample({"__key__": "k", "png": encode_image(img, "png")}, 4)
+    tensor = sample_tensor({"__key__": "k", "png": encode_image(img, "png")}, 4)
     assert torch.all(tensor[0] == 1) and torch.all(tensor[1:] == -1)
 
 
@@ -125,7 +126,7 @@ def test_shards_without_index_are_counted(training_shards) -> None:
 
 
 def test_not_shards(tmp_path: Path) -> None:
-    with pytest.raises(DataError):
+    with pytest.raises(SourceError, match="no such file or folder"):
         open_shards(tmp_path / "missing")
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.png").write_bytes(b"x")

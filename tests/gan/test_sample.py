@@ -8,6 +8,7 @@ import cv2
 import pytest
 import torch
 
+from core.errors import UserError
 from gan.models import Generator
 from gan.sample import (
     arithmetic,
@@ -97,5 +98,5 @@ def test_arithmetic(G: Generator) -> None:
     torch.testing.assert_close(out["pixel_result"], pixel)
     sheet = arithmetic_sheet(out)
     assert sheet.shape == (5 * 34 + 2, 9 * 34 + 2, 3)
-    with pytest.raises(IndexError, match="outside"):
+    with pytest.raises(UserError, match="outside"):
         arithmetic(G, z, [0], [1], [99])

@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import UserError
 import gan.train as train_module
+from core.outputs import OutputError, claim_output, hold_output
+from core.pixels import to_uint8
 from gan.checkpoint import CheckpointError, load_checkpoint, load_models, save_checkpoint
 from gan.metrics import read_metrics
 from gan.models import build_models
 from gan.runtime import TrainingError
 from gan.sample import generate, sample_z
 from gan.train import train
-from pipeline.outputs import OutputError, claim_output, hold_output
-from pipeline.pixels import to_uint8
 from tests.gan.conftest import TARGET_RGB, TINY
 
 
@@ -107,7 +108,7 @@ def test_existing_run_needs_resume_or_overwrite_and_resume_needs_a_run(
     (run / "summary.json").unlink()
     with pytest.raises(TrainingError, match="already holds a run: pass --resume"):
         train(shards, run, **TINY, steps=1)
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(UserError, match="not both"):
         train(shards, run, **TINY, steps=1, resume=True, overwrite=True)
 
 
@@ -158,7 +159,7 @@ def test_exploding_weights_are_never_checkpointed(training_shards, tmp_path: Pat
 
 
 def test_epochs_and_steps_are_exclusive(training_shards, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(UserError, match="not both"):
         train(training_shards(shards=1, per_shard=8), tmp_path / "run", **TINY, epochs=1, steps=1)
 
 
@@ -202,7 +203,7 @@ def test_bf16_precision_is_opt_in_on_cpu_and_kept_on_resume(
     assert torch.isfinite(bf16).all() and not torch.equal(bf16, weights("fp32"))
     config = load_checkpoint(tmp_path / "bf16" / "checkpoints" / "last.pt")["config"]
     assert config["precision"] == "bf16"
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(UserError, match="precision"):
         train(shards, tmp_path / "bad", **options, steps=1, precision="fp8")
 
 
@@ -268,7 +269,7 @@ def test_a_damaged_metrics_file_is_named(training_shards, tmp_path: Path) -> Non
     run = tmp_path / "run"
     train(shards, run, **TINY, steps=1, sample_every=100)
     (run / "metrics.jsonl").write_text("not json\n")
-    with pytest.raises(ValueError, match=r"metrics\.jsonl: line 1 is not JSON"):
+    with pytest.raises(UserError, match=r"metrics\.jsonl: line 1 is not JSON"):
         train(shards, run, **TINY, steps=2, resume=True)
     (run / "metrics.jsonl").write_text('{"loss": 1}\n')
     with pytest.raises(TrainingError, match=r"metrics\.jsonl: a line without a step number"):

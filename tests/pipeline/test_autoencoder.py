@@ -8,22 +8,23 @@ import numpy as np
 import pytest
 import torch
 
+from core.torch_files import TorchFileError, UnsafeFileError
 from pipeline import demo
-from pipeline.autoencoder import (
+from pipeline.dedup.autoencoder import (
     HashConfig,
     SemanticHashAutoencoder,
     corrupt,
+    hash_encoder,
     load_model,
     save_model,
     to_input,
 )
-from pipeline.hashing import HashEncoder
 
 CONFIG = HashConfig(side=32, bits=128, noise=1.0, dropout=0.1, binary=True, code_noise=3.0)
 
 
 def semantic_hash(model: SemanticHashAutoencoder, crops: np.ndarray) -> np.ndarray:
-    return HashEncoder.of(model).codes(crops)
+    return hash_encoder(model).codes(crops)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_codes_ignore_brightness(crops):
 
 
 def test_numpy_codes_are_the_trained_encoders_active_units(crops):
-    """Hashing runs in numpy on the weights (pipeline.hashing); each bit must be the torch
+    """Hashing runs in numpy on the weights (pipeline.dedup.hashing); each bit must be the torch
     encoder's own ReLU, wherever the pre-activation is not within rounding of the threshold."""
     torch.manual_seed(5)
     model = SemanticHashAutoencoder(CONFIG).eval()
@@ -81,14 +82,14 @@ def test_saved_model_reloads_safely_with_identical_codes(tmp_path, crops):
 
 def test_a_file_that_is_not_a_hash_model_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a semantic-hash autoencoder"):
+    with pytest.raises(TorchFileError, match="not a semantic-hash autoencoder"):
         load_model(tmp_path / "other.pt")
     (tmp_path / "text.pt").write_text("hello\n")
-    with pytest.raises(ValueError, match="not a file saved by torch.save"):
+    with pytest.raises(TorchFileError, match="not a file saved by torch.save"):
         load_model(tmp_path / "text.pt")
     # A pickled builtin: code. (Not `print`: importing ray, as other tests do, replaces it.)
     torch.save({"config": len}, tmp_path / "code.pt")
-    with pytest.raises(ValueError, match=r"refused: it holds pickled Python objects \(len\)"
+    with pytest.raises(UnsafeFileError, match=r"refused: it holds pickled Python objects \(len\)"
                        ) as err:
         load_model(tmp_path / "code.pt")
     assert "weights_only" not in str(err.value)

@@ -11,14 +11,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from core.files import read_jsonl
 from pipeline import demo
-from pipeline.autoencoder import load_model
 from pipeline.cli import main
-from pipeline.crops import CropParams, extract_crops
 from pipeline.dedup import DEFAULT_RADIUS
 from pipeline.dedup import dedup as run_dedup
-from pipeline.files import read_jsonl
-from pipeline.grouping import (
+from pipeline.dedup.autoencoder import hash_encoder, load_model
+from pipeline.dedup.crops import CropParams, extract_crops
+from pipeline.dedup.grouping import (
     IMAGES_PER_CODE,
     NEAREST_CODES,
     candidate_pairs,
@@ -28,9 +28,8 @@ from pipeline.grouping import (
     hamming_neighbours,
     keep_order,
 )
-from pipeline.hashing import HashEncoder, hash_crops
-from pipeline.manifest import read_manifest
-from pipeline.reuploads import reupload
+from pipeline.dedup.hashing import hash_crops
+from pipeline.dedup.reuploads import reupload
 from pipeline.shards import make_shards
 from pipeline.sources import open_source
 
@@ -97,7 +96,7 @@ def test_bad_images_are_recorded_and_counts_add_up(tmp_path, tiles):
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "page.jpg").write_bytes(b"<!DOCTYPE html><html>404</html>")
     summary = run_dedup([folder], tmp_path / "out", **FAST)
-    lines = read_manifest(tmp_path / "out")
+    lines = list(read_jsonl(tmp_path / "out" / "manifest.jsonl"))
     assert len(lines) == 23 == summary["inputs"] == sum(summary["counts"].values())
     status = {line["key"]: line["status"] for line in lines}
     assert (status["truncated.png"], status["empty.jpg"], status["page.jpg"]) == (
@@ -117,7 +116,7 @@ def test_model_reuse_gives_identical_codes(tmp_path, tiles):
     assert groups_of(tmp_path / "first") == groups_of(tmp_path / "second")
     model, _ = load_model(model_path)
     crops = extract_crops(open_source(folder), tmp_path, CropParams(), 1, progress=False)
-    codes = hash_crops(HashEncoder.of(model), crops.images, progress=False)
+    codes = hash_crops(hash_encoder(model), crops.images, progress=False)
     assert codes.shape == (41, 16)
     first = groups_of(tmp_path / "first")[0]
     assert first["code"] == codes[1].tobytes().hex()
@@ -183,7 +182,7 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path, tiles):
         tracemalloc.start()
         crops = extract_crops(open_source(folder), out, CropParams(), 1, chunk_size=16,
                               progress=False)
-        hash_crops(HashEncoder.of(model), crops.images, batch=32, progress=False)
+        hash_crops(hash_encoder(model), crops.images, batch=32, progress=False)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     per_extra_image = (peaks[1] - peaks[0]) / 180
@@ -191,7 +190,7 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path, tiles):
 
 
 def run_model(crops):
-    from pipeline.autoencoder import HashConfig, train
+    from pipeline.dedup.autoencoder import HashConfig, train
 
     return train(crops, HashConfig(side=32, bits=128, noise=1.0, dropout=0.1), epochs=1,
                  batch_size=32, progress=False, device="cpu")
@@ -312,7 +311,7 @@ def test_a_framed_copy_is_found_though_its_center_crop_code_is_far(tmp_path, til
     summary = run_dedup([folder], tmp_path / "out", **FAST)
     hash_model, _ = load_model(tmp_path / "out" / "autoencoder.pt")
     crops = extract_crops(open_source(folder), tmp_path, CropParams(), 1, progress=False)
-    codes = hash_crops(HashEncoder.of(hash_model), crops.images, progress=False)
+    codes = hash_crops(hash_encoder(hash_model), crops.images, progress=False)
     keys = [line["key"] for line in read_jsonl(tmp_path / "records.jsonl")]
     row = {key: r for r, key in enumerate(keys)}
     bits = [int(np.bitwise_count(codes[row[f"t{i:03d}.png"]] ^ codes[row[f"t{i:03d}_framed.png"]])
@@ -333,7 +332,7 @@ def test_paper_mode_is_radius_0_without_verification(tmp_path, tiles):
     assert not (tmp_path / "paper" / "distances.png").exists()
     hash_model, _ = load_model(model)
     crops = extract_crops(open_source(folder), tmp_path, CropParams(), 1, progress=False)
-    codes = hash_crops(HashEncoder.of(hash_model), crops.images, progress=False)
+    codes = hash_crops(hash_encoder(hash_model), crops.images, progress=False)
     expected = group_codes(codes, radius=0)  # equal codes, nothing else
     keys = [line["key"] for line in read_jsonl(tmp_path / "records.jsonl")]
     want = {frozenset(keys[r] for r in np.flatnonzero(expected == g))

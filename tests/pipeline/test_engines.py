@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from pipeline import demo
 from pipeline.cli import main
 from pipeline.dedup import dedup as run_dedup
-from pipeline.engines import RAY_LOOPBACK_ONLY, RAY_MISSING
+from pipeline.engines.ray_engine import RAY_LOOPBACK_ONLY, RAY_MISSING
 from pipeline.faces import detect_faces
 from pipeline.runner import Stage, run_stage
 from pipeline.shards import ShardParams, make_shards, shard_chunk

@@ -14,14 +14,16 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.files import read_jsonl
+from core.samples import safe_key
 from pipeline import demo
 from pipeline.cli import main as cli
-from pipeline.detectors import DetectorError, detection_scale, load_detector, make_spec
-from pipeline.faces import FaceParams, detect_faces, faces_chunk, find_faces, square_around
-from pipeline.manifest import read_manifest
-from pipeline.sheets import decode_encoded
+from pipeline.decode import decode_shard_image
+from pipeline.faces import FaceParams, detect_faces, find_faces, square_around
+from pipeline.faces.detectors import DetectorError, detection_scale, load_detector, make_spec
+from pipeline.faces.stage import faces_chunk
 from pipeline.sinks import read_index
-from pipeline.sources import Record, safe_key
+from pipeline.sources import Record
 
 # Hand-labelled faces (hairline to chin, cheek to cheek), x, y, w, h in the shipped photos.
 TRUE_FACE = {"astronaut.png": (180, 75, 90, 97), "grace_hopper.jpg": (170, 135, 185, 197)}
@@ -49,7 +51,7 @@ def jpeg(rgb: np.ndarray) -> bytes:
 
 
 def crops(outcome) -> list[np.ndarray]:
-    return [decode_encoded(s.image) for s in outcome.samples]
+    return [decode_shard_image(s.image) for s in outcome.samples]
 
 
 def two_people() -> np.ndarray:
@@ -153,7 +155,7 @@ def test_size_and_format_options_shape_the_samples():
     outcome = run_one(jpeg(demo.photo("astronaut.png")), size=32, fmt="jpg")
     [sample] = outcome.samples
     assert sample.ext == "jpg" and sample.image[:2] == b"\xff\xd8"
-    assert decode_encoded(sample.image).shape == (32, 32, 3) and sample.meta["size"] == 32
+    assert decode_shard_image(sample.image).shape == (32, 32, 3) and sample.meta["size"] == 32
 
 
 @given(st.integers(1, 400), st.integers(1, 400), st.data(), st.floats(0, 1))
@@ -223,7 +225,7 @@ def stage_out(scraped, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_every_photo_gets_one_status_and_the_counts_add_up(stage_out):
     out, summary = stage_out
-    manifest = read_manifest(out)
+    manifest = list(read_jsonl(out / "manifest.jsonl"))
     assert {line["key"]: line["status"] for line in manifest} == EXPECTED
     assert summary["inputs"] == summary["photos_in"] == len(EXPECTED)
     assert sum(summary["counts"].values()) == len(EXPECTED)
@@ -245,7 +247,7 @@ def test_shards_hold_one_crop_per_face_with_provenance(stage_out):
     assert [s["samples"] for s in read_index(out)] == [2, 2]
     for key, sample in samples.items():
         meta = json.loads(sample["json"])
-        assert decode_encoded(sample["png"]).shape == (64, 64, 3)
+        assert decode_shard_image(sample["png"]).shape == (64, 64, 3)
         assert key == safe_key(f"{meta['source_key']}/face{meta['face']}")
         assert len(meta["box"]) == 4 and meta["min_size"] == 64 and meta["margin"] == 0.25
 

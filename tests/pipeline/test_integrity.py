@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from core.files import read_jsonl
+from core.outputs import LOCK_NAME, OutputError, hold_output
 from pipeline.cli import main as cli
-from pipeline.manifest import read_manifest
-from pipeline.outputs import LOCK_NAME, OutputError, hold_output
 from pipeline.runner import Stage, StageError, run_stage
 from pipeline.shards import ShardParams, make_shards, shard_chunk
 from pipeline.sources import SourceError, open_sources, read_shards
@@ -31,7 +31,7 @@ from tests.conftest import (
 
 HOLD_SCRIPT = """
 import sys, time
-from pipeline.outputs import hold_output
+from core.outputs import hold_output
 with hold_output(sys.argv[1], command="pipeline shards"):
     print("held", flush=True)
     time.sleep(60)
@@ -102,7 +102,7 @@ def one_line_error(result) -> str:
 
 
 def statuses(out: Path) -> dict[str, dict]:
-    return {line["key"]: line for line in read_manifest(out)}
+    return {line["key"]: line for line in read_jsonl(out / "manifest.jsonl")}
 
 
 def sample_keys(out: Path) -> list[str]:
@@ -363,7 +363,7 @@ def test_contact_sheet_after_resume_matches_an_uninterrupted_run(tiles, tmp_path
 
 def test_dedup_crops_pass_records_an_oversized_file_as_too_large(tiles, tmp_path):
     """dedup reads through the same records as the shard stages: too_large, not unreadable."""
-    from pipeline.crops import CropParams, crop_chunk
+    from pipeline.dedup.crops import CropParams, crop_chunk
 
     write_photos(tmp_path / "src", ["1.png"], tiles)
     make_sparse_file(tmp_path / "src" / "huge.png")

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import demo
 from pipeline.decode import decode_image
-from pipeline.reuploads import KINDS, reupload, reuploaded
+from pipeline.dedup.reuploads import KINDS, reupload, reuploaded
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -19,10 +19,10 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.files import read_jsonl
 from pipeline import demo
 from pipeline.cli import main as cli
 from pipeline.geometry import center_crop, resize_area
-from pipeline.manifest import read_manifest
 from pipeline.shards import make_shards
 from pipeline.sinks import read_index
 
@@ -91,7 +91,7 @@ def test_shards_contents_manifest_and_index(corpus, tmp_path):
     summary = make_shards([corpus], out, size=32, maxcount=16, workers=1, progress=False)
     n_inputs = 40 + len(demo.awkward_files(np.zeros((8, 8, 3), np.uint8)))
     assert summary["inputs"] == n_inputs == sum(summary["counts"].values())
-    manifest = {m["key"]: m for m in read_manifest(out)}
+    manifest = {m["key"]: m for m in read_jsonl(out / "manifest.jsonl")}
     assert len(manifest) == n_inputs
     for name, status in AWKWARD_STATUS.items():
         assert manifest[f"awkward/{name}"]["status"] == status
@@ -151,7 +151,7 @@ def test_exclude_leaves_keys_out_and_records_them(corpus, tmp_path):
     exclude.write_text("img_0000.jpeg\nimg_0001.png\n")
     summary = make_shards([corpus], tmp_path / "out", size=32, exclude=exclude, workers=1,
                           progress=False)
-    manifest = {m["key"]: m["status"] for m in read_manifest(tmp_path / "out")}
+    manifest = {m["key"]: m["status"] for m in read_jsonl(tmp_path / "out" / "manifest.jsonl")}
     assert manifest["img_0000.jpeg"] == manifest["img_0001.png"] == "excluded"
     assert summary["counts"]["excluded"] == 2
 
@@ -159,7 +159,7 @@ def test_exclude_leaves_keys_out_and_records_them(corpus, tmp_path):
 def test_finished_output_is_refused_unless_overwrite(corpus, tmp_path):
     make_shards([corpus], tmp_path, size=32, workers=1, progress=False)
     before = shard_bytes(tmp_path)
-    from pipeline.outputs import OutputError
+    from core.outputs import OutputError
 
     with pytest.raises(OutputError, match="--overwrite"):
         make_shards([corpus], tmp_path, size=32, workers=1, progress=False)

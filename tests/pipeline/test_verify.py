@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.decode import decode_image
-from pipeline.reuploads import KINDS, reupload
-from pipeline.verify import (
+from pipeline.dedup.reuploads import KINDS, reupload
+from pipeline.dedup.verify import (
     calibrate,
     distances,
     features,
@@ -103,7 +103,7 @@ def test_a_flat_edge_cut_in_one_copy_only_still_matches(photos):
 
 
 def test_distances_stream_in_batches_with_the_same_values(photos, monkeypatch):
-    import pipeline.verify as verify
+    import pipeline.dedup.verify as verify
 
     views, framed = views_of(photos)
     left, right = np.triu_indices(len(photos), 1)

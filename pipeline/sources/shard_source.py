@@ -3,33 +3,24 @@ built.
 
 Listing a shard reads only its tar headers, seeking from one to the next (an uncompressed tar's
 members are byte ranges of the file); each record points at its image member's byte range, which
-the worker reads itself. Samples and keys follow webdataset's own rules, so a shard lists the
-same samples here as in any WebDataset reader.
+the worker reads itself. Samples, keys and which member is the image follow core.samples
+(webdataset's own rules), so a shard lists the same samples here as in any reader.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tarfile
 from collections.abc import Iterator
 
-from pipeline.records import (
+from core.samples import image_extension, is_image, split_member
+from pipeline.sources.records import (
     DEFAULT_MAX_BYTES,
     Record,
     SourceError,
     file_identity,
     input_fingerprint,
 )
-
-# Sample members that hold the image when reading WebDataset shards, in order of preference.
-SHARD_IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "ppm", "tif", "tiff", "gif")
-
-# webdataset's rules for tar members (webdataset.tariterators), so that keys and samples are
-# those every WebDataset reader sees: names like this are metadata, not samples; a member's
-# sample key is its name up to the first dot of its last part, and its suffix is the rest.
-_META_NAME = re.compile(r"__[^/]*__($|/)")
-_KEY_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 
 class ShardSource:
@@ -72,14 +63,14 @@ class ShardSource:
                 key, sample = None, {}
                 while (member := tar.next()) is not None:
                     tar.members = []  # tarfile keeps every header read: a shard's worth
-                    match = _KEY_SUFFIX.match(member.name)
-                    if not member.isreg() or _META_NAME.match(member.name) or match is None:
+                    parts = split_member(member.name)
+                    if not member.isreg() or parts is None:
                         continue
-                    if match.group(1) != key:
+                    if parts[0] != key:
                         if key is not None:
                             yield self._record(url, stamp, key, sample)
-                        key, sample = match.group(1), {}
-                    suffix = match.group(2).lower()
+                        key, sample = parts[0], {}
+                    suffix = parts[1]
                     if suffix in sample:
                         raise SourceError(f"{url}: sample {key!r} has two .{suffix} members")
                     sample[suffix] = (member, self._unseekable_bytes(tar, member, seekable,
@@ -93,16 +84,17 @@ class ShardSource:
         sparse member) and they are within max_bytes; else None, the worker reads them."""
         if seekable and not member.issparse():
             return None
-        if suffix not in SHARD_IMAGE_EXTS or member.size > self.max_bytes:
+        if not is_image(suffix) or member.size > self.max_bytes:
             return None
         return tar.extractfile(member).read()
 
     def _record(self, url: str, stamp: tuple[int, int], key: str, sample: dict) -> Record:
         meta = {"source": url, "source_key": key}
-        image = next((sample[e] for e in SHARD_IMAGE_EXTS if e in sample), None)
-        if image is None:
-            return Record(key, meta, max_bytes=self.max_bytes)
-        member, data = image
+        extension = image_extension(sample)
+        if extension is None:
+            return Record(key, meta, max_bytes=self.max_bytes,
+                          error=f"the sample has no image member ({', '.join(sorted(sample))})")
+        member, data = sample[extension]
         return Record(key, meta, data=data, path=url, max_bytes=self.max_bytes,
                       span=(member.offset_data, member.size), stamp=stamp)
 

@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.devices import resolve_device
-from pipeline.files import write_bytes_atomic
-from pipeline.hashing import STD_FLOOR
-from pipeline.pixels import to_float
-from pipeline.torch_files import UnsafeFileError, load_plain
+from core.devices import resolve_device
+from core.files import write_bytes_atomic
+from core.pixels import to_float
+from core.torch_files import TorchFileError, UnsafeFileError, load_plain
+from pipeline.dedup.hashing import STD_FLOOR, HashEncoder
 
 LEARNING_RATE = 1e-3  # Adam, cosine-annealed to 0 over the run
 PROGRESS_EVERY = 50  # batches between copies of the loss to the host for the progress bar
@@ -85,16 +85,24 @@ class SemanticHashAutoencoder(nn.Module):
 
 
 def standardize(x: torch.Tensor, floor: float = STD_FLOOR / 127.5) -> torch.Tensor:
-    """Each crop minus its mean, over its standard deviation (at least `floor`, 8 grey levels).
-
-    A brightness or contrast change then leaves the code untouched, and low-contrast crops
-    (night shots, haze) spread over the code space instead of all landing on the few codes the
-    encoder's biases pick for "nearly flat" - the main source of false collisions we measured.
-    """
+    """Each crop minus its mean, over its standard deviation (at least `floor`, STD_FLOOR grey
+    levels on the [-1, 1] scale): pipeline.dedup.hashing.standardize's rule (why it is there),
+    in torch, as training needs it on the device."""
     flat = x.flatten(1)
     mean = flat.mean(dim=1, keepdim=True)
     std = flat.std(dim=1, keepdim=True).clamp_min(floor)
     return ((flat - mean) / std).view_as(x)
+
+
+def hash_encoder(model: SemanticHashAutoencoder) -> HashEncoder:
+    """The trained hash as it is applied (pipeline.dedup.hashing): the encoder's weights as numpy
+    arrays, columns reordered from torch's channels-first layout to the crops' channels-last
+    one, so no batch has to be transposed."""
+    side, bits = model.config.side, model.config.bits
+    weight = model.encoder.weight.detach().float().cpu().numpy()
+    weight = weight.reshape(bits, 3, side, side).transpose(0, 2, 3, 1).reshape(bits, -1)
+    bias = model.encoder.bias.detach().float().cpu().numpy()
+    return HashEncoder(np.ascontiguousarray(weight), bias.copy())
 
 
 def to_input(crops: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -156,7 +164,7 @@ def train(
     min_steps: int = 0,
     batch_size: int = 256,
     seed: int = 0,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     progress: bool = True,
 ) -> tuple[SemanticHashAutoencoder, list[float]]:
     """Fit the hash on `crops[rows]` (uint8 N x side x side x 3, e.g. the pass-1 memmap; all
@@ -225,13 +233,13 @@ def load_model(path: Path) -> tuple[SemanticHashAutoencoder, dict]:
         payload = load_plain(path)
     except UnsafeFileError:
         raise
-    except ValueError as err:
-        raise ValueError(f"{path}: not a file saved by torch.save ({err})") from None
+    except TorchFileError as err:
+        raise TorchFileError(f"{path}: not a file saved by torch.save ({err})") from None
     try:
         config = HashConfig(**payload["config"])
         model = SemanticHashAutoencoder(config)
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, RuntimeError) as err:
-        raise ValueError(f"{path}: not a semantic-hash autoencoder saved by pipeline dedup "
-                         f"({err})") from None
+        raise TorchFileError(f"{path}: not a semantic-hash autoencoder saved by pipeline dedup "
+                             f"({err})") from None
     return model.eval(), payload.get("info", {})

@@ -1,10 +1,11 @@
-"""Map one per-chunk function over chunks of records, in order, on all cores.
+"""The `local` engine: one per-chunk function mapped over chunks of records, in order, on all
+cores of this machine.
 
 This is img2dataset's split: a stage is a pure function `fn(chunk, params) -> results` and this
 module is the interchangeable "distributor". Results come back in input order whatever the
 worker count, so outputs are identical for 1 or N workers; at most a few chunks per worker are
-in flight, so memory stays flat however large the source is. This is the `local` engine;
-`pipeline.engines` maps the same functions as Ray tasks on a cluster.
+in flight, so memory stays flat however large the source is. pipeline.engines.ray_engine maps
+the same functions as Ray tasks on a cluster.
 """
 
 from __future__ import annotations
@@ -70,3 +71,26 @@ def map_ordered(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+class LocalEngine:
+    """This machine's ordered process pool (`map_ordered`)."""
+
+    name = "local"
+    distributed = False  # runs on the driver's machine (dedup hashes in-process, not as tasks)
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn: Callable[[list, Any], T], params: Any,
+            chunks: Iterable[list]) -> Iterator[T]:
+        return map_ordered(fn, params, chunks, self.workers)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "nodes": 1, "cpus": self.workers}

@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.errors import UserError
+
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -50,7 +52,7 @@ def write_png_atomic(path: Path, rgb: np.ndarray) -> None:
 
 def read_jsonl(path: Path) -> Iterator[dict]:
     """The records of a JSON-lines file, one per non-blank line; a line that is not JSON is a
-    ValueError naming the file and line (a manifest or metrics file damaged by hand)."""
+    UserError naming the file and line (a manifest or metrics file damaged by hand)."""
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -58,4 +60,4 @@ def read_jsonl(path: Path) -> Iterator[dict]:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {number} is not JSON ({err.msg})") from None
+                raise UserError(f"{path}: line {number} is not JSON ({err.msg})") from None

@@ -1,7 +1,7 @@
 """What re-uploading does to a photo: the changes a near duplicate of it may carry.
 
 Two users: dedup calibrates its verification threshold on the data itself by comparing sampled
-images with synthetic re-uploads of them (pipeline.verify), and benchmarks/dedup_quality.py
+images with synthetic re-uploads of them (pipeline.dedup.verify), and benchmarks/dedup_quality.py
 builds its labelled quality set from the same kinds. Each kind returns the encoded file a
 re-upload would be, so the copy goes through the same decoder as every real input.
 """

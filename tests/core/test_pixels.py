@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.pixels import to_float, to_uint8
+from core.pixels import to_float, to_uint8
 
 
 def test_to_uint8_maps_the_tanh_range_and_clips() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from pipeline.cli_common import MissingExtra
+from core.errors import MissingExtra
 
 INSTALL_HINT = ("faiss is not installed: pip install 'dcgan-pipeline[cpu]' "
                 "(or 'dcgan-pipeline[gpu]' on a CUDA machine, never both)")

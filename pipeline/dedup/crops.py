@@ -1,19 +1,19 @@
 """Pass 1 of `pipeline dedup`: every record's small center crop and whole-frame thumbnails,
 streamed to files on disk.
 
-Each record is decoded once by a pure per-chunk worker (`crop_chunk`) mapped over all cores, or
-a Ray cluster's (pipeline.engines), into its side x side center crop (what the paper's hash
-reads) and the grey thumbnails of its whole frame that verification compares
-(pipeline.verify.frame_views). Both stream in input order into uint8 files that the later passes
-read as memory maps, so no pass ever holds the images in RAM. A picture in a uniform frame or
-between letterbox bars also gets the center crop of what is inside them, to a third file: its
-code proposes candidates next to the frame's own (a framed copy's center crop is shifted and
-shrunk against the original's, so their codes are far apart). Alongside, a JSON-lines log gets
-one line per input, in input order: the crop's row, or why the record could not be decoded (the
-manifest is written from it once the groups are known).
+Each record is decoded once by a pure per-chunk worker (`crop_chunk`) mapped over all cores, or a
+Ray cluster's (pipeline.engines), into its side x side center crop (what the paper's hash reads) and
+the grey thumbnails of its whole frame that verification compares
+(pipeline.dedup.verify.frame_views). Both stream in input order into uint8 files that the later
+passes read as memory maps, so no pass ever holds the images in RAM. A picture in a uniform frame or
+between letterbox bars also gets the center crop of what is inside them, to a third file: its code
+proposes candidates next to the frame's own (a framed copy's center crop is shifted and shrunk
+against the original's, so their codes are far apart). Alongside, a JSON-lines log gets one line per
+input, in input order: the crop's row, or why the record could not be decoded (the manifest is
+written from it once the groups are known).
 
-A sample of the records, chosen by key (pipeline.verify.sampled), also gets a synthetic
-re-upload (pipeline.reuploads) whose thumbnails the worker returns: the "same picture" side of
+A sample of the records, chosen by key (pipeline.dedup.verify.sampled), also gets a synthetic
+re-upload (pipeline.dedup.reuploads) whose thumbnails the worker returns: the "same picture" side of
 the threshold calibration, made while the image is decoded anyway.
 """
 
@@ -29,14 +29,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, image_size
+from pipeline.decode import DEFAULT_MAX_PIXELS, decode_image, image_size
+from pipeline.dedup.reuploads import KINDS, SINGLE, reuploaded
+from pipeline.dedup.verify import SIDE as VIEW_SIDE
+from pipeline.dedup.verify import VIEWS, frame_views, sampled
 from pipeline.engines import Engine, LocalEngine
+from pipeline.engines.local import chunked
 from pipeline.geometry import center_crop, resize_area
-from pipeline.parallel import chunked
-from pipeline.reuploads import KINDS, SINGLE, reuploaded
-from pipeline.sources import ReadError, Record, Source
-from pipeline.verify import SIDE as VIEW_SIDE
-from pipeline.verify import VIEWS, frame_views, sampled
+from pipeline.sources import Record, Source
+from pipeline.statuses import RecordError
 
 CROPS_NAME = "crops.u8"  # scratch: the crops, removed when dedup ends
 VIEWS_NAME = "views.u8"  # scratch: the whole-frame thumbnails, removed when dedup ends
@@ -74,7 +75,7 @@ class CropChunk:
     crops: np.ndarray  # k x side x side x 3 uint8, k = decoded records, in order
     views: np.ndarray  # k x VIEW_SHAPE uint8, the whole-frame thumbnails
     pixels: list[int]  # header width * height of each decoded record (the keep rule uses it)
-    framed: list[bool]  # each decoded record: is it framed (pipeline.verify.is_frame)
+    framed: list[bool]  # each decoded record: is it framed (pipeline.dedup.verify.is_frame)
     inner_rows: list[int]  # which of the k decoded records have a uniform border ...
     inner: np.ndarray  # ... and the center crop of the picture inside it, len(inner_rows) x crop
     sampled: list[int]  # which of the k decoded records have a synthetic re-upload ...
@@ -92,7 +93,7 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
             data = rec.read()
             rgb = decode_image(data, max_pixels=params.max_pixels, draft_side=params.side)
             width, height = image_size(data)
-        except (ReadError, DecodeError) as err:  # too_large, unreadable, or a decoder reason
+        except RecordError as err:  # too_large, unreadable, or a decoder reason
             entries.append(CropEntry(rec.key, err.status, err.reason))
             continue
         entries.append(CropEntry(rec.key))
@@ -138,7 +139,7 @@ class Crops:
     images: np.ndarray  # memmap, n x side x side x 3
     views: np.ndarray  # memmap, n x VIEW_SHAPE
     pixels: np.ndarray  # n, header pixel counts
-    framed: np.ndarray  # n flags: framed (pipeline.verify.is_frame)
+    framed: np.ndarray  # n flags: framed (pipeline.dedup.verify.is_frame)
     inner: np.ndarray  # memmap, m x side x side x 3: the bordered pictures' inner crops ...
     inner_rows: np.ndarray  # ... and their rows (m)
     inputs: int

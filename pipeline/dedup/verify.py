@@ -15,7 +15,7 @@ and blur change the high frequencies this leaves out; a few per cent of crop or 
 the low frequencies little.
 
 The threshold is calibrated on the data itself, without labels (`calibrate`): distances of
-sampled images to synthetic re-uploads of themselves (pipeline.reuploads) against distances of
+sampled images to synthetic re-uploads of themselves (pipeline.dedup.reuploads) against distances of
 random pairs of different images. "Different" is what the hash says when it is sure: random pairs
 whose codes are more than twice the candidate radius apart (further than any two members of a
 group). Random pairs alone would not do on a collection with many copies: where 0.3 % of all

@@ -31,13 +31,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.files import write_json_atomic
+from core.errors import UserError
+from core.files import write_json_atomic
 
 LOCK_NAME = ".lock"
 OWNER_NAME = ".owner.json"
 
 
-class OutputError(Exception):
+class OutputError(UserError):
     """The output folder cannot be used as asked; the message says what to do instead."""
 
 

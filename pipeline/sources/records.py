@@ -10,7 +10,7 @@ member that is not one byte range of its file (a compressed or sparse tar) trave
 Reads are bounded: only regular files are opened (a FIFO or a device in a list would hang or
 never end), and a record larger than `max_bytes` is `too_large` before a byte of it is read.
 
-Every source adapter (pipeline.sources, pipeline.shard_source) builds on this module, which
+Every source adapter (pipeline.sources, pipeline.sources.shard_source) builds on this module, which
 imports none of them: the record, the errors an adapter raises, and the two helpers each
 adapter's `fingerprint()` is made of.
 """
@@ -26,24 +26,20 @@ from dataclasses import dataclass, field
 
 import lmdb
 
-from pipeline.statuses import TOO_LARGE, UNREADABLE
+from core.errors import UserError
+from pipeline.statuses import TOO_LARGE, UNREADABLE, RecordError
 
 # Larger files are `too_large` unread: no image a 64x64 training set needs comes near it, and a
 # worker holding a few of them stays within a laptop's memory.
 DEFAULT_MAX_BYTES = 256 * 2**20
 
 
-class SourceError(Exception):
+class SourceError(UserError):
     """The path cannot be read as any kind of source; the message is for the user."""
 
 
-class ReadError(OSError):
-    """A record's bytes cannot be had; `status` is what the manifest records for it."""
-
-    def __init__(self, status: str, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+class ReadError(RecordError):
+    """A record's bytes cannot be had (`unreadable`, `too_large`)."""
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.crops import LOG_NAME, Crops
-from pipeline.files import read_jsonl, write_bytes_atomic, write_figure_atomic, write_png_atomic
-from pipeline.grouping import Groups
+from core.files import read_jsonl, write_bytes_atomic, write_figure_atomic, write_png_atomic
+from core.sheets import contact_sheet
+from pipeline.dedup.crops import LOG_NAME, Crops
+from pipeline.dedup.grouping import Groups
+from pipeline.dedup.verify import Verdicts
 from pipeline.manifest import MANIFEST_NAME, Manifest, Outcome
-from pipeline.sheets import contact_sheet
 from pipeline.statuses import DUPLICATE, UNIQUE
-from pipeline.verify import Verdicts
 
 GROUPS_NAME = "groups.jsonl"
 DUPLICATES_NAME = "duplicates.txt"

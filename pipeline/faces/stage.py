@@ -32,8 +32,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
-from pipeline.detectors import (
+from core.files import read_jsonl, write_png_atomic
+from core.samples import safe_key
+from core.sheets import contact_sheet
+from pipeline.decode import DEFAULT_MAX_PIXELS, decode_image
+from pipeline.engines.local import default_workers
+from pipeline.faces.detectors import (
     DEFAULT_CASCADE,
     Box,
     DetectorSpec,
@@ -41,22 +45,12 @@ from pipeline.detectors import (
     load_detector,
     make_spec,
 )
-from pipeline.files import read_jsonl, write_png_atomic
 from pipeline.geometry import encode_image, resize_area
 from pipeline.manifest import MANIFEST_NAME, Outcome
-from pipeline.parallel import default_workers
 from pipeline.runner import Stage, run_stage
-from pipeline.sheets import contact_sheet
 from pipeline.sinks import Sample
-from pipeline.sources import (
-    DEFAULT_MAX_BYTES,
-    ReadError,
-    Record,
-    Source,
-    open_sources,
-    safe_key,
-)
-from pipeline.statuses import FACES, FACES_TOO_SMALL, NO_FACE
+from pipeline.sources import DEFAULT_MAX_BYTES, Record, Source, open_sources
+from pipeline.statuses import FACES, FACES_TOO_SMALL, NO_FACE, RecordError
 
 DEBUG_NAME = "debug_boxes.png"
 DEBUG_PHOTOS = 16
@@ -127,7 +121,7 @@ def faces_chunk(records: list[Record], params: FaceParams) -> list[Outcome]:
 def _faces_one(rec: Record, params: FaceParams) -> Outcome:
     try:
         rgb = decode_image(rec.read(), max_pixels=params.max_pixels, min_side=params.min_size)
-    except (ReadError, DecodeError) as err:
+    except RecordError as err:
         return Outcome(rec.key, err.status, err.reason)
     found = detect(params.detector, rgb, smallest=params.search_floor, max_side=params.max_side)
     kept = [b for b in found if max(b[2], b[3]) >= params.min_size]
@@ -193,7 +187,7 @@ def write_debug_boxes(source: Source, out: Path, params: FaceParams,
         if rec.key in wanted:
             try:
                 rgb = decode_image(rec.read(), max_pixels=params.max_pixels)
-            except (ReadError, DecodeError):  # changed since the run; the manifest stands
+            except RecordError:  # changed since the run; the manifest stands
                 wanted.pop(rec.key)
                 continue
             tiles.append(_debug_tile(rgb, wanted[rec.key], params.margin))

@@ -11,38 +11,40 @@ a few thousand crops). 3M crops are about 2.4 TFLOP: seconds on a few cores.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from pipeline.engines import Engine
 
-if TYPE_CHECKING:  # torch is imported only when training, so `pipeline --help` stays quick
-    from pipeline.autoencoder import SemanticHashAutoencoder
-
 BITS = 128  # the paper's 3072-128-3072 autoencoder
 ENCODE_BATCH = 8192  # crops per matrix product (bounded memory, large matmuls)
-STD_FLOOR = 8.0  # grey levels: the least standard deviation a crop is divided by (see
-#                  pipeline.autoencoder.standardize, which trains on the same rule)
+STD_FLOOR = 8.0  # grey levels: the least standard deviation a crop is divided by
+
+
+def standardize(crops: np.ndarray) -> np.ndarray:
+    """float32 N x pixels: each crop (uint8 or float grey levels) minus its mean, over its
+    standard deviation (at least STD_FLOOR grey levels).
+
+    A brightness or contrast change then leaves the code untouched, and low-contrast crops
+    (night shots, haze) spread over the code space instead of all landing on the few codes the
+    encoder's biases pick for "nearly flat" - the main source of false collisions we measured.
+    Training applies the same rule to torch tensors (pipeline.dedup.autoencoder.standardize,
+    checked equal to this one by the tests); the result does not depend on the pixel scale.
+    """
+    x = np.asarray(crops, np.float32).reshape(len(crops), -1)
+    x -= x.mean(axis=1, keepdims=True)
+    x /= np.maximum(x.std(axis=1, ddof=1, keepdims=True), STD_FLOOR)
+    return x
 
 
 @dataclass(frozen=True)
 class HashEncoder:
-    """The trained hash as it is applied: the encoder's weights, as numpy arrays."""
+    """The trained hash as it is applied: the encoder's weights, as numpy arrays
+    (pipeline.dedup.autoencoder.hash_encoder takes them from a trained model)."""
 
     weight: np.ndarray  # bits x pixels float32, columns in the crops' own (row, column, RGB) order
     bias: np.ndarray  # bits float32
-
-    @classmethod
-    def of(cls, model: SemanticHashAutoencoder) -> HashEncoder:
-        """The encoder of `model`, its weight columns reordered from torch's channels-first
-        layout to the crops' channels-last one, so no batch has to be transposed."""
-        side, bits = model.config.side, model.config.bits
-        weight = model.encoder.weight.detach().float().cpu().numpy()
-        weight = weight.reshape(bits, 3, side, side).transpose(0, 2, 3, 1).reshape(bits, -1)
-        bias = model.encoder.bias.detach().float().cpu().numpy()
-        return cls(np.ascontiguousarray(weight), bias.copy())
 
     @property
     def bits(self) -> int:
@@ -50,12 +52,9 @@ class HashEncoder:
 
     def codes(self, crops: np.ndarray) -> np.ndarray:
         """uint8 N x (bits / 8) codes of uint8 N x side x side x 3 crops: bit i is set where
-        code unit i's pre-activation is > 0 (its ReLU is active). Each crop is standardized as
-        in training; in grey levels, which gives the same values as the [-1, 1] scale."""
-        x = np.asarray(crops, np.float32).reshape(len(crops), -1)
-        x -= x.mean(axis=1, keepdims=True)
-        x /= np.maximum(x.std(axis=1, ddof=1, keepdims=True), STD_FLOOR)
-        return np.packbits(x @ self.weight.T + self.bias > 0, axis=1)
+        code unit i's pre-activation is > 0 (its ReLU is active), each crop standardized as in
+        training."""
+        return np.packbits(standardize(crops) @ self.weight.T + self.bias > 0, axis=1)
 
 
 def hash_crops(encoder: HashEncoder, crops: np.ndarray, *, batch: int = ENCODE_BATCH,

@@ -4,26 +4,27 @@ images themselves.
 
 Passes, each linear in the number of images and none holding the images in RAM:
 
-1. **Crops** (pipeline.crops): every record's 32x32 center crop and whole-frame thumbnails,
+1. **Crops** (pipeline.dedup.crops): every record's 32x32 center crop and whole-frame thumbnails,
    streamed to files on disk that the later passes read as memory maps; undecodable records get
    their status at once.
-2. **Train** the 3072-128-3072 autoencoder on a random sample of the crops (pipeline.autoencoder),
-   or load a saved one with `model=` so the same hash applies to new data.
-3. **Hash** (pipeline.hashing). Encode all crops in large batches, in numpy on the CPU; the
+2. **Train** the 3072-128-3072 autoencoder on a random sample of the crops
+   (pipeline.dedup.autoencoder), or load a saved one with `model=` so the same hash applies to new
+   data.
+3. **Hash** (pipeline.dedup.hashing). Encode all crops in large batches, in numpy on the CPU; the
    active ReLUs are the 128-bit code. With `--engine ray` the batches are tasks on the cluster
    (pipeline.engines).
 4. **Verify** (the default): codes within `radius` bits propose a bounded number of candidate
-   pairs per image (pipeline.grouping); each pair is judged on the whole-frame thumbnails
-   against a threshold calibrated on the data itself (pipeline.verify), and groups form around
+   pairs per image (pipeline.dedup.grouping); each pair is judged on the whole-frame thumbnails
+   against a threshold calibrated on the data itself (pipeline.dedup.verify), and groups form around
    anchor images from the pairs that pass.
    **Paper's mode** (`verify=False`, `radius=0`): equal codes are the groups (one sort of the
    codes); with `radius > 0`, codes within that Hamming distance of a group's anchor join it.
 
-In every group one member is kept (rule in `pipeline.grouping.keep_order`); the others are
-listed in `duplicates.txt`, the file `pipeline shards --exclude` reads (pipeline.dedup_results
+In every group one member is kept (rule in `pipeline.dedup.grouping.keep_order`); the others are
+listed in `duplicates.txt`, the file `pipeline shards --exclude` reads (pipeline.dedup.results
 writes it, the manifest, the group list and the sheets).
 
-Restart rule (pipeline.outputs): a finished output folder (it has summary.json) is refused
+Restart rule (core.outputs): a finished output folder (it has summary.json) is refused
 unless `overwrite`; an unfinished one is started over (hashing is a few passes over the data, so
 there is nothing worth resuming).
 """
@@ -40,7 +41,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.crops import (
+from core.files import write_figure_atomic, write_json_atomic
+from core.outputs import claim_output, hold_output
+from pipeline.decode import DEFAULT_MAX_PIXELS
+from pipeline.dedup.crops import (
     CROPS_NAME,
     INNER_NAME,
     LOG_NAME,
@@ -50,8 +54,17 @@ from pipeline.crops import (
     Crops,
     extract_crops,
 )
-from pipeline.decode import DEFAULT_MAX_PIXELS
-from pipeline.dedup_results import (
+from pipeline.dedup.grouping import (
+    IMAGES_PER_CODE,
+    NEAREST_CODES,
+    candidate_pairs,
+    code_neighbours,
+    group_codes,
+    group_pairs,
+    resolve_groups,
+)
+from pipeline.dedup.hashing import BITS, bit_usage, hash_all
+from pipeline.dedup.results import (
     DUPLICATES_NAME,
     GROUPS_NAME,
     HISTOGRAM_NAME,
@@ -63,41 +76,31 @@ from pipeline.dedup_results import (
     write_outputs,
     write_rejected_sheet,
 )
-from pipeline.engines import engine_line, open_engine
-from pipeline.files import write_figure_atomic, write_json_atomic
-from pipeline.grouping import (
-    IMAGES_PER_CODE,
-    NEAREST_CODES,
-    candidate_pairs,
-    code_neighbours,
-    group_codes,
-    group_pairs,
-    resolve_groups,
-)
-from pipeline.hashing import BITS, HashEncoder, bit_usage, hash_all
-from pipeline.manifest import MANIFEST_NAME, SUMMARY_NAME, stage_summary, summary_line
-from pipeline.outputs import claim_output, hold_output
-from pipeline.parallel import default_workers
-from pipeline.runner import StageError
-from pipeline.sources import DEFAULT_MAX_BYTES, open_sources
-from pipeline.statuses import DUPLICATE, UNIQUE
-from pipeline.verify import (
+from pipeline.dedup.verify import (
     Calibration,
     Verdicts,
     calibration_distances,
     histogram,
     verify_pairs,
 )
+from pipeline.engines import engine_line, open_engine
+from pipeline.engines.local import default_workers
+from pipeline.manifest import MANIFEST_NAME, SUMMARY_NAME, stage_summary, summary_line
+from pipeline.runner import StageError
+from pipeline.sources import DEFAULT_MAX_BYTES, open_sources
+from pipeline.statuses import DUPLICATE, UNIQUE
 
 if TYPE_CHECKING:  # torch is imported only when hashing, so `pipeline --help` stays quick
-    from pipeline.autoencoder import SemanticHashAutoencoder
+    import torch
+
+    from pipeline.dedup.autoencoder import SemanticHashAutoencoder
 
 MODEL_NAME = "autoencoder.pt"
 OUTPUTS = (MANIFEST_NAME, SUMMARY_NAME, GROUPS_NAME, DUPLICATES_NAME, MODEL_NAME, LOSS_NAME,
            SHEET_NAME, REJECTED_NAME, HISTOGRAM_NAME, CROPS_NAME, VIEWS_NAME, INNER_NAME, LOG_NAME)
 
 # Defaults that benchmarks/dedup_quality.py measured (README "Dedup quality"); the code has
-# pipeline.hashing.BITS bits, the paper's 3072-128-3072 autoencoder.
+# pipeline.dedup.hashing.BITS bits, the paper's 3072-128-3072 autoencoder.
 DEFAULT_RADIUS = 12  # candidate radius under verification (README "Dedup quality")
 CALIBRATION_SAMPLES = 1000  # images that get a synthetic re-upload for the calibration ...
 CALIBRATION_RATE = 0.1  # ... but never more than this fraction of them ...
@@ -138,12 +141,13 @@ def dedup(
 ) -> dict:
     """Find near duplicates in `sources` with the paper's semantic hash; results in `out`.
 
-    The decoder is trained on the binarized code (pipeline.autoencoder), with `code_noise` on
+    The decoder is trained on the binarized code (pipeline.dedup.autoencoder), with `code_noise` on
     the pre-activations; `code_noise` is a Python-only setting (the CLI uses the default).
     `verify=False, radius=0` is the paper's rule: equal codes are duplicates.
     Returns the summary (also OUT/summary.json); `summary["line"]` is the one-line report.
     """
-    check_request(radius=radius, train_samples=train_samples, model=model, device=device)
+    device = check_request(radius=radius, train_samples=train_samples, model=model,
+                           device=device)
     out = Path(out)
     source = open_sources(list(sources), max_bytes=max_bytes, skip=out)
     hash_model, info = load_saved_model(model) if model is not None else (None, None)
@@ -168,7 +172,11 @@ def dedup(
                     min_steps=min_steps, noise=noise, dropout=dropout, code_noise=code_noise,
                     batch_size=batch_size, seed=seed, device=device, progress=progress)
         with _timed(timings, "hash_s"):
-            encoder = HashEncoder.of(hash_model) if hash_model is not None else None
+            encoder = None
+            if hash_model is not None:
+                from pipeline.dedup.autoencoder import hash_encoder
+
+                encoder = hash_encoder(hash_model)
             codes = hash_all(encoder, crops.images, mapper, progress=progress)
             if verify:  # the inner crops' codes only propose candidates
                 inner_codes = hash_all(encoder, crops.inner, mapper, progress=False)
@@ -205,6 +213,7 @@ def dedup(
                       "max_bytes": max_bytes,
                       "hash": asdict(hash_model.config) if hash_model is not None else None},
             timings_s={k: round(v, 3) for k, v in timings.items()},
+            device=str(device),
             engine=mapper.describe(),
         )
         write_json_atomic(out / SUMMARY_NAME, summary)
@@ -216,36 +225,32 @@ def dedup(
         return summary
 
 
-def check_request(*, radius: int, train_samples: int, model: object, device: str) -> None:
-    """Refuse options that cannot work before any output is touched (StageError)."""
+def check_request(*, radius: int, train_samples: int, model: object,
+                  device: str | torch.device) -> torch.device:
+    """Refuse options that cannot work before any output is touched (a UserError); returns the
+    device the hash trains on (a misspelt device, or a GPU torch cannot see, is refused)."""
     if not 0 <= radius < BITS // 8:
         raise StageError(f"--radius must be between 0 and {BITS // 8 - 1}")
     if train_samples < 2 and model is None:
         raise StageError("--train-samples must be at least 2")
-    from pipeline.devices import resolve_device
+    from core.devices import resolve_device
 
-    try:
-        resolve_device(device)  # a misspelt device, or a GPU torch cannot see
-    except ValueError as err:
-        raise StageError(str(err)) from None
+    return resolve_device(device)
 
 
 def load_saved_model(path: str | os.PathLike) -> tuple[SemanticHashAutoencoder, dict]:
     """A hash saved by an earlier run (`--model`), so new data gets the same codes."""
-    from pipeline.autoencoder import load_model
+    from pipeline.dedup.autoencoder import load_model
 
-    try:
-        return load_model(Path(path))
-    except ValueError as err:
-        raise StageError(str(err)) from None
+    return load_model(Path(path))
 
 
 def train_hash(crops: Crops, out: Path, sources: list, *, train_samples: int, epochs: int,
                min_steps: int, noise: float, dropout: float, code_noise: float,
-               batch_size: int, seed: int, device: str,
+               batch_size: int, seed: int, device: torch.device,
                progress: bool) -> tuple[SemanticHashAutoencoder, dict, list[float]]:
     """Train the hash on a random sample of the crops; save it and its loss plot in `out`."""
-    from pipeline.autoencoder import HashConfig, save_model, train
+    from pipeline.dedup.autoencoder import HashConfig, save_model, train
 
     config = HashConfig(side=SIDE, bits=BITS, noise=noise, dropout=dropout, binary=True,
                         code_noise=code_noise)

@@ -1,16 +1,10 @@
-"""Where per-chunk work runs: this machine's process pool (`local`) or a Ray cluster (`ray`).
-
-Both engines offer the same `map(fn, params, chunks)`: `fn(chunk, params)` for every chunk,
-yielded in input order, with a fixed number of chunks in flight. The driver (the runner, dedup's
-passes) consumes results in that order, so the outputs do not depend on the engine, the number
-of workers or the order in which tasks happen to finish, and memory stays flat however long the
-input is.
+"""The `ray` engine: per-chunk work as Ray core tasks on a cluster.
 
 Ray core tasks, not Ray Data: the stages already are "map a pure function over ordered chunks,
 then write in order on the driver", which is exactly a bounded window of tasks; a Ray Data
 pipeline would add its own scheduling, block sizes and ordering rules to reason about for no
 gain. `params` go into the object store once (`ray.put`) and each worker process fetches them
-once, so a large exclude set or the dedup autoencoder crosses the network once per node.
+once, so a large exclude set or the dedup hash crosses the network once per node.
 
 A task whose worker process dies (killed, out of memory, node lost) is retried by Ray
 (`MAX_RETRIES`); the chunk is recomputed from its records, so the output is the same as an
@@ -25,15 +19,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from pipeline.parallel import IN_FLIGHT_PER_WORKER, map_ordered
+from core.errors import UserError
+from pipeline.engines.local import IN_FLIGHT_PER_WORKER
 
 T = TypeVar("T")
 
-ENGINES = ("local", "ray")
-ENGINE_HELP = ("Where per-chunk work runs: 'local' (this machine's process pool) or 'ray' (a Ray "
-               "cluster, see --ray-address). Output is identical for either.")
-RAY_ADDRESS_HELP = ("Ray cluster to join with --engine ray (e.g. 10.0.0.1:6379); default: the "
-                    "RAY_ADDRESS variable, else a Ray started on this machine for the run.")
 RAY_MISSING = "--engine ray needs Ray: pip install 'dcgan-pipeline[ray]'"
 MAX_RETRIES = 3  # re-runs of a chunk whose worker process died
 # Read by Ray when it is imported: "0" makes a Ray started here use and listen on 127.0.0.1 only
@@ -41,31 +31,8 @@ MAX_RETRIES = 3  # re-runs of a chunk whose worker process died
 RAY_LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-class EngineError(Exception):
+class EngineError(UserError):
     """The engine cannot be used as asked (Ray missing, cluster unreachable); for the user."""
-
-
-class LocalEngine:
-    """This machine's ordered process pool (pipeline.parallel)."""
-
-    name = "local"
-    distributed = False  # the driver's own machine: dedup hashes on --device in-process
-
-    def __init__(self, workers: int):
-        self.workers = workers
-
-    def __enter__(self) -> LocalEngine:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def map(self, fn: Callable[[list, Any], T], params: Any,
-            chunks: Iterable[list]) -> Iterator[T]:
-        return map_ordered(fn, params, chunks, self.workers)
-
-    def describe(self) -> dict:
-        return {"name": self.name, "nodes": 1, "cpus": self.workers}
 
 
 class RayEngine:
@@ -156,8 +123,6 @@ class RayEngine:
         return dict(self._info)
 
 
-Engine = LocalEngine | RayEngine
-
 # Per Ray worker process: the (fn, params) of the current job, fetched from the object store once.
 _job: dict[str, tuple] = {}
 
@@ -176,18 +141,3 @@ def _run_chunk(job: list, chunk: list) -> Any:
     return fn(chunk, params)
 
 
-def open_engine(name: str, *, workers: int, address: str | None = None) -> Engine:
-    """The engine a stage was asked for; EngineError (before any output is touched) if it
-    cannot be had."""
-    if name == "local":
-        return LocalEngine(workers)
-    if name == "ray":
-        return RayEngine(workers, address)
-    raise EngineError(f"unknown engine {name!r}; expected one of {', '.join(ENGINES)}")
-
-
-def engine_line(info: dict) -> str:
-    """How the summary line names where the run ran: "local, 8 CPUs" / "ray, 3 nodes, 96 CPUs"."""
-    nodes = "" if info["name"] == "local" else f", {info['nodes']} node" + \
-        ("s" if info["nodes"] != 1 else "")
-    return f"{info['name']}{nodes}, {info['cpus']} CPU" + ("s" if info["cpus"] != 1 else "")

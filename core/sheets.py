@@ -25,8 +25,3 @@ def contact_sheet(images: list[np.ndarray], cols: int = 8, pad: int = 2) -> np.n
         sheet[y : y + h, x : x + w] = img
     return sheet
 
-
-def decode_encoded(data: bytes) -> np.ndarray:
-    """PNG/JPEG bytes written by a stage -> RGB array (our own output, so no safety checks)."""
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return np.ascontiguousarray(bgr[..., ::-1])

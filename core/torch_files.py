@@ -14,15 +14,21 @@ import re
 
 import torch
 
+from core.errors import UserError
 
-class UnsafeFileError(ValueError):
+
+class TorchFileError(UserError):
+    """A torch file that does not load (damaged, not a torch file); the message says why."""
+
+
+class UnsafeFileError(TorchFileError):
     """The file holds pickled Python objects that could run code when loaded; refused."""
 
 
 def load_plain(path: str | os.PathLike) -> object:
     """The tensors and plain values in a torch file, on the CPU. UnsafeFileError for a file
-    that holds other pickled objects; ValueError with the first line of the reason for a file
-    that does not load (damaged, not a torch file)."""
+    that holds other pickled objects; TorchFileError with the first line of the reason for a
+    file that does not load (damaged, not a torch file)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -32,9 +38,9 @@ def load_plain(path: str | os.PathLike) -> object:
             raise UnsafeFileError(
                 f"{path}: refused: it holds pickled Python objects{what} that could run code "
                 f"when loaded; only plain tensors and numbers are read from torch files") from None
-        raise ValueError(_first_line(err)) from None
+        raise TorchFileError(_first_line(err)) from None
     except Exception as err:  # arbitrary bytes fail in arbitrary ways
-        raise ValueError(_first_line(err)) from None
+        raise TorchFileError(_first_line(err)) from None
 
 
 def _first_line(err: Exception) -> str:

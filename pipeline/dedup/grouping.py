@@ -5,7 +5,7 @@ Two ways to group, both linear in the number of images (never all pairs):
 - `group_codes`, the paper's: equal codes (one sort), and with `radius > 0` codes within that
   Hamming distance of a group's *anchor* code;
 - `candidate_pairs` + `group_pairs`, with verification: codes within a generous radius propose
-  a bounded number of candidate pairs per image, pipeline.verify keeps the pairs whose whole
+  a bounded number of candidate pairs per image, pipeline.dedup.verify keeps the pairs whose whole
   pictures match, and groups form around anchor images from those pairs.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.faiss_build import import_faiss
+from core.faiss_build import import_faiss
 
 NEAREST_CODES = 16  # a code's candidate codes: at most this many, nearest first, mutually
 IMAGES_PER_CODE = 4  # images of one code that stand for it as candidates (the first ones)

@@ -6,7 +6,7 @@ import sys
 
 import faiss
 
-from pipeline.faiss_build import faiss_build
+from core.faiss_build import faiss_build
 
 
 def test_faiss_build_names_the_installed_build() -> None:
@@ -21,14 +21,15 @@ def test_without_faiss_a_command_ends_with_the_install_line(monkeypatch) -> None
     import click
     import pytest
 
-    from pipeline.cli_common import MissingExtra, one_line_errors
-    from pipeline.faiss_build import import_faiss
+    from core.cli import user_errors
+    from core.errors import MissingExtra
+    from core.faiss_build import import_faiss
 
     monkeypatch.setitem(sys.modules, "faiss", None)  # what a missing module looks like
     with pytest.raises(MissingExtra, match=r"dcgan-pipeline\[cpu\]"):
         import_faiss()
 
-    @one_line_errors()
+    @user_errors
     def command() -> None:
         import_faiss()
 
