@@ -400,6 +400,7 @@ def classify(
             "arch": config["arch"],
             "image_size": size,
             "seed": seed,
+            "device": str(device),
         }
         _write_confusion(out / "confusion.png", report)
         write_json_atomic(out / "report.json", report)

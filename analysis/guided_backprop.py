@@ -143,7 +143,7 @@ def guided_backprop(
         gap = np.full((trained.shape[0], 16, 3), 255, np.uint8)
         write_png_atomic(out / "guided_backprop.png", np.concatenate([baseline, gap, trained], 1))
         report = {"layer": name, "features": ids, "top": top, "seed": seed,
-                  "top_responses": values.tolist()}
+                  "top_responses": values.tolist(), "device": str(device)}
         write_json_atomic(out / "report.json", report)
     return report
 

@@ -253,11 +253,13 @@ def measure_copying(
     progress: bool = True,
     overwrite: bool = False,
     warnings: list[str] | None = None,
+    device: str = "cpu",
 ) -> dict:
     """The whole analysis on image batches in [-1, 1]: writes neighbours.png, distances.png,
     distances.csv and report.json (last: a finished analysis) into `out` and returns the
     report. `out` is claimed before the first batch is drawn. `warnings` (what makes the
-    result doubtful) are kept in the report."""
+    result doubtful) and the `device` the batches were made and embedded on are kept in the
+    report."""
     with own_output(out, command="analysis memorization", overwrite=overwrite,
                     finished="report.json") as out:
         gen_x, gen_shown = _embed_all(generated, embed, show, "embed generated", progress)
@@ -289,6 +291,7 @@ def measure_copying(
                                                                dist[n_gen:, 0].min())),
             **stats,
             "warnings": warnings or [],
+            "device": device,
             **faiss_build(),
         }
         report["verdict"] = verdict(report["C_T"])
@@ -355,7 +358,8 @@ def memorization(
 ) -> dict:
     """`analysis memorization`: n samples of the checkpoint's G against training and held-out
     shards (at most n held-out images are used)."""
-    G, D, config = load_run(ckpt, resolve_device(device))
+    device = resolve_device(device)
+    G, D, config = load_run(ckpt, device)
     size = config["image_size"]
     embed = pixel_embedding if space == "pixels" else disc_embedding(D)
     check_image_size(train, size)
@@ -369,7 +373,7 @@ def memorization(
         lambda: image_batches(train, size, batch_size),
         image_batches(holdout, size, batch_size, limit=n), out, embed, k=k, cells=cells,
         min_gen=min_gen, search=search, show=show, seed=seed, progress=progress,
-        overwrite=overwrite, warnings=holdout_warnings(train, holdout),
+        overwrite=overwrite, warnings=holdout_warnings(train, holdout), device=str(device),
     )
 
 

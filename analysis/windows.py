@@ -204,7 +204,8 @@ def remove_windows(
     """Fit the window classifier on annotated samples, drop the maps it weighs positively, and
     write comparison.png (top: original, bottom: dropped), window_mask.npy/.json and
     report.json (last: a finished analysis) into `out`. Returns the report."""
-    G, _D, config = load_run(ckpt, resolve_device(device))
+    device = resolve_device(device)
+    G, _D, config = load_run(ckpt, device)
     annotations = load_boxes(boxes)
     if annotations.z.shape[1] != config["nz"]:
         raise AnalysisError(f"{boxes}: z has {annotations.z.shape[1]} dimensions, the "
@@ -246,6 +247,7 @@ def remove_windows(
             "batchnorm_note": BN_NOTES[bn],
             "samples": len(original),
             "mean_abs_change": float((original - dropped).abs().mean()),
+            "device": str(device),
         }
         write_json_atomic(out / "report.json", report)
     return report

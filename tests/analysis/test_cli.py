@@ -184,7 +184,7 @@ def test_device_cpu_runs_on_the_cpu(files, tmp_path, command):
     args = [a.format(**files) for a in COMMANDS[command]]
     result = _run(*args, "--ckpt", files["ckpt"], "--out", tmp_path, "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "report.json").is_file()
+    assert json.loads((tmp_path / "report.json").read_text())["device"] == "cpu"
 
 
 def test_an_unknown_device_is_a_one_line_error_before_any_output(files, tmp_path):
