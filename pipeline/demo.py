@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import shutil
 import struct
 import zlib
 from collections.abc import Iterable
@@ -24,10 +26,13 @@ import lmdb
 import numpy as np
 from PIL import Image
 
+from core.files import write_json_atomic
+from core.outputs import claim_output, hold_output
 from pipeline.engines.local import chunked
 from pipeline.sources import LmdbSource
 
-# scikit-image photographs stored inside the package (no download needed).
+COMMAND = "pipeline demo"  # the owner named in the demo folder
+BUILT_NAME = "demo.json"  # written last: the settings of the corpus the folder holds
 # Files inside scikit-image's data folder (shipped with the wheel, no download needed).
 SKIMAGE_SCENES = ("coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
                   "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png",
@@ -234,18 +239,27 @@ def write_lmdb(folder: Path, items: Iterable[tuple[str | bytes, bytes]], *,
     return count
 
 
-def build_demo(out: str | Path, *, copies: int = 12, seed: int = 0) -> dict:
-    """Write the demo corpus into `out` (idempotent: an existing complete corpus is reused)."""
+def build_demo(out: str | Path, *, copies: int = 12, seed: int = 0,
+               overwrite: bool = False) -> dict:
+    """Write the demo corpus into `out`, a folder `pipeline demo` owns (core.outputs). A corpus
+    already built there with the same `copies` and `seed` is reused (so `make shards` can ask
+    for it every time); one built with others is refused unless `overwrite`, which rebuilds it.
+    """
     _require_demo_packages()
-    out = Path(out)
-    scraped, lmdb_dir = out / "scraped", out / "lsun" / "demo_train_lmdb"
-    done = out / ".complete"
-    if not done.exists():
-        rng = np.random.default_rng(seed)
-        build_scraped(scraped, rng, copies)
-        build_lmdb(lmdb_dir, rng)
-        done.write_text(f"seed={seed} copies={copies}\n")
-    n_files = sum(1 for p in scraped.rglob("*") if p.is_file())
-    n_lmdb = LmdbSource(lmdb_dir).count()  # the sources' handle: one per LMDB per process
+    settings = {"copies": copies, "seed": seed}
+    with hold_output(Path(out), command=COMMAND) as out:
+        scraped, lmdb_dir = out / "scraped", out / "lsun" / "demo_train_lmdb"
+        built = out / BUILT_NAME
+        reused = built.is_file() and json.loads(built.read_text()) == settings
+        if not reused:
+            claim_output(out, command=COMMAND, overwrite=overwrite, finished=BUILT_NAME)
+            for folder in (scraped, out / "lsun"):
+                shutil.rmtree(folder, ignore_errors=True)
+            rng = np.random.default_rng(seed)
+            build_scraped(scraped, rng, copies)
+            build_lmdb(lmdb_dir, rng)
+            write_json_atomic(built, settings)
+        n_files = sum(1 for p in scraped.rglob("*") if p.is_file())
+        n_lmdb = LmdbSource(lmdb_dir).count()  # the sources' handle: one per LMDB per process
     return {"scraped_dir": str(scraped), "scraped": n_files, "lmdb_dir": str(lmdb_dir),
-            "lmdb": n_lmdb}
+            "lmdb": n_lmdb, "reused": reused}
