@@ -34,10 +34,10 @@ import torch
 
 from analysis.hooks import layer_module
 from analysis.windows import generate_pair, remove_windows
-from gan.cli_options import bn_option
 from core.files import write_json_atomic, write_npy_atomic
 from core.pixels import to_uint8
 from gan.checkpoint import load_models
+from gan.cli_options import bn_option
 from gan.sample import generate, sample_z
 from gan.train import train
 from pipeline.sinks import write_image_shards
