@@ -99,13 +99,12 @@ def annotate(ckpt, out, n, z_path, seed, bn, port, scale, label, device):
     server = start(ckpt, out, n=n, z=z_path, seed=seed, bn=bn, port=port, scale=scale,
                    label=label, device=device)
     a = server.annotation
-    resumed = a.summary()
-    click.echo(f"annotating {a.count} samples at {server.url} (boxes saved to {a.path} as you "
-               f"draw; {resumed['seen']} seen, {resumed['boxed']} with boxes so far); Done in "
-               "the page or Ctrl-C to finish")
-    try:
-        while not server.done.wait(0.5):
-            pass
+    try:  # from here on, Ctrl-C or SIGTERM is the ordinary way to finish
+        resumed = a.summary()
+        click.echo(f"annotating {a.count} samples at {server.url} (boxes saved to {a.path} as "
+                   f"you draw; {resumed['seen']} seen, {resumed['boxed']} with boxes so far); "
+                   "Done in the page or Ctrl-C to finish")
+        server.done.wait()
     except KeyboardInterrupt:
         pass
     finally:
@@ -250,4 +249,4 @@ def classify(ckpt, train_shards, test_shards, out, labels_per_class, validation,
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, "analysis")

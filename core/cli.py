@@ -27,20 +27,20 @@ DEVICE_HELP = "'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."
 FILE_REFUSALS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
-def run(group: click.Group) -> NoReturn:
-    """Run a command line as its console script does: stop signals handled from the first
-    moment (core.signals), click's own errors and `--help` as usual, and a stop signal anywhere
-    outside a command's own handling (start-up, imports) as one line."""
+def run(group: click.Group, name: str) -> NoReturn:
+    """Run the command line `name` as its console script does: stop signals handled from the
+    first moment (core.signals), click's own errors and `--help` as usual, and a stop signal
+    anywhere outside a command's own handling (start-up, imports) as one line."""
     stop_on_signals()
     try:
-        code = group.main(standalone_mode=False)
+        code = group.main(prog_name=name, standalone_mode=False)
     except click.ClickException as err:
         err.show()
         code = err.exit_code
     except (click.Abort, KeyboardInterrupt) as err:
         cause = err.__context__ if isinstance(err, click.Abort) else err
         message = str(cause or "")
-        click.echo(f"{group.name}: {message or f'stopped by {signal_name()}'}", err=True)
+        click.echo(message or f"{name}: stopped by {signal_name()}", err=True)
         code = exit_code()
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -23,7 +23,7 @@ def _launch(name: str) -> None:
         sys.exit(exit_code())
     from core.cli import run
 
-    run(cli.main)
+    run(cli.main, name)
 
 
 def pipeline() -> None:

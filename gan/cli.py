@@ -226,4 +226,4 @@ def arithmetic_cmd(ckpt, z_path, a, b, c, noise, seed, out, bn, device):
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, "gan")

@@ -38,6 +38,7 @@ from core.errors import UserError
 from core.files import write_json_atomic
 from core.pixels import to_float
 from core.samples import image_extension, is_image, split_member
+from core.signals import ignore_in_worker
 from pipeline.decode import DecodeError, decode_shard_image
 from pipeline.sources import ShardSource, open_source, read_shards
 from pipeline.statuses import TOO_LARGE, TOO_SMALL
@@ -161,6 +162,13 @@ def image_batches(urls: list[str], image_size: int, batch_size: int = 256,
 # Batch sources for `gan train`
 
 
+def leave_stop_signals(_worker: int) -> None:
+    """A loader worker leaves Ctrl-C and SIGTERM to the training process, which stops the run
+    between two steps and then its loaders (core.signals); a worker that died of a terminal's
+    Ctrl-C would end the run in a traceback instead."""
+    ignore_in_worker()
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """A distinct, reproducible shuffle seed per epoch."""
     return seed * 100_003 + epoch
@@ -200,6 +208,7 @@ class StreamingBatches:
         dataset = training_dataset(self.urls, image_size=self.image_size,
                                    shuffle=SHUFFLE_BUFFER, seed=epoch_seed(self.seed, epoch))
         loader = DataLoader(dataset, batch_size=self.batch_size, drop_last=True,
+                            worker_init_fn=leave_stop_signals,
                             num_workers=self.workers, pin_memory=self.pin_memory,
                             prefetch_factor=4 if self.workers else None)
         for i, batch in enumerate(loader):
@@ -298,7 +307,8 @@ def build_cache(urls: list[str], counts: list[int], folder: Path, *, image_size:
     # Every shard, whatever this process's rank (training_dataset would split them by rank).
     dataset = read_shards(urls, by_worker=True).select(has_image)
     dataset = dataset.map(functools.partial(sample_pixels, image_size=image_size))
-    loader = DataLoader(dataset, batch_size=256, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=256, num_workers=workers,
+                        worker_init_fn=leave_stop_signals)
     filled = 0
     with tqdm(total=total, desc="decoding cache", unit="img", disable=not progress) as bar:
         for batch in loader:

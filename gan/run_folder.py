@@ -72,7 +72,12 @@ def prepare_folder(config: TrainConfig, rt: Runtime, out: Path) -> None:
 
 def stopped(err: TrainingError, out: Path) -> TrainingError:
     """`err` with what the user still has: the last good checkpoint, if any."""
+    return TrainingError(f"{err}; stopped, {kept_checkpoint(out)}")
+
+
+def kept_checkpoint(out: Path) -> str:
+    """What a stopped run leaves to resume from, in words."""
     kept = out / "checkpoints" / "last.pt"
-    where = (f"the last good checkpoint is {kept} (step {load_checkpoint(kept)['step']})"
-             if kept.is_file() else "no checkpoint had been written")
-    return TrainingError(f"{err}; stopped, {where}")
+    if not kept.is_file():
+        return "no checkpoint had been written"
+    return f"the last good checkpoint is {kept} (step {load_checkpoint(kept)['step']})"

@@ -94,6 +94,15 @@ def mean_over_ranks(values: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return values / rt.world
 
 
+def any_rank(flag: bool, rt: Runtime) -> bool:
+    """Whether `flag` holds on any rank (every rank gets the answer; a collective call)."""
+    if rt.world == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=rt.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def gather_from_ranks(obj: object, rt: Runtime) -> list:
     """Every rank's `obj`, in rank order (on every rank; a collective call)."""
     if rt.world == 1:

@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from core.files import write_json_atomic
+from core.signals import Interrupted, deferred_stop, signal_name, stop_requested
 from gan.checkpoint import rng_state, save_checkpoint
 from gan.config import TrainConfig, resumed_config
 from gan.data import (
@@ -49,10 +50,18 @@ from gan.data import (
     to_model_input,
 )
 from gan.metrics import LOGGED, STATS, MetricsLog, plot_losses
-from gan.run_folder import FINISHED, claim_run, prepare_folder, resume_from, stopped
+from gan.run_folder import (
+    FINISHED,
+    claim_run,
+    kept_checkpoint,
+    prepare_folder,
+    resume_from,
+    stopped,
+)
 from gan.runtime import (
     Runtime,
     TrainingError,
+    any_rank,
     autocast_for,
     barrier,
     gather_from_ranks,
@@ -159,14 +168,24 @@ def save_state(st: TrainState, run: Run, name: str) -> None:
             "shards": run.shards})
 
 
+def stop_agreed(st: TrainState, run: Run) -> bool:
+    """Whether to stop after this step for Ctrl-C or SIGTERM (core.signals): at once with one
+    process; with several, all together at the next logging step (the ranks agree there, so
+    none is left waiting in a collective for one that stopped)."""
+    if run.rt.world == 1:
+        return stop_requested()
+    return st.step % run.config.log_every == 0 and any_rank(stop_requested(), run.rt)
+
+
 def train_loop(st: TrainState, run: Run) -> dict:
     """Step until `total_steps`, logging, sampling and checkpointing on their schedules; ends
-    with a sample grid and `last.pt`. Returns the last step's statistics."""
+    with a sample grid and `last.pt`. Returns the last step's statistics. A stop signal ends
+    the loop between two steps, with `last.pt` saved there (Interrupted)."""
     config = run.config
     autocast = autocast_for(config.precision, run.rt)
     bar = tqdm(total=run.total_steps, initial=st.step, desc="training", unit="step",
                disable=not (config.progress and run.rt.is_main))
-    try:
+    with deferred_stop(), contextlib.closing(bar):
         while st.step < run.total_steps:  # epochs
             for real, waited in epoch_batches(run, st.epoch, st.batch_in_epoch):
                 z = sample_z(len(real), config.nz, config.prior, st.z_rng)
@@ -183,14 +202,24 @@ def train_loop(st: TrainState, run: Run) -> dict:
                 if due_ckpt:
                     save_state(st, run, f"step-{st.step:07d}.pt")
                     save_state(st, run, "last.pt")
+                if stop_agreed(st, run):
+                    stop_here(st, run)
                 if st.step == run.total_steps:
                     break
         last = run.metrics.flush()
         save_samples(st, run)
         save_state(st, run, "last.pt")
         return last
-    finally:
-        bar.close()
+
+
+def stop_here(st: TrainState, run: Run) -> None:
+    """End the run at this step for a stop signal: the log flushed, `last.pt` saved here (every
+    rank takes part), and Interrupted with what to do next (said once, by rank 0)."""
+    run.metrics.flush()
+    save_state(st, run, "last.pt")
+    where = run.out / "checkpoints" / "last.pt"
+    raise Interrupted(f"gan train: stopped by {signal_name()} at step {st.step}; {where} is "
+                      "saved there and --resume continues exactly" if run.rt.is_main else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +268,11 @@ def train(data: str | os.PathLike, out: str | os.PathLike, **options) -> dict:
         with contextlib.ExitStack() as held:  # rank 0 holds the run folder until the end
             run_on_main(rt, lambda: claim_run(config, out, held))
             return _run(config, rt, out, checkpoint, urls, counts)
+    except KeyboardInterrupt as err:
+        if isinstance(err, Interrupted):
+            raise
+        raise Interrupted(f"gan train: stopped by {signal_name()} outside a training step; "
+                          f"{kept_checkpoint(out)}") from None
     finally:
         stop_runtime(rt)
 

@@ -240,17 +240,20 @@ def dedup(src, out, model, train_samples, epochs, min_steps, noise, dropout, rad
 @click.option("--copies", type=click.IntRange(min=1), default=12, show_default=True,
               help="Variants generated per base photograph.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True,
+              help="Rebuild a corpus that OUT holds with other --copies or --seed (one with "
+                   "the same settings is reused).")
 @user_errors
-def demo(out, copies, seed):
+def demo(out, copies, seed, overwrite):
     """Build the embedded demo corpus in OUT: OUT/scraped (a folder of "scraped" photos with
     awkward files mixed in) and OUT/lsun/demo_train_lmdb (an LSUN-format LMDB, WebP values)
     from real photographs that ship with scikit-image and matplotlib."""
     from pipeline.demo import build_demo
 
-    info = build_demo(out, copies=copies, seed=seed)
-    click.echo(f"demo corpus: {info['scraped']} files in {info['scraped_dir']}, "
-               f"{info['lmdb']} images in {info['lmdb_dir']}")
+    info = build_demo(out, copies=copies, seed=seed, overwrite=overwrite)
+    click.echo(f"demo corpus{' (already built)' if info['reused'] else ''}: {info['scraped']} "
+               f"files in {info['scraped_dir']}, {info['lmdb']} images in {info['lmdb_dir']}")
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, "pipeline")

@@ -14,7 +14,9 @@ Restart rules (the same for every stage):
   shards and ends with the same shards as an uninterrupted run;
 - the checkpoint holds the fingerprint of the run's input set (pipeline.sources), and a resume
   over a different input set is refused: skipping "the first N records" of other inputs would
-  leave some without a status and give others two.
+  leave some without a status and give others two;
+- a run stopped by Ctrl-C or SIGTERM (core.signals) ends with one line saying what it kept and
+  where `--resume` continues.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from core.files import write_json_atomic, write_png_atomic
 from core.outputs import claim_output, hold_output
 from core.samples import is_image, split_member
 from core.sheets import contact_sheet
+from core.signals import Interrupted, signal_name
 from pipeline.decode import decode_shard_image
 from pipeline.engines import Engine, engine_line, open_engine
 from pipeline.engines.local import chunked
@@ -118,7 +121,7 @@ def _run_held(stage: Stage, source: Source, out: Path, *, engine: Engine, maxcou
     manifest = Manifest(out / MANIFEST_NAME, state["manifest_offset"], state["counts"])
     shards: list[dict] = state["shards"]
     sink = ShardSink(out, stage.name, start_shard=len(shards), taken=shard_keys(out, shards))
-    records_done = state["records_done"]
+    records_done = kept = state["records_done"]  # kept: the records of finished shards
     preview = _first_images(out, shards, SHEET_SIZE)
 
     records = islice(iter(source), records_done, None)
@@ -136,8 +139,15 @@ def _run_held(stage: Stage, source: Source, out: Path, *, engine: Engine, maxcou
                 if sink.count >= maxcount:
                     shards.append(sink.close_shard())
                     _checkpoint(stage, out, inputs, records_done, manifest, shards)
+                    kept = records_done
             bar.update(len(outcomes))
             bar.set_postfix({stage.main_status: manifest.counts[stage.main_status]}, refresh=False)
+    except KeyboardInterrupt:
+        manifest.close()
+        raise Interrupted(
+            f"{stage.name}: stopped by {signal_name()} after {records_done} of {total} inputs; "
+            f"{len(shards)} finished shard(s) in {out} hold the first {kept}: rerun with "
+            "--resume to continue from there") from None
     finally:
         bar.close()
     last = sink.close_shard()

@@ -25,13 +25,14 @@ import importlib.util
 import os
 import re
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 import pytest
+
+from tests.processes import run
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -487,8 +488,8 @@ DEMO_RUNS = [
 # Two changes keep the run short: `gan train` takes 2 steps, and the LSUN shards skip
 # `--exclude data/dedup/lsun/duplicates.txt` (the demo dedup that writes it takes ~30 s;
 # tests/test_make.py runs the whole of `make shards`).
-RUNNER = ("import importlib, sys; name = sys.argv.pop(1); sys.argv[0] = name; "
-          "importlib.import_module(name + '.cli').main()")
+RUNNER = ("import sys; import core.launch as launch; name = sys.argv.pop(1); "
+          "sys.argv[0] = name; getattr(launch, name)()")
 
 
 def demo_command(page: str, prefix: str) -> Command:
@@ -516,8 +517,8 @@ def shortened(command: Command) -> list[str]:
 def run_cli(program: str, args: list[str], cwd: Path, env: dict[str, str] | None = None):
     environment = {**os.environ, **(env or {}),
                    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-c", RUNNER, program, *args], cwd=cwd,
-                          env=environment, capture_output=True, text=True, timeout=300)
+    return run([sys.executable, "-c", RUNNER, program, *args], cwd=cwd, env=environment,
+               timeout=300)
 
 
 @pytest.fixture(scope="session")

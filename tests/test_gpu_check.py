@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.processes import run
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_gpu_check_passes_in_cpu_mode_and_names_the_cuda_only_checks(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device",
-                           "cpu", "--keep", str(tmp_path / "runs")],
-                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    done = run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--device", "cpu",
+                "--keep", str(tmp_path / "runs")], timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert not [line for line in lines if line.startswith("FAIL")]

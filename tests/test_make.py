@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.processes import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,8 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_make_shards_on_the_demo_corpus(tmp_path):
-    result = subprocess.run(["make", "-C", str(ROOT), "shards", f"DATA={tmp_path}"],
-                            capture_output=True, text=True, timeout=900)
+    result = run(["make", "-C", str(ROOT), "shards", f"DATA={tmp_path}"], timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "training shards:" in result.stdout
     for name in ("faces", "lsun"):

@@ -43,6 +43,7 @@ import numpy as np
 
 from core.files import write_figure_atomic, write_json_atomic
 from core.outputs import claim_output, hold_output
+from core.signals import Interrupted, signal_name
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.dedup.crops import (
     CROPS_NAME,
@@ -152,7 +153,7 @@ def dedup(
     source = open_sources(list(sources), max_bytes=max_bytes, skip=out)
     hash_model, info = load_saved_model(model) if model is not None else (None, None)
     mapper = open_engine(engine, workers=workers or default_workers(), address=ray_address)
-    with hold_output(out, command="pipeline dedup"), mapper:
+    with hold_output(out, command="pipeline dedup"), mapper, _stopped_cleanly(out):
         claim_output(out, command="pipeline dedup", overwrite=overwrite)
         for name in OUTPUTS:
             (out / name).unlink(missing_ok=True)
@@ -192,8 +193,7 @@ def dedup(
             counts = write_outputs(out, groups, codes, progress)
             write_collision_sheet(out, crops, groups)
         del crops  # closes the memory maps before their files go
-        for name in (CROPS_NAME, VIEWS_NAME, INNER_NAME, LOG_NAME):
-            (out / name).unlink(missing_ok=True)
+        _remove_scratch(out)
 
         seconds = time.perf_counter() - started
         summary = stage_summary(
@@ -317,6 +317,23 @@ def verification_line(verification: dict) -> str:
     return (f"; {verification['candidate_pairs']} candidate pairs, "
             f"{verification['verified_pairs']} verified at distance <= "
             f"{verification['threshold']}")
+
+
+def _remove_scratch(out: Path) -> None:
+    for name in (CROPS_NAME, VIEWS_NAME, INNER_NAME, LOG_NAME):
+        (out / name).unlink(missing_ok=True)
+
+
+@contextmanager
+def _stopped_cleanly(out: Path) -> Iterator[None]:
+    """A run stopped by Ctrl-C or SIGTERM removes its scratch files (the size of the input's
+    crops) and ends with one line; an unfinished dedup is started over when rerun."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _remove_scratch(out)
+        raise Interrupted(f"dedup: stopped by {signal_name()} before it finished; {out} holds "
+                          "no result (a rerun starts over)") from None
 
 
 @contextmanager

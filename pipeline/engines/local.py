@@ -18,6 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
 from typing import Any, TypeVar
 
+from core.signals import ignore_in_worker
+
 T = TypeVar("T")
 
 IN_FLIGHT_PER_WORKER = 3  # chunks submitted ahead per worker: busy workers, bounded memory
@@ -40,10 +42,12 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def _init_worker(fn: Callable, params: Any) -> None:
-    """Runs once per worker: parameters (e.g. a large exclude set) cross the pipe only once."""
+    """Runs once per worker: parameters (e.g. a large exclude set) cross the pipe only once.
+    Stop signals are the driver's to handle: it stops the pool (core.signals)."""
     global _fn, _params
     import cv2
 
+    ignore_in_worker()
     cv2.setNumThreads(1)  # the pool already uses every core
     _fn, _params = fn, params
 
@@ -55,7 +59,9 @@ def _run_chunk(chunk: list) -> Any:
 def map_ordered(
     fn: Callable[[list, Any], T], params: Any, chunks: Iterable[list], workers: int
 ) -> Iterator[T]:
-    """Yield `fn(chunk, params)` for each chunk, in order; `workers <= 1` runs in-process."""
+    """Yield `fn(chunk, params)` for each chunk, in order; `workers <= 1` runs in-process.
+    When the caller stops early (an error, Ctrl-C), chunks not started are dropped and only
+    those running are waited for."""
     if workers <= 1:
         for chunk in chunks:
             yield fn(chunk, params)
@@ -65,12 +71,16 @@ def map_ordered(
         workers, mp_context=context, initializer=_init_worker, initargs=(fn, params)
     ) as pool:
         pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.submit(_run_chunk, chunk))
-            if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(_run_chunk, chunk))
+                if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        except BaseException:  # the caller stopped: GeneratorExit, KeyboardInterrupt, an error
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 class LocalEngine:

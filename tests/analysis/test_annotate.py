@@ -3,16 +3,17 @@ over HTTP, resuming a folder, and the command's start and stop."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from analysis.cli import main
 from analysis.windows import load_boxes
 from gan.checkpoint import save_checkpoint
 from gan.models import Discriminator, Generator
+from tests.processes import read_line, script, started
 
 CHROMIUM = "/usr/bin/chromium"
 CONFIG = {"image_size": 32, "nz": 100, "width": 32, "arch": "compact", "prior": "uniform"}
@@ -241,28 +243,64 @@ def test_a_busy_port_is_a_one_line_error(ckpt, tmp_path):
     _one_line_error(result, f"127.0.0.1:{port}", "--port 0")
 
 
-def _start_command(ckpt: Path, out: Path, *options: str) -> tuple[subprocess.Popen, str]:
-    """`analysis annotate` as a user runs it; returns the process and the URL it printed."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "analysis.cli", "annotate", "--ckpt", str(ckpt), "--out",
-         str(out), "--device", "cpu", *options],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    line = process.stdout.readline()
-    assert "http://127.0.0.1:" in line, line + process.stdout.read()
-    return process, line.split(" at ")[1].split()[0]
+@contextlib.contextmanager
+def annotate_command(ckpt: Path, out: Path, *options: str,
+                     sigint_ignored: bool = False) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`analysis annotate` as a user runs it (as a background job, with `sigint_ignored`);
+    yields the process and the URL it printed, and leaves no process behind."""
+    with started(script("analysis", "annotate", "--ckpt", str(ckpt), "--out", str(out),
+                        "--device", "cpu", *options), sigint_ignored=sigint_ignored,
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        line = read_line(process, timeout=120, what="the URL line")
+        assert "http://127.0.0.1:" in line, line
+        yield process, line.split(" at ")[1].split()[0]
 
 
-def test_ctrl_c_ends_the_command_cleanly_with_its_summary(ckpt, tmp_path):
-    process, url = _start_command(ckpt, tmp_path / "ann", "--n", "3")
-    with urllib.request.urlopen(url + "api/state", timeout=10) as response:
-        assert json.loads(response.read())["count"] == 3
-    process.send_signal(signal.SIGINT)
-    output = process.communicate(timeout=30)[0]
+@pytest.mark.parametrize("how, sigint_ignored", [
+    (signal.SIGINT, False),  # Ctrl-C in a terminal
+    (signal.SIGINT, True),  # started as a background job: SIGINT inherited as ignored
+    (signal.SIGTERM, False),
+])
+def test_a_stop_signal_ends_the_command_cleanly_with_its_summary(ckpt, tmp_path, how,
+                                                                  sigint_ignored):
+    with annotate_command(ckpt, tmp_path / "ann", "--n", "3",
+                          sigint_ignored=sigint_ignored) as (process, url):
+        with urllib.request.urlopen(url + "api/state", timeout=10) as response:
+            assert json.loads(response.read())["count"] == 3
+        process.send_signal(how)
+        output = process.communicate(timeout=30)[0]
     assert process.returncode == 0 and "Traceback" not in output
     assert output.strip() == f"0 images seen, 0 with boxes, 0 boxes -> {tmp_path / 'ann'}" \
                              "/boxes.json"
     with pytest.raises(OSError):  # the port is closed
         urllib.request.urlopen(url, timeout=5)
+
+
+def test_a_stop_signal_right_after_the_url_line_still_gives_the_summary(ckpt, tmp_path):
+    with annotate_command(ckpt, tmp_path / "ann", "--n", "2") as (process, _):
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0 and "Traceback" not in output and "Aborted" not in output
+    assert output.strip().endswith("0 boxes -> " + str(tmp_path / "ann" / "boxes.json"))
+
+
+@pytest.mark.parametrize("after", [0.05, 0.5, 1.5])
+def test_a_stop_signal_while_starting_is_one_line(ckpt, tmp_path, after):
+    """Sent while Python, numpy, torch or the checkpoint load: one line, never a traceback."""
+    with started(script("analysis", "annotate", "--ckpt", str(ckpt), "--out",
+                        str(tmp_path / "ann"), "--device", "cpu"),
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=after)
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)[0]
+    assert "Traceback" not in output, output
+    lines = output.strip().splitlines()
+    if any("http://127.0.0.1:" in line for line in lines):  # it had started: a clean finish
+        assert process.returncode == 0 and "0 boxes" in lines[-1]
+    else:
+        assert process.returncode == 130 and len(lines) == 1, output
+        assert "stopped by SIGINT" in lines[0]
 
 
 def _wait_saved(folder: Path, index: int, boxes: list) -> None:
@@ -295,8 +333,7 @@ def test_boxes_drawn_in_the_browser_feed_remove_windows(ckpt, tmp_path):
     from playwright.sync_api import sync_playwright
 
     folder = tmp_path / "ann"
-    process, url = _start_command(ckpt, folder, "--n", "24", "--scale", "4")
-    try:
+    with annotate_command(ckpt, folder, "--n", "24", "--scale", "4") as (process, url):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -346,9 +383,6 @@ def test_boxes_drawn_in_the_browser_feed_remove_windows(ckpt, tmp_path):
             page.wait_for_selector("text=The server has stopped")
             browser.close()
         output = process.communicate(timeout=30)[0]
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert all(u.startswith(url) for u in requested), "the page loaded something from elsewhere"
     assert process.returncode == 0 and "Traceback" not in output
     seen = len(_saved(folder))

@@ -14,10 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from gan.checkpoint import load_checkpoint
 from gan.cli import main
 from gan.metrics import read_metrics
 from gan.train import train
 from tests.gan.conftest import TINY
+from tests.processes import run as run_command
+from tests.processes import script, started, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -158,16 +161,9 @@ def test_ddp_two_cpu_processes_write_one_set_of_files(training_shards, tmp_path:
                "--out", str(run), "--image-size", "32", "--batch-size", "8", "--nz", "16",
                "--width", "32", "--arch", "compact", "--workers", "0", "--device", "cpu",
                "--epochs", "2", "--sample-every", "4", "--ckpt-every", "4", "--log-every", "2"]
-    # Own session, so a hang can be ended with all of torchrun's worker processes.
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    done = run_command(command, env=env, timeout=240)  # a hang ends all torchrun ranks
+    stdout, stderr = done.stdout, done.stderr
+    assert done.returncode == 0, stderr[-3000:]
     assert "trained 8 steps" in stdout and "on 2 x cpu" in stdout
     assert stdout.count("trained") == 1  # only rank 0 reports
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, 9))
@@ -176,3 +172,56 @@ def test_ddp_two_cpu_processes_write_one_set_of_files(training_shards, tmp_path:
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
         "step-0000004.png", "step-0000008.png"]
     assert not list(run.rglob("*.tmp"))
+
+
+def _cli_options(options: dict) -> list[str]:
+    """TrainConfig options as `gan train` flags."""
+    flags = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is False:
+            flags.append(f"--no-{key}" if key == "progress" else "")
+        else:
+            flags += [flag, str(value)]
+    return [f for f in flags if f]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how, sigint_ignored", [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_a_stop_signal_saves_the_step_and_resume_continues_exactly(
+        training_shards, tmp_path: Path, how, sigint_ignored) -> None:
+    """Ctrl-C (even in a process that inherited SIGINT as ignored) or SIGTERM ends training
+    between two steps with last.pt saved there and one line; --resume then gives what an
+    uninterrupted run of the same length gives."""
+    shards = training_shards(shards=2, per_shard=24)
+    options = {**TINY, "seed": 1, "sample_every": 1000, "ckpt_every": 1000}
+    args = ["train", "--data", str(shards), "--out", str(tmp_path / "split"),
+            *_cli_options(options)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as this process computes (one_thread)
+    with started(script("gan", *args, "--steps", "100000"), sigint_ignored=sigint_ignored,
+                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        metrics = tmp_path / "split" / "metrics.jsonl"
+        wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 4
+                 or process.poll() is not None, timeout=120, what="4 training steps logged")
+        process.send_signal(how)
+        stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + how, stderr
+    assert "Traceback" not in stderr and stdout == ""
+    line = stderr.strip().splitlines()[-1]
+    stopped = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["step"]
+    assert line.startswith(f"gan train: stopped by {how.name} at step {stopped};")
+    assert "--resume continues exactly" in line
+    assert read_metrics(metrics)[-1]["step"] == stopped
+
+    total = stopped + 5
+    resumed = run_command(script("gan", *args, "--steps", str(total), "--resume"), env=env,
+                          timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    train(shards, tmp_path / "whole", **options, steps=total)
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    split = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
+    for part in ("G", "D"):
+        for key, value in whole[part].items():
+            assert torch.equal(value, split[part][key]), (part, key)

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from core.pixels import to_uint8
-from pipeline.sources import SourceError
 from gan.data import (
     CachedBatches,
     DataError,
@@ -29,6 +28,7 @@ from gan.data import (
 )
 from pipeline.geometry import encode_image
 from pipeline.sinks import read_index
+from pipeline.sources import SourceError
 from tests.gan.conftest import write_shards
 
 

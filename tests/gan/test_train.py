@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import UserError
 import gan.train as train_module
+from core.errors import UserError
 from core.outputs import OutputError, claim_output, hold_output
 from core.pixels import to_uint8
 from gan.checkpoint import CheckpointError, load_checkpoint, load_models, save_checkpoint

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import signal
+import subprocess
 import tracemalloc
 
 import faiss
@@ -32,6 +34,7 @@ from pipeline.dedup.hashing import hash_crops
 from pipeline.dedup.reuploads import reupload
 from pipeline.shards import make_shards
 from pipeline.sources import open_source
+from tests.processes import script, started, wait_for
 
 FAST = {"epochs": 1, "min_steps": 300, "batch_size": 32, "workers": 1, "progress": False}
 
@@ -339,3 +342,25 @@ def test_paper_mode_is_radius_0_without_verification(tmp_path, tiles):
             for g in set(expected.tolist()) - {-1}}
     assert {frozenset(g["members"]) for g in groups_of(tmp_path / "paper")} == want
     assert first["verification"]["enabled"]
+
+
+@pytest.mark.slow
+def test_a_stop_signal_leaves_one_line_and_no_scratch(tmp_path, tiles):
+    """SIGTERM while the hash trains: one line, exit 143, the crops' scratch files removed, and
+    the folder is started over by the next run."""
+    folder = write_folder(tmp_path / "src", tiles)
+    out = tmp_path / "out"
+    args = ["dedup", str(folder), "--out", str(out), "--min-steps", "100000", "--workers", "1",
+            "--no-progress", "--device", "cpu"]
+    with started(script("pipeline", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 text=True) as process:
+        wait_for(lambda: (out / "autoencoder.pt").exists() or (out / "crops.u8").exists()
+                 and (out / "records.jsonl").stat().st_size > 0, timeout=120,
+                 what="the crops pass done")
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("dedup: stopped by SIGTERM")
+    assert not list(out.glob("*.u8")) and not (out / "summary.json").exists()
+    summary = run_dedup([folder], out, **FAST)  # unfinished: started over without --overwrite
+    assert summary["inputs"] == len(tiles)

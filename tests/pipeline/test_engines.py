@@ -7,6 +7,7 @@ joins it by address, as a user of a cluster would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -33,6 +34,7 @@ from pipeline.runner import Stage, run_stage
 from pipeline.shards import ShardParams, make_shards, shard_chunk
 from pipeline.sources import Record, open_sources
 from pipeline.statuses import KEPT
+from tests.processes import run, script, started, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -85,24 +87,33 @@ class Watched:
 
 
 def watched_shard_chunk(records: list[Record], job: Watched) -> list:
-    """`shard_chunk`, announcing "<pid> <first key>" first and then lingering, so a test can
-    kill the process while the task is surely running."""
-    marker = Path(job.starts) / f"{os.getpid()}-{len(os.listdir(job.starts))}"
-    marker.write_text(records[0].key)
-    time.sleep(0.3)
+    """`shard_chunk`, announcing first which process runs it (a `task-<pid>-<n>` marker holding
+    the chunk's first key). The very first task also writes its pid to `first` and then waits
+    to be killed (a minute at most), so a test kills a process that is surely running a task."""
+    starts = Path(job.starts)
+    (starts / f"task-{os.getpid()}-{len(os.listdir(starts))}").write_text(records[0].key)
+    try:
+        fd = os.open(starts / "first", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return shard_chunk(records, job.params)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
     return shard_chunk(records, job.params)
 
 
 def kill_first_worker(starts: Path, killed: list[int], stop: threading.Event) -> None:
-    """Kill (SIGKILL) the process of the first task to announce itself."""
+    """Kill (SIGKILL) the process of the first task once it has said who it is."""
+    first = starts / "first"
     while not stop.is_set():
-        markers = list(starts.iterdir())
-        if markers:
-            pid = int(markers[0].name.split("-")[0])
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+        pid = first.read_text() if first.exists() else ""
+        if pid:
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(int(pid))
             return
-        time.sleep(0.01)
+        stop.wait(0.01)
 
 
 def watched_stage(starts: Path) -> Stage:
@@ -178,8 +189,8 @@ class TestLocalRay:
             killer.join()
         assert len(killed) == 1
         runs = {}  # first key of each chunk -> the processes that ran it
-        for marker in starts.iterdir():
-            runs.setdefault(marker.read_text(), set()).add(int(marker.name.split("-")[0]))
+        for marker in starts.glob("task-*"):
+            runs.setdefault(marker.read_text(), set()).add(int(marker.name.split("-")[1]))
         assert any(killed[0] in pids and len(pids) == 2 for pids in runs.values())
         assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
 
@@ -200,25 +211,21 @@ def head_node() -> tuple[str, dict]:
     env = {**os.environ, **RAY_ENV, "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     temp_dir = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must stay short
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-         f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 90
-        while not port_open(port):
-            assert head.poll() is None and time.monotonic() < deadline, "ray start failed"
-            time.sleep(0.2)
-        yield f"127.0.0.1:{port}", env
-    finally:
-        head.terminate()  # `ray start --block` takes the node's processes with it
+    with started([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                  f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                  "--include-dashboard=false", "--disable-usage-stats",
+                  f"--temp-dir={temp_dir}"],
+                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as head:
         try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+            wait_for(lambda: port_open(port) or head.poll() is not None, timeout=90,
+                     what="the Ray head node listening")
+            assert head.poll() is None, "ray start failed"
+            yield f"127.0.0.1:{port}", env
+        finally:
+            head.terminate()  # `ray start --block` takes the node's processes with it
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                head.wait(timeout=60)
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def port_open(port: int) -> bool:
@@ -228,8 +235,7 @@ def port_open(port: int) -> bool:
 
 def pipeline_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`pipeline ARGS` in a fresh process, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run(script("pipeline", *args), env=env, timeout=300)
 
 
 def test_a_cluster_joined_by_address_gives_the_same_shards(corpus, tmp_path, head_node):
@@ -244,10 +250,10 @@ def test_a_cluster_joined_by_address_gives_the_same_shards(corpus, tmp_path, hea
 
 
 def test_without_ray_installed_the_engine_asks_for_it(corpus, tmp_path):
-    no_ray = "import sys; sys.modules['ray'] = None; from pipeline.cli import main; main()"
-    result = subprocess.run(
-        [sys.executable, "-c", no_ray, "shards", corpus["scraped_dir"], "--out",
-         str(tmp_path / "out"), "--engine", "ray"], capture_output=True, text=True, timeout=120)
+    no_ray = ("import sys; sys.modules['ray'] = None; from core.launch import pipeline; "
+              "pipeline()")
+    result = run([sys.executable, "-c", no_ray, "shards", corpus["scraped_dir"], "--out",
+                  str(tmp_path / "out"), "--engine", "ray"], timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip() == f"Error: {RAY_MISSING}"
     assert not (tmp_path / "out").exists()  # refused before anything was written

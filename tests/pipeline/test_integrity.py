@@ -3,12 +3,14 @@ collide once made tar-safe, files that vanish, hang or never end, folders that a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,43 +30,41 @@ from tests.conftest import (
     make_sparse_file,
     write_photos,
 )
+from tests.processes import read_line, run, started
 
 HOLD_SCRIPT = """
-import sys, time
+import signal, sys
 from core.outputs import hold_output
 with hold_output(sys.argv[1], command="pipeline shards"):
     print("held", flush=True)
-    time.sleep(60)
+    signal.pause()
 """
 
 
-def hold_in_another_process(out) -> subprocess.Popen:
-    """A process holding `out`'s lock until killed."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, str(out)],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
+@contextlib.contextmanager
+def held_elsewhere(out) -> Iterator[subprocess.Popen]:
+    """Another process holding `out`'s lock until the block ends (then it is killed)."""
+    with started([sys.executable, "-c", HOLD_SCRIPT, str(out)], stdout=subprocess.PIPE,
+                 text=True) as proc:
+        assert read_line(proc, timeout=60, what="the lock held").strip() == "held"
+        yield proc
 
 
 def test_a_held_folder_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "out"
-    proc = hold_in_another_process(out)
-    try:
+    with held_elsewhere(out) as proc:
         with pytest.raises(OutputError) as err, hold_output(out, command="pipeline faces"):
             pass
         message = str(err.value)
         assert "\n" not in message
         assert "`pipeline shards`" in message and f"pid {proc.pid}" in message
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_the_lock_dies_with_its_holder(tmp_path):
     out = tmp_path / "out"
-    proc = hold_in_another_process(out)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with held_elsewhere(out) as proc:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     with hold_output(out, command="pipeline shards") as held:
         assert held == out
 
@@ -145,12 +145,8 @@ def test_a_resumed_run_keeps_keys_unique_across_the_kept_shards(tiles, tmp_path)
 
 def test_a_second_run_into_a_held_folder_stops_at_once(tiles, tmp_path):
     write_photos(tmp_path / "src", ["x.png"], tiles)
-    proc = hold_in_another_process(tmp_path / "out")
-    try:
+    with held_elsewhere(tmp_path / "out") as proc:
         line = one_line_error(shards_cli(tmp_path / "src", "--out", tmp_path / "out"))
-    finally:
-        proc.kill()
-        proc.wait()
     assert "in use by `pipeline shards`" in line and f"pid {proc.pid}" in line
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
 
@@ -315,21 +311,20 @@ def test_an_invalid_cascade_xml_is_one_line(tiles, tmp_path):
 
 
 DISK_FULL_SCRIPT = """
-import resource, signal, sys
-from pipeline.cli import main
+import resource, signal
+from core.launch import pipeline
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-main(sys.argv[1:])
+pipeline()
 """
 
 
 def test_disk_full_while_writing_shards_is_one_line_and_leaves_tmp_files(tiles, tmp_path):
     write_photos(tmp_path / "src", [f"{i}.png" for i in range(12)], tiles)
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-c", DISK_FULL_SCRIPT, "shards",
-                             str(tmp_path / "src"), "--out", str(out), "--size", "64",
-                             "--workers", "1", "--maxcount", "4"],
-                            capture_output=True, text=True, timeout=300)
+    result = run([sys.executable, "-c", DISK_FULL_SCRIPT, "shards", str(tmp_path / "src"),
+                  "--out", str(out), "--size", "64", "--workers", "1", "--maxcount", "4"],
+                 timeout=300)
     assert result.returncode == 1, result.stderr
     lines = [line for line in result.stderr.strip().splitlines()
              if not line.startswith("shards:")]  # progress bars

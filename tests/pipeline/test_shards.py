@@ -6,9 +6,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 import cv2
@@ -25,6 +23,7 @@ from pipeline.cli import main as cli
 from pipeline.geometry import center_crop, resize_area
 from pipeline.shards import make_shards
 from pipeline.sinks import read_index
+from tests.processes import run, script, started, wait_for
 
 AWKWARD_STATUS = {
     "truncated.jpg": "corrupt", "zero_bytes.jpg": "empty", "error_page.jpg": "not_image",
@@ -169,38 +168,52 @@ def test_finished_output_is_refused_unless_overwrite(corpus, tmp_path):
     assert len(shard_bytes(tmp_path)) > len(before)
 
 
-def run_cli_until_killed(args: list[str], out: Path) -> None:
-    """Start `pipeline shards` in a subprocess and SIGKILL it once two shards are complete."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (out / "shards-000001.tar").exists():
-        assert proc.poll() is None, "run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "summary.json").exists(), "run finished before it was killed"
+def stop_cli_midway(args: list[str], out: Path, how: signal.Signals,
+                    sigint_ignored: bool = False) -> str:
+    """Start `pipeline shards` and send it `how` once two shards are complete: SIGKILL, SIGTERM
+    to the process, or SIGINT to its process group (a terminal's Ctrl-C); returns stderr."""
+    with started(script("pipeline", *args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                 text=True, sigint_ignored=sigint_ignored) as proc:
+        wait_for(lambda: (out / "shards-000001.tar").exists() or proc.poll() is not None,
+                 timeout=120, what="two finished shards")
+        assert proc.poll() is None, "run ended before it could be stopped"
+        if how == signal.SIGINT:
+            os.killpg(proc.pid, how)
+        else:
+            os.kill(proc.pid, how)
+        stderr = proc.communicate(timeout=60)[1]
+        assert proc.returncode == (-9 if how == signal.SIGKILL else 128 + how), stderr
+    assert not (out / "summary.json").exists(), "run finished before it was stopped"
+    return stderr
 
 
 @pytest.mark.slow
-def test_killed_run_then_rerun_or_resume_gives_the_clean_shards(tmp_path):
+@pytest.mark.parametrize("how, mode, sigint_ignored", [
+    (signal.SIGKILL, [], False),
+    (signal.SIGKILL, ["--resume"], False),
+    (signal.SIGTERM, ["--resume"], False),
+    (signal.SIGINT, ["--resume"], True),  # a background job: SIGINT inherited as ignored
+])
+def test_stopped_run_then_rerun_or_resume_gives_the_clean_shards(tmp_path, how, mode,
+                                                                  sigint_ignored):
     corpus = make_corpus(tmp_path / "big", 400)
-    args = ["shards", str(corpus), "--size", "32", "--maxcount", "20", "--workers", "1"]
+    args = ["shards", str(corpus), "--size", "32", "--maxcount", "20", "--workers", "1",
+            "--no-progress"]
     make_shards([corpus], tmp_path / "clean", size=32, maxcount=20, workers=1, progress=False)
     clean = shard_bytes(tmp_path / "clean")
     clean_manifest = (tmp_path / "clean/manifest.jsonl").read_bytes()
 
-    for mode in ([], ["--resume"]):
-        out = tmp_path / f"killed{len(mode)}"
-        run_cli_until_killed([*args, "--out", str(out)], out)
-        result = subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--out", str(out),
-                                 *mode], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        assert shard_bytes(out) == clean
-        assert (out / "manifest.jsonl").read_bytes() == clean_manifest
-        summary = json.loads((out / "summary.json").read_text())
-        assert (summary["resumed_from_record"] > 0) == bool(mode)
+    out = tmp_path / "stopped"
+    said = stop_cli_midway([*args, "--out", str(out)], out, how, sigint_ignored)
+    if how != signal.SIGKILL:  # one line: what is kept, and how to go on
+        assert said.strip().splitlines() == [said.strip()] and "Traceback" not in said
+        assert f"shards: stopped by {how.name} after" in said and "--resume" in said
+    result = run(script("pipeline", *args, "--out", str(out), *mode), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert shard_bytes(out) == clean
+    assert (out / "manifest.jsonl").read_bytes() == clean_manifest
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["resumed_from_record"] > 0) == bool(mode)
 
 
 def test_cli_success_prints_one_summary_line(corpus, tmp_path):
