@@ -10,7 +10,7 @@ All image decoding in the project is here, in two entry points:
   millions of times per run. It checks the size from the header, then decodes with OpenCV
   (about 1.5x faster than the full path at 64x64, which a GPU waiting for data notices).
 
-Conventions (documented in the README):
+Conventions (documented in docs/pipeline.md):
 - EXIF orientation is applied, so the array is upright as a person would see it.
 - Transparency is flattened onto **white** (scraped product shots and logos usually assume a
   white page; black would turn them into dark silhouettes).

@@ -1,8 +1,8 @@
 """The paper's semantic hash: a 3072-128-3072 de-noising, dropout-regularized ReLU autoencoder
 on 32x32 center crops, whose 128 code units are binarized by thresholding the ReLU (active -> 1).
 
-Why the recipe departs from the plain one (each change measured; the numbers are in the README's
-de-duplication section):
+Why the recipe departs from the plain one (each change measured; the numbers are in
+docs/decisions.md):
 - the de-noising corruption is what re-uploading does to a small crop (`corrupt`), not Gaussian
   pixel noise, so the encoder learns to ignore exactly that;
 - each crop is standardized first (`standardize`), so brightness or contrast cannot flip a bit

@@ -100,9 +100,9 @@ MODEL_NAME = "autoencoder.pt"
 OUTPUTS = (MANIFEST_NAME, SUMMARY_NAME, GROUPS_NAME, DUPLICATES_NAME, MODEL_NAME, LOSS_NAME,
            SHEET_NAME, REJECTED_NAME, HISTOGRAM_NAME, CROPS_NAME, VIEWS_NAME, INNER_NAME, LOG_NAME)
 
-# Defaults that benchmarks/dedup_quality.py measured (README "Dedup quality"); the code has
+# Defaults that benchmarks/dedup_quality.py measured (docs/dedup.md, "Quality"); the code has
 # pipeline.dedup.hashing.BITS bits, the paper's 3072-128-3072 autoencoder.
-DEFAULT_RADIUS = 12  # candidate radius under verification (README "Dedup quality")
+DEFAULT_RADIUS = 12  # candidate radius under verification (docs/dedup.md, "Quality")
 CALIBRATION_SAMPLES = 1000  # images that get a synthetic re-upload for the calibration ...
 CALIBRATION_RATE = 0.1  # ... but never more than this fraction of them ...
 MIN_CALIBRATION_SAMPLES = 200  # ... nor fewer than this many (the 0.9 quantile needs ~20 above)

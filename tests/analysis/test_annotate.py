@@ -36,7 +36,7 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "annotate.png"
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     """An untrained 32x32 checkpoint, as `gan train` writes it; or the trained one (32x32,
-    nz 100) that ANNOTATE_SCREENSHOT_CKPT names, to remake the README's screenshot."""
+    nz 100) that ANNOTATE_SCREENSHOT_CKPT names, to remake the screenshot in docs/analysis.md."""
     if os.environ.get("ANNOTATE_SCREENSHOT_CKPT"):
         return Path(os.environ["ANNOTATE_SCREENSHOT_CKPT"])
     path = tmp_path_factory.mktemp("annotate") / "last.pt"

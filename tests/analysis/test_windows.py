@@ -41,7 +41,7 @@ def test_dropping_the_window_maps_removes_windows_and_keeps_the_room(rooms, tmp_
     assert result["window_frequency_after"] < 0.3 * result["window_frequency_before"]
     # How much the floor and furniture change is measured and reported, not asserted: across
     # seeds and BatchNorm modes it ranges from 0.8x to 1.5x the difference between two rooms
-    # (see the README), so at this size "the rest of the room is kept" does not hold.
+    # (see docs/analysis.md), so at this size "the rest of the room is kept" does not hold.
     assert result["lower_half_change"] > 0 and result["lower_half_between_samples"] > 0
     assert 0 < result["dropped"] < result["channels"] and result["heldout_auc"] > 0.9
     boxes = json.loads((tmp_path / "boxes.json").read_text())
