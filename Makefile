@@ -2,11 +2,16 @@
 # Real data:  make shards FACES=raw/faces LSUN=lsun/bedroom_train_lmdb
 # CPU-only machines can avoid the multi-GB CUDA build of torch with, e.g.,
 #   make test TORCH_SPEC='torch==2.13.0'   (any CPU build of torch 2.x works)
+# A GPU node without internet (docs/training.md): `make wheelhouse FAISS=gpu` on a connected
+# machine with the node's Python version, copy the folder over, then on the node
+#   make install WHEELHOUSE=wheelhouse FAISS=gpu   (a venv that reuses the node's own torch)
 
 PYTHON     ?= python3
 VENV       ?= .venv
 TORCH_SPEC ?= torch>=2.4,<3
 FAISS      ?= cpu
+WHEELHOUSE ?=
+WHEEL_OPTS ?=
 DATA       ?= data
 SIZE       ?= 64
 WORKERS    ?=
@@ -14,22 +19,49 @@ FACES      ?=
 LSUN       ?=
 
 BIN   := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per faiss build: switching FAISS reinstalls (and removes the other build first).
+STAMP := $(VENV)/.installed-faiss-$(FAISS)
+OTHER_FAISS := $(if $(filter gpu,$(FAISS)),faiss-cpu,faiss-gpu-cu12)
+# Online: torch from TORCH_SPEC and everything for the tests. From a wheelhouse: no index, the
+# runtime only, and the venv sees the system's site-packages, so the node's own torch is used.
+VENV_OPTS   := $(if $(WHEELHOUSE),--system-site-packages,)
+PIP_SOURCES := $(if $(WHEELHOUSE),--no-index --find-links '$(WHEELHOUSE)',)
+PIP_WANTS   := $(if $(WHEELHOUSE),-e '.[$(FAISS)]','$(TORCH_SPEC)' -e '.[dev,$(FAISS)]')
+WHEEL_DIR   := $(if $(WHEELHOUSE),$(WHEELHOUSE),wheelhouse)
 DEMO  := $(DATA)/demo
 FACES_SRC := $(if $(FACES),$(FACES),$(DEMO)/scraped)
 LSUN_SRC  := $(if $(LSUN),$(LSUN),$(DEMO)/lsun)
 WORKERS_OPT := $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: install shards demo test lint bench clean
+.PHONY: install wheelhouse shards demo test lint bench clean
 
 install: $(STAMP)
 
 # One install for everything (runtime, demo photos, tests); torch comes from TORCH_SPEC, the faiss
 # build from FAISS (cpu, or gpu on a CUDA machine: the two builds must not share an environment).
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check '$(TORCH_SPEC)' -e '.[dev,$(FAISS)]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_OPTS) $(VENV)
+	$(BIN)/python -m pip uninstall -q -y $(OTHER_FAISS) 2>/dev/null || true
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(PIP_SOURCES) $(PIP_WANTS)
+	rm -f $(VENV)/.installed*
 	touch $@
+
+# Every wheel `make install WHEELHOUSE=...` needs but torch (the node brings its own): the
+# runtime dependencies with the FAISS build, their dependencies, and the build backend for the
+# project's own editable install. Run it with the node's Python version and architecture (or
+# say them in WHEEL_OPTS, e.g. --python-version 3.11 --platform manylinux2014_x86_64
+# --only-binary=:all:).
+wheelhouse:
+	mkdir -p '$(WHEEL_DIR)'
+	$(PYTHON) -c "import importlib, sys; \
+	    toml = importlib.import_module('tomllib' if sys.version_info >= (3, 11) else 'pip._vendor.tomli'); \
+	    t = toml.load(open('pyproject.toml', 'rb')); p = t['project']; \
+	    deps = p['dependencies'] + p['optional-dependencies']['$(FAISS)']; \
+	    print('\n'.join([d for d in deps if not d.startswith('torch')] + t['build-system']['requires']))" \
+	    > '$(WHEEL_DIR)/requirements.txt'
+	$(PYTHON) -m pip download -q --disable-pip-version-check $(WHEEL_OPTS) -d '$(WHEEL_DIR)' \
+	    -r '$(WHEEL_DIR)/requirements.txt' wheel
+	@echo "wheelhouse: $(WHEEL_DIR) ($$(ls '$(WHEEL_DIR)' | grep -c '\.whl$$') wheels, no torch)"
 
 demo: $(STAMP)
 	$(if $(and $(FACES),$(LSUN)),@echo "real data configured: no demo corpus needed",$(BIN)/pipeline demo $(DEMO))

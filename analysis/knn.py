@@ -3,8 +3,9 @@
 `StreamingKnn` keeps, for every query, the running k best (squared L2) of all database chunks
 seen so far; each chunk is searched with faiss's brute-force kernel (BLAS on CPU, `knn_gpu` when
 faiss sees a GPU), so memory is queries + one chunk whatever the database size. On a GPU the
-queries are uploaded once and stay there: only each database chunk crosses PCIe (re-sending the
-queries with every small chunk made the search transfer-bound).
+queries are uploaded once and stay there, each database chunk crosses PCIe once, chunks are
+searched DATABASE_BATCH vectors at a time and the running best stay on the GPU (re-sending small
+chunks per query block, with a host sync and sort per call, made the search transfer-bound).
 
 `IvfKnn` is the option for millions of training images when one exact pass is too slow: an
 inverted-file index of 8-bit scalar-quantized codes (one byte per dimension, a quarter of the
@@ -15,8 +16,6 @@ only a neighbour the index failed to propose can be missed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
@@ -25,6 +24,7 @@ from core.faiss_build import import_faiss
 faiss = import_faiss()
 
 QUERY_BLOCK = 8192  # queries searched at once: bounds the distance tile of one chunk
+DATABASE_BATCH = 65536  # database vectors searched at once on a GPU (chunks gathered up to it)
 RERANK = 8  # IvfKnn's candidates per query, as a multiple of k, re-ranked exactly
 
 
@@ -41,21 +41,19 @@ class StreamingKnn:
         self.dist = np.full((len(queries), k), np.inf, np.float32)
         self.ids = np.full((len(queries), k), -1, np.int64)
         self.ntotal = 0
-        self._gpu_search = _resident_gpu_search(self.queries)
-
-    def _search(self, rows: slice, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._gpu_search is not None:
-            return self._gpu_search(rows, xb, k)
-        return faiss.knn(self.queries[rows], xb, k)
+        self._gpu = GpuKnn(self.queries, k) if gpu_search_available() else None
 
     def add(self, xb: np.ndarray) -> None:
         xb = _f32(xb)
+        self.ntotal += len(xb)
+        if self._gpu is not None:
+            self._gpu.add(xb)
+            return
         kk = min(self.k, len(xb))
         for start in range(0, len(self.queries), QUERY_BLOCK):
             rows = slice(start, start + QUERY_BLOCK)
-            d, i = self._search(rows, xb, kk)
-            self._merge(rows, d, i + self.ntotal)
-        self.ntotal += len(xb)
+            d, i = faiss.knn(self.queries[rows], xb, kk)
+            self._merge(rows, d, i + self.ntotal - len(xb))
 
     def _merge(self, rows: slice, d: np.ndarray, i: np.ndarray) -> None:
         d = np.concatenate([self.dist[rows], d], axis=1)
@@ -68,28 +66,59 @@ class StreamingKnn:
         """(L2 distances, database ids), closest first; [nq, k]."""
         if self.ntotal < self.k:
             raise ValueError(f"the database holds {self.ntotal} vectors, fewer than k={self.k}")
+        if self._gpu is not None:
+            self.dist, self.ids = self._gpu.result()
         return np.sqrt(np.maximum(self.dist, 0)), self.ids
 
 
-Search = Callable[[slice, np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+def gpu_search_available() -> bool:
+    """Both faiss (its GPU build) and torch see a GPU."""
+    return (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+            and torch.cuda.is_available())
 
 
-def _resident_gpu_search(queries: np.ndarray) -> Search | None:
-    """A k-NN search of `queries[rows]` against a database chunk with the queries uploaded to
-    the GPU once, or None unless both faiss and torch see a GPU. faiss's torch bridge lets
-    `knn_gpu` read tensors that are already on the GPU."""
-    if faiss.get_num_gpus() == 0 or not torch.cuda.is_available():
-        return None
-    from faiss.contrib import torch_utils  # noqa: F401  (knn_gpu then takes GPU tensors)
+class GpuKnn:
+    """StreamingKnn's search on the GPU: the queries are uploaded once; database chunks are
+    uploaded as they come and searched DATABASE_BATCH vectors at a time (one small chunk per
+    call left the GPU idle between uploads); the running k best are merged on the GPU and
+    copied to the host once, by `result`. faiss's torch bridge lets `knn_gpu` read tensors
+    that are already on the GPU."""
 
-    resources = faiss.StandardGpuResources()
-    resident = torch.from_numpy(queries).cuda()
+    def __init__(self, queries: np.ndarray, k: int):
+        from faiss.contrib import torch_utils  # noqa: F401  (knn_gpu then takes GPU tensors)
 
-    def search(rows: slice, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        d, i = faiss.knn_gpu(resources, resident[rows], torch.as_tensor(xb, device="cuda"), k)
-        return d.cpu().numpy(), i.cpu().numpy()
+        self.resources = faiss.StandardGpuResources()
+        self.queries = torch.from_numpy(queries).cuda()
+        self.k = k
+        self.dist = torch.full((len(queries), k), float("inf"), device="cuda")
+        self.ids = torch.full((len(queries), k), -1, dtype=torch.int64, device="cuda")
+        self.pending: list[torch.Tensor] = []
+        self.searched = 0  # database vectors merged so far (the id of the next one)
 
-    return search
+    def add(self, xb: np.ndarray) -> None:
+        self.pending.append(torch.from_numpy(xb).cuda())
+        if sum(len(chunk) for chunk in self.pending) >= DATABASE_BATCH:
+            self._search_pending()
+
+    def _search_pending(self) -> None:
+        if not self.pending:
+            return
+        xb = torch.cat(self.pending)
+        self.pending = []
+        kk = min(self.k, len(xb))
+        for start in range(0, len(self.queries), QUERY_BLOCK):
+            rows = slice(start, start + QUERY_BLOCK)
+            d, i = faiss.knn_gpu(self.resources, self.queries[rows], xb, kk)
+            d = torch.cat([self.dist[rows], d], dim=1)
+            i = torch.cat([self.ids[rows], i + self.searched], dim=1)
+            best = torch.sort(d, dim=1, stable=True).indices[:, : self.k]
+            self.dist[rows], self.ids[rows] = d.gather(1, best), i.gather(1, best)
+        self.searched += len(xb)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(squared L2 distances, database ids) on the host."""
+        self._search_pending()
+        return self.dist.cpu().numpy(), self.ids.cpu().numpy()
 
 
 class IvfKnn:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 
 from core.errors import UserError
@@ -47,6 +48,14 @@ def check_shape(image_size: int, width: int | None, arch: str) -> tuple[int, int
     return width, doublings
 
 
+def default_loader_workers() -> int:
+    """Loader workers per training process: up to 8, and the node's cores shared between the
+    processes torchrun starts on it (LOCAL_WORLD_SIZE), so 8 ranks on 16 cores do not start
+    64 decoders."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, default_workers() // max(local_world, 1)))
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a run, as plain values (stored in checkpoints and config.json)."""
@@ -63,7 +72,7 @@ class TrainConfig:
     width: int | None = None  # None: the arch's own (DEFAULT_WIDTH)
     arch: str = "paper"
     prior: str = "uniform"
-    workers: int = dataclasses.field(default_factory=lambda: min(8, default_workers()))
+    workers: int = dataclasses.field(default_factory=default_loader_workers)
     device: str = "auto"
     seed: int = 0
     sample_every: int = 500

@@ -129,12 +129,15 @@ def training_dataset(
     image_size: int | None = None,
     shuffle: int = SHUFFLE_BUFFER,
     seed: int = 0,
+    decode=sample_tensor,
 ):
-    """An iterable of image tensors for a DataLoader; shards are split across DDP ranks and
-    loader workers, and shuffled (shard order, then a `shuffle`-sample buffer) unless 0."""
+    """An iterable of decoded images for a DataLoader (`decode`: float tensors by default,
+    `sample_pixels` for uint8 arrays); shards are split across DDP ranks and loader workers in
+    the order given, then shuffled (each worker's shards, then a `shuffle`-sample buffer)
+    unless 0."""
     urls = shards if isinstance(shards, list) else _shard_source(shards).urls
     dataset = read_shards(urls, shuffle=shuffle, seed=seed, by_rank=True, by_worker=True)
-    return dataset.select(has_image).map(functools.partial(sample_tensor, image_size=image_size))
+    return dataset.select(has_image).map(functools.partial(decode, image_size=image_size))
 
 
 def image_batches(urls: list[str], image_size: int, batch_size: int = 256,
@@ -175,28 +178,50 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def streaming_steps(counts: list[int], batch_size: int, world: int, workers: int) -> int:
-    """Full batches per epoch that every rank can deliver when streaming.
+    """Full batches per epoch that every rank delivers, whatever the epoch's shard order.
 
-    webdataset gives rank r the shards r::world and its loader worker w the shards w::workers of
-    those; each worker batches its own samples and drops its last partial batch. The epoch is the
-    smallest rank's count, so all ranks take the same number of steps.
+    Each epoch permutes the shards (`epoch_shards`), then webdataset gives rank r every
+    world-th of them and its loader worker w every workers-th of those; each worker batches its
+    own samples and drops its last partial batch. A rank holds at least len // world shards,
+    its worker w at least every workers-th of these, and at worst the smallest ones: the sum of
+    those per-worker floors holds for every epoch, so all ranks take this many steps in each.
     """
-    per_rank = []
-    for rank in range(world):
-        rank_counts = counts[rank::world]
-        per_rank.append(sum(sum(rank_counts[w::max(workers, 1)]) // batch_size
-                            for w in range(max(workers, 1))))
-    return min(per_rank)
+    parts = max(workers, 1)
+    smallest = sorted(counts)
+    per_rank = len(counts) // world
+    return sum(sum(smallest[:len(range(w, per_rank, parts))]) // batch_size
+               for w in range(parts))
+
+
+def epoch_shards(urls: list[str], seed: int, epoch: int) -> list[str]:
+    """The shard order of one epoch, the same on every rank (it is split between them after):
+    each epoch gives every rank and loader worker other shards, and drops other tails."""
+    order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(len(urls))
+    return [urls[i] for i in order]
+
+
+def idle_workers_warning(counts: list[int], world: int, workers: int) -> str | None:
+    """One line when some loader workers would get no shard, with the --maxcount that would
+    give each at least one; None when there are enough shards."""
+    parts = world * max(workers, 1)
+    if len(counts) >= parts:
+        return None
+    maxcount = max(1, sum(counts) // parts)
+    return (f"warning: {len(counts)} shards for {world} rank(s) x {max(workers, 1)} loader "
+            f"worker(s): {parts - len(counts)} worker(s) idle; remake the shards with "
+            f"`pipeline shards --maxcount {maxcount}` (or use fewer --workers)")
 
 
 class StreamingBatches:
-    """Float batches in [-1, 1] decoded from shards by `workers` DataLoader processes."""
+    """uint8 NHWC batches decoded from shards by `workers` DataLoader processes (bytes cross
+    the worker queues, pinned memory and PCIe; `to_model_input` converts on the device)."""
 
     def __init__(self, urls: list[str], counts: list[int], *, image_size: int, batch_size: int,
                  workers: int, seed: int, world: int = 1, pin_memory: bool = False):
         self.urls, self.image_size, self.batch_size = urls, image_size, batch_size
         self.workers, self.seed, self.pin_memory = workers, seed, pin_memory
         self.steps_per_epoch = streaming_steps(counts, batch_size, world, workers)
+        self.warning = idle_workers_warning(counts, world, workers)
         if self.steps_per_epoch == 0:
             raise DataError(
                 f"{sum(counts)} samples in {len(urls)} shards give no full batch of {batch_size} "
@@ -205,8 +230,9 @@ class StreamingBatches:
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[torch.Tensor]:
         """This epoch's batches, starting after `skip` of them (decoded and dropped: exact)."""
-        dataset = training_dataset(self.urls, image_size=self.image_size,
-                                   shuffle=SHUFFLE_BUFFER, seed=epoch_seed(self.seed, epoch))
+        dataset = training_dataset(epoch_shards(self.urls, self.seed, epoch),
+                                   image_size=self.image_size, shuffle=SHUFFLE_BUFFER,
+                                   seed=epoch_seed(self.seed, epoch), decode=sample_pixels)
         loader = DataLoader(dataset, batch_size=self.batch_size, drop_last=True,
                             worker_init_fn=leave_stop_signals,
                             num_workers=self.workers, pin_memory=self.pin_memory,
@@ -289,21 +315,29 @@ def to_model_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch.contiguous(memory_format=torch.channels_last)
 
 
+def cache_path(folder: Path, image_size: int) -> Path:
+    return folder / f"images-{image_size}px.u8"
+
+
+def cache_meta(urls: list[str], counts: list[int], image_size: int) -> dict:
+    """What a cache file was made from: it is reused only for the same shards and size."""
+    return {"urls": [str(u) for u in urls], "counts": counts, "image_size": image_size,
+            "shape": [sum(counts), image_size, image_size, 3]}
+
+
 def build_cache(urls: list[str], counts: list[int], folder: Path, *, image_size: int,
                 workers: int, progress: bool = True) -> np.ndarray:
     """Decode every sample once into `folder/images-<S>px.u8` (N, S, S, 3); reuse it if it was
-    made from the same shards."""
+    made from the same shards. Only one process builds (rank 0); the others `open_cache`."""
     folder.mkdir(parents=True, exist_ok=True)
-    data_path = folder / f"images-{image_size}px.u8"
+    data_path = cache_path(folder, image_size)
     meta_path = data_path.with_suffix(".json")
-    total = sum(counts)
-    meta = {"urls": [str(u) for u in urls], "counts": counts, "image_size": image_size,
-            "shape": [total, image_size, image_size, 3]}
-    shape = (total, image_size, image_size, 3)
+    meta = cache_meta(urls, counts, image_size)
+    total = meta["shape"][0]
     if meta_path.is_file() and data_path.is_file() and _same_meta(meta_path, meta):
-        return np.memmap(data_path, np.uint8, "c", shape=shape)  # torch wants writable
+        return open_cache(urls, counts, folder, image_size=image_size)
     meta_path.unlink(missing_ok=True)
-    images = np.memmap(data_path, np.uint8, "w+", shape=shape)
+    images = np.memmap(data_path, np.uint8, "w+", shape=tuple(meta["shape"]))
     # Every shard, whatever this process's rank (training_dataset would split them by rank).
     dataset = read_shards(urls, by_worker=True).select(has_image)
     dataset = dataset.map(functools.partial(sample_pixels, image_size=image_size))
@@ -319,7 +353,21 @@ def build_cache(urls: list[str], counts: list[int], folder: Path, *, image_size:
         raise DataError(f"the shard index lists {total} samples but {filled} were read")
     images.flush()
     write_json_atomic(meta_path, meta)
-    return np.memmap(data_path, np.uint8, "c", shape=shape)  # torch wants writable
+    return open_cache(urls, counts, folder, image_size=image_size)
+
+
+def open_cache(urls: list[str], counts: list[int], folder: Path, *,
+               image_size: int) -> np.ndarray:
+    """The finished cache, opened read-only on disk (copy-on-write in memory: torch wants a
+    writable array); DataError in one line when this process does not see it, as on a node
+    other than rank 0's when --out is node-local storage."""
+    data_path = cache_path(folder, image_size)
+    meta_path = data_path.with_suffix(".json")
+    meta = cache_meta(urls, counts, image_size)
+    if not (meta_path.is_file() and data_path.is_file() and _same_meta(meta_path, meta)):
+        raise DataError(f"{data_path}: rank 0's decoded cache is not here; with several nodes "
+                        f"--out must be a folder every node sees, or use --cache none")
+    return np.memmap(data_path, np.uint8, "c", shape=tuple(meta["shape"]))
 
 
 def _same_meta(path: Path, meta: dict) -> bool:

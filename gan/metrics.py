@@ -79,6 +79,12 @@ class MetricsLog:
                     for key in LOGGED:
                         self.tensorboard.add_scalar(key, line[key], line["step"])
 
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer (its last scalars are lost otherwise)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
     def truncate_after(self, step: int) -> None:
         """Drop lines logged after the checkpoint being resumed (they will be redone), or all
         of them for a fresh run in a folder where an earlier run crashed before a checkpoint."""

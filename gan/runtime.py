@@ -25,11 +25,15 @@ class TrainingError(UserError):
     """The run cannot go on (diverged, nothing to resume, ...); the message is for the user."""
 
 
+CACHE_BUILD_WAIT = datetime.timedelta(hours=2)  # the one long wait: rank 0 decoding the cache
+
+
 @dataclass
 class Runtime:
     device: torch.device
     rank: int = 0
     world: int = 1
+    slow_group: object = None  # a gloo group with CACHE_BUILD_WAIT, for waits on rank 0's work
 
     @property
     def is_main(self) -> bool:
@@ -41,20 +45,22 @@ class Runtime:
 
 
 def start_runtime(device: str) -> Runtime:
-    """Pick the device and, under torchrun, join the process group (NCCL on GPUs, else gloo)."""
+    """Pick the device and make it the process's current one (else pinned memory and RNG calls
+    open a context on GPU 0 whatever --device says); under torchrun, take cuda:LOCAL_RANK and
+    join the process group (NCCL on GPUs, else gloo) with torch's default timeout, plus a gloo
+    group with a long one for waiting while rank 0 decodes the cache."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dev = resolve_device(device)
+    if world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
     if world == 1:
         return Runtime(dev)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        # Long timeout: rank 0 may spend a while decoding the cache while the others wait.
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(hours=2))
-    return Runtime(dev, dist.get_rank(), dist.get_world_size())
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    slow_group = dist.new_group(backend="gloo", timeout=CACHE_BUILD_WAIT)
+    return Runtime(dev, dist.get_rank(), dist.get_world_size(), slow_group)
 
 
 def stop_runtime(rt: Runtime) -> None:
@@ -68,9 +74,10 @@ def barrier(rt: Runtime) -> None:
         dist.barrier()
 
 
-def run_on_main(rt: Runtime, fn: Callable[[], object]) -> None:
+def run_on_main(rt: Runtime, fn: Callable[[], object], slow: bool = False) -> None:
     """`fn()` on rank 0 while the other ranks wait; if it fails, every rank raises its error
-    (a rank left waiting for one that stopped would wait until the process group times out)."""
+    (a rank left waiting for one that stopped would wait until the process group times out).
+    `slow`: the wait may last up to CACHE_BUILD_WAIT (decoding the cache), not the default."""
     error = None
     if rt.is_main:
         try:
@@ -79,7 +86,7 @@ def run_on_main(rt: Runtime, fn: Callable[[], object]) -> None:
             error = err
     if rt.world > 1:
         shared = [error]
-        dist.broadcast_object_list(shared, src=0)
+        dist.broadcast_object_list(shared, src=0, group=rt.slow_group if slow else None)
         error = shared[0]
     if error is not None:
         raise error

@@ -46,6 +46,7 @@ from gan.data import (
     build_cache,
     check_gpu_cache_fits,
     check_image_size,
+    open_cache,
     open_shards,
     to_model_input,
 )
@@ -83,19 +84,21 @@ def make_batches(config: TrainConfig, rt: Runtime, out: Path, urls: list[str],
                  counts: list[int]) -> StreamingBatches | CachedBatches:
     """The run's batch source: streamed from shards, or a decoded cache in RAM or on the GPU."""
     if config.cache == "none":
-        return StreamingBatches(urls, counts, image_size=config.image_size,
-                                batch_size=config.batch_size, workers=config.workers,
-                                seed=config.seed, world=rt.world,
-                                pin_memory=rt.cuda)
+        batches = StreamingBatches(urls, counts, image_size=config.image_size,
+                                   batch_size=config.batch_size, workers=config.workers,
+                                   seed=config.seed, world=rt.world, pin_memory=rt.cuda)
+        if batches.warning and rt.is_main:
+            print(batches.warning, file=sys.stderr)
+        return batches
     if config.cache == "gpu":
         if not rt.cuda:
             raise TrainingError("--cache gpu needs a CUDA device (use --cache ram on CPU)")
         check_gpu_cache_fits(sum(counts), config.image_size, rt.world,
                              torch.cuda.mem_get_info(rt.device)[0], str(rt.device))
     run_on_main(rt, lambda: build_cache(urls, counts, out / "cache", image_size=config.image_size,
-                                        workers=config.workers, progress=config.progress))
-    images = build_cache(urls, counts, out / "cache", image_size=config.image_size,
-                         workers=0, progress=False)  # opens the finished file
+                                        workers=config.workers, progress=config.progress),
+                slow=True)
+    images = open_cache(urls, counts, out / "cache", image_size=config.image_size)
     return CachedBatches(images, batch_size=config.batch_size, seed=config.seed,
                          device=rt.device, on_device=config.cache == "gpu", rank=rt.rank,
                          world=rt.world)
@@ -302,4 +305,6 @@ def _run(config: TrainConfig, rt: Runtime, out: Path, checkpoint: dict | None, u
         last = train_loop(st, run)
     except TrainingError as err:
         raise stopped(err, out) from None
+    finally:
+        metrics.close()  # TensorBoard's last scalars
     return finish(st, run, last)

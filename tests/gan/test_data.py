@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from core.pixels import to_uint8
 from gan.data import (
     CachedBatches,
     DataError,
@@ -18,7 +19,10 @@ from gan.data import (
     build_cache,
     check_gpu_cache_fits,
     check_image_size,
+    epoch_shards,
+    idle_workers_warning,
     image_batches,
+    open_cache,
     open_shards,
     rank_share,
     sample_tensor,
@@ -26,6 +30,7 @@ from gan.data import (
     to_model_input,
     training_dataset,
 )
+from gan.config import default_loader_workers
 from pipeline.geometry import encode_image
 from pipeline.sinks import read_index
 from pipeline.sources import SourceError
@@ -113,6 +118,63 @@ def test_epoch_order_is_reproducible_and_changes_per_epoch(training_shards) -> N
     assert torch.equal(tail, first[2 * 8:])
 
 
+def test_loader_workers_send_uint8_images(training_shards) -> None:
+    batches = _stream(training_shards(shards=2, per_shard=16), workers=2)
+    batch = next(iter(batches.epoch(0)))
+    assert batch.dtype == torch.uint8 and batch.shape == (8, 32, 32, 3)  # bytes, not floats
+    real = to_model_input(batch, torch.device("cpu"))
+    assert real.dtype == torch.float32 and real.shape == (8, 3, 32, 32)
+
+
+def test_every_epoch_permutes_all_shards_the_same_way_on_every_rank() -> None:
+    urls = [f"shard-{i}.tar" for i in range(8)]
+    orders = [epoch_shards(urls, seed=0, epoch=e) for e in range(4)]
+    assert all(sorted(order) == urls for order in orders)  # every shard, once
+    assert orders[0] == epoch_shards(urls, seed=0, epoch=0)  # a function of (seed, epoch) only
+    # Worker 0 of rank 0 (2 ranks x 2 workers) reads other shards from one epoch to the next.
+    assert len({tuple(order[0::2][0::2]) for order in orders}) > 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(0, 40), min_size=1, max_size=12), world=st.integers(1, 4),
+       workers=st.integers(0, 3), batch=st.integers(1, 8), seed=st.integers(0, 5))
+def test_steps_per_epoch_hold_for_every_rank_in_every_epoch(counts, world, workers, batch,
+                                                             seed) -> None:
+    """Each rank's loader workers deliver at least steps_per_epoch full batches in every epoch,
+    modelled as webdataset splits the permuted shards (rank: every world-th, worker: every
+    workers-th of those)."""
+    steps = streaming_steps(counts, batch, world, workers)
+    for epoch in range(4):
+        order = epoch_shards(list(range(len(counts))), seed, epoch)
+        for rank in range(world):
+            mine = order[rank::world]
+            parts = max(workers, 1)
+            delivered = sum(sum(counts[i] for i in mine[w::parts]) // batch
+                            for w in range(parts))
+            assert delivered >= steps
+
+
+def test_shards_split_unevenly_between_workers_give_every_epoch_its_steps(
+        training_shards) -> None:
+    urls, counts = open_shards(training_shards(shards=3, per_shard=20))  # workers get 2 and 1
+    batches = StreamingBatches(urls, counts, image_size=32, batch_size=8, workers=2, seed=4)
+    assert [len(list(batches.epoch(e))) for e in range(3)] == [batches.steps_per_epoch] * 3
+
+
+def test_idle_workers_are_warned_with_the_maxcount_that_fixes_it() -> None:
+    warning = idle_workers_warning([100, 100, 50], world=2, workers=4)
+    assert "\n" not in warning and "5 worker(s) idle" in warning
+    assert "--maxcount 31" in warning  # 250 images in shards of 31: 9 shards for 8 workers
+    assert idle_workers_warning([100] * 8, world=2, workers=4) is None
+
+
+def test_loader_workers_share_the_node_between_torchrun_processes(monkeypatch) -> None:
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    alone = default_loader_workers()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    assert 1 <= alone <= 8 and default_loader_workers() == 1
+
+
 def test_too_few_samples_for_a_batch(training_shards) -> None:
     with pytest.raises(DataError, match="no full batch"):
         _stream(training_shards(shards=1, per_shard=5), workers=0)
@@ -142,9 +204,8 @@ def test_cache_holds_every_image_exactly(training_shards, tmp_path: Path) -> Non
     images = build_cache(urls, counts, tmp_path / "cache", image_size=32, workers=2,
                          progress=False)
     assert images.shape == (24, 32, 32, 3) and images.dtype == np.uint8
-    streamed = torch.cat(list(_stream(shards, workers=0).epoch(0)))  # all 24, as floats
-    as_bytes = to_uint8(streamed)
-    assert sorted(x.tobytes() for x in as_bytes) == sorted(x.tobytes() for x in images)
+    streamed = torch.cat(list(_stream(shards, workers=0).epoch(0))).numpy()  # all 24
+    assert sorted(x.tobytes() for x in streamed) == sorted(x.tobytes() for x in images)
     # A second build reuses the file; changed shards rebuild it.
     stamp = (tmp_path / "cache" / "images-32px.u8").stat().st_mtime_ns
     build_cache(urls, counts, tmp_path / "cache", image_size=32, workers=0, progress=False)
@@ -154,6 +215,13 @@ def test_cache_holds_every_image_exactly(training_shards, tmp_path: Path) -> Non
     urls, counts = open_shards(shards)
     assert build_cache(urls, counts, tmp_path / "cache", image_size=32, workers=0,
                        progress=False).shape[0] == 12
+
+
+def test_a_rank_without_rank_0s_cache_fails_in_one_line(training_shards, tmp_path: Path) -> None:
+    urls, counts = open_shards(training_shards(shards=1, per_shard=8))
+    with pytest.raises(DataError, match="rank 0's decoded cache is not here") as err:
+        open_cache(urls, counts, tmp_path / "node-local", image_size=32)
+    assert "\n" not in str(err.value) and not (tmp_path / "node-local").exists()
 
 
 def test_cached_ranks_split_each_epoch(tmp_path: Path) -> None:
