@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gan.config import default_loader_workers
 from gan.data import (
     CachedBatches,
     DataError,
@@ -30,7 +31,6 @@ from gan.data import (
     to_model_input,
     training_dataset,
 )
-from gan.config import default_loader_workers
 from pipeline.geometry import encode_image
 from pipeline.sinks import read_index
 from pipeline.sources import SourceError
