@@ -4,13 +4,15 @@ iterates and decodes them, and the two batch sources `gan train` draws from.
 Open: `open_shards` turns a spec (a `pipeline shards` output folder, a .tar, a glob or a brace
 pattern) into shard files and their sample counts. Check: `check_image_size` reads the first
 image, so a run made for another size fails at once, with the fix. Iterate: `training_dataset`
-is a small webdataset chain (shard shuffle -> split across ranks and loader workers -> sample
+is a small webdataset chain (split across ranks and loader workers -> shard shuffle -> sample
 shuffle -> decode) on `pipeline.sources.read_shards`, so memory stays flat however many shards
 there are; `image_batches` reads them in stored order for analyses. Which member of a sample is
 its image is core.samples' rule, as for every reader; a sample without one is skipped.
 
-Streaming (`StreamingBatches`) wraps `training_dataset` in a DataLoader, shuffled per epoch with
-a seed derived from (seed, epoch). Decoding PNG/JPEG costs ~2.5-4.7k images/s per core, far below
+Streaming (`StreamingBatches`) wraps `training_dataset` in a DataLoader. Each epoch first
+permutes the shard list with a seed derived from (seed, epoch), the same on every rank, so the
+split gives each rank and worker other shards every epoch; workers send uint8 images, converted
+to float on the device. Decoding PNG/JPEG costs ~2.5-4.7k images/s per core, far below
 what a GPU consumes at 64x64, so `cache="ram"|"gpu"` decodes the shards once into a uint8 array
 (a memory-mapped file, optionally copied to the GPU), shuffles by index each epoch and converts
 to float on the device (`CachedBatches`).
