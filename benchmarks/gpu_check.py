@@ -491,8 +491,8 @@ def main(device: str, quick: bool, json_path: Path, keep: Path | None,
     except UserError as err:
         raise SystemExit(f"FAIL setup: {err}") from None
     cuda = dev.type == "cuda"
-    if cuda:
-        torch.cuda.set_device(dev)
+    if cuda and dev.index is not None:
+        torch.cuda.set_device(dev)  # the runs below then stay off GPU 0
     faiss = faiss_or_none()
     where = f"{torch.cuda.get_device_name(dev)} ({dev})" if cuda else "CPU (tiny sizes)"
     machine = {"device": where, "gpus": torch.cuda.device_count() if cuda else 0,

@@ -49,3 +49,21 @@ def test_a_wheelhouse_installs_with_no_index_and_trains(tmp_path: Path) -> None:
                    "cpu", "--no-progress"], timeout=300, env=offline_env())
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert trained.stdout.startswith("trained 2 steps")
+
+
+def test_switching_the_faiss_build_reinstalls_without_the_other_build(tmp_path: Path) -> None:
+    """The install stamp names the faiss build: another FAISS is another install, which first
+    removes the build the venv has (the two share the `faiss` module)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / ".installed-faiss-cpu").touch()  # newer than pyproject.toml: installed with cpu
+    same = run(["make", "-q", "install", f"VENV={venv}", "FAISS=cpu"], timeout=60, cwd=REPO)
+    assert same.returncode == 0  # up to date: nothing to do
+    plan = run(["make", "-n", "install", f"VENV={venv}", "FAISS=gpu"], timeout=60, cwd=REPO)
+    assert plan.returncode == 0, plan.stderr
+    uninstall = plan.stdout.index("pip uninstall -q -y faiss-cpu")
+    assert uninstall < plan.stdout.index("'.[dev,gpu]'")
+    offline = run(["make", "-n", "install", f"VENV={venv}", "FAISS=gpu", "WHEELHOUSE=wh"],
+                  timeout=60, cwd=REPO)
+    assert "--no-index --find-links 'wh'" in offline.stdout and "torch" not in offline.stdout
