@@ -191,6 +191,9 @@ class Checker:
             return {**row, "skipped": "inductor rates are measured on CUDA only"}
         steps = max(2, self.sizes.rate_images // batch)
         name = f"rate-{arch}-{batch}-{cache}-{'compiled' if compile_ else 'eager'}"
+        # As in a fresh `gan train --compile`: without this, dynamo would count the runs before
+        # as recompiles (compiling for dynamic shapes, then giving up after its limit).
+        torch._dynamo.reset()
         try:
             summary = self.train(name, arch=arch, batch_size=batch, cache=cache,
                                  compile=compile_, steps=steps, log_every=steps // 2,
@@ -300,6 +303,7 @@ class Checker:
         """Graphs counted with an eager backend (one per compiled piece): none recompiled after
         the first step."""
         rt = Runtime(self.device)
+        torch._dynamo.reset()  # count this check's graphs only
         G_raw, D_raw = build_models({"image_size": self.sizes.image_size, "nz": 100,
                                      "width": self.sizes.width, "arch": "compact",
                                      "prior": "uniform"})
