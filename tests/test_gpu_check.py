@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.gpu_check import CheckFailed, run_command
+from benchmarks.gpu_check import CheckFailed, aims, run_command
 from tests.processes import run, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,3 +65,22 @@ def test_a_command_past_its_timeout_is_killed_with_its_children(tmp_path: Path) 
         return state in ("Z", "X")
 
     wait_for(gone, timeout=10, what="the timed-out command's child exited")
+
+
+def test_on_a_gpu_each_aim_is_met_missed_or_not_measured() -> None:
+    def row(arch, batch, compile_, rate=None, wait=0.01, cache="gpu"):
+        base = {"arch": arch, "batch": batch, "cache": cache, "compile": compile_}
+        if rate is None:
+            return {**base, "error": "RuntimeError: CUDA out of memory"}
+        return {**base, "images_per_s": rate, "data_wait": wait}
+
+    figures = {"rates": [row("compact", 512, False, 50_000), row("compact", 512, True, 61_000),
+                         row("paper", 512, False, 9_000), row("paper", 512, True),
+                         row("compact", 128, True, 40_000, wait=0.08)],
+               "streaming": row("compact", 512, False, 45_000, cache="none"),
+               "loader": {"workers": 8, "images_per_s": 30_000}}
+    verdicts = {r["aim"].split()[0]: (r["verdict"], r["measured"]) for r in aims(figures, True)}
+    assert verdicts["compact"] == ("met", "61,000")  # the best compiled run
+    assert verdicts["paper"] == ("not measured", "-")  # its compiled run failed
+    assert verdicts["--cache"] == ("met", "90%")  # 45,000 streamed against 50,000 cached
+    assert verdicts["data"] == ("missed", "8.0% (worst run)")
