@@ -288,3 +288,14 @@ def test_a_run_folder_is_held_and_owned(training_shards, tmp_path: Path) -> None
     with pytest.raises(OutputError, match="not empty.*not written by `gan train`"):
         train(shards, foreign, **TINY, steps=1, overwrite=True)
     assert (foreign / "holiday.jpg").read_bytes() == b"mine"
+
+
+def test_streaming_with_more_workers_than_shards_says_how_to_fix_it(training_shards, tmp_path,
+                                                                    capsys) -> None:
+    shards = training_shards(shards=1, per_shard=16)
+    train(shards, tmp_path / "run", **{**TINY, "batch_size": 8, "workers": 2}, steps=1,
+          cache="none")
+    warning = [line for line in capsys.readouterr().err.splitlines() if "idle" in line]
+    assert warning == ["warning: 1 shards for 1 rank(s) x 2 loader worker(s): 1 worker(s) idle; "
+                       "remake the shards with `pipeline shards --maxcount 8` (or use fewer "
+                       "--workers)"]
