@@ -15,7 +15,8 @@ faiss). A machine without faiss skips only the two checks that need it.
 
 The check is made for a cluster node without internet that carries its own CUDA build of torch:
 it runs from a checkout with the node's Python (the project's other dependencies installed from
-a wheelhouse, see docs/training.md), in about 8 minutes on one H100/H200 (about 3 with --quick).
+a wheelhouse, see docs/training.md), sized for 8 minutes on one H100/H200 (3 with --quick; not
+yet timed on one).
 `--device cpu` runs everything at tiny sizes on any machine (CI does), skipping what needs CUDA.
 
     python benchmarks/gpu_check.py [--device auto|cuda|cuda:N|cpu] [--quick] [--json PATH]
@@ -480,7 +481,7 @@ def report(figures: dict, results: list[Result], aim_rows: list[dict], json_path
 @click.option("--device", default="auto", show_default=True,
               help="auto, cuda, cuda:N (real sizes) or cpu (tiny sizes, CUDA parts skipped).")
 @click.option("--quick", is_flag=True,
-              help="One batch size and smaller runs: about 3 minutes on an H100/H200.")
+              help="One batch size and smaller runs (sized for ~3 minutes on an H100/H200).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("gpu_check.json"), show_default=True,
               help="Where the figures, checks and aims are written.")
