@@ -12,6 +12,7 @@ import datetime
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -19,6 +20,8 @@ from torch import nn
 
 from core.devices import resolve_device
 from core.errors import UserError
+
+T = TypeVar("T")
 
 
 class TrainingError(UserError):
@@ -90,6 +93,20 @@ def run_on_main(rt: Runtime, fn: Callable[[], object], slow: bool = False) -> No
         error = shared[0]
     if error is not None:
         raise error
+
+
+def on_every_rank(rt: Runtime, fn: Callable[[], T]) -> T:
+    """`fn()` on every rank; if it fails on any, every rank raises the first failing rank's
+    error (a rank that stopped alone would leave the others waiting in a collective)."""
+    error, result = None, None
+    try:
+        result = fn()
+    except Exception as err:  # re-raised below, on every rank
+        error = err
+    errors = [e for e in gather_from_ranks(error, rt) if e is not None]
+    if errors:
+        raise errors[0]
+    return result
 
 
 def mean_over_ranks(values: torch.Tensor, rt: Runtime) -> torch.Tensor:

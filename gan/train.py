@@ -66,6 +66,7 @@ from gan.runtime import (
     autocast_for,
     barrier,
     gather_from_ranks,
+    on_every_rank,
     run_on_main,
     set_tf32,
     start_runtime,
@@ -98,7 +99,8 @@ def make_batches(config: TrainConfig, rt: Runtime, out: Path, urls: list[str],
     run_on_main(rt, lambda: build_cache(urls, counts, out / "cache", image_size=config.image_size,
                                         workers=config.workers, progress=config.progress),
                 slow=True)
-    images = open_cache(urls, counts, out / "cache", image_size=config.image_size)
+    images = on_every_rank(rt, lambda: open_cache(urls, counts, out / "cache",
+                                                  image_size=config.image_size))
     return CachedBatches(images, batch_size=config.batch_size, seed=config.seed,
                          device=rt.device, on_device=config.cache == "gpu", rank=rt.rank,
                          world=rt.world)
