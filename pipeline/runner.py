@@ -85,7 +85,7 @@ def run_stage(
     out: Path,
     *,
     workers: int,
-    engine: str = "local",
+    engine: str | Engine = "local",
     ray_address: str | None = None,
     maxcount: int = 10_000,
     resume: bool = False,
@@ -95,10 +95,12 @@ def run_stage(
 ) -> dict:
     """Run `stage` over `source` into `out`; returns the summary (also in OUT/summary.json).
     `source` should have been opened with `skip=out`, so the run never reads its own output.
-    The chunks run on `engine` (pipeline.engines: "local" with `workers` processes, or "ray")."""
+    The chunks run on `engine` (pipeline.engines: "local" with `workers` processes, or "ray"),
+    or on an engine object a stage brings (pipeline.download's event loop)."""
     if maxcount < 1:
         raise StageError("--maxcount must be at least 1")
-    mapper = open_engine(engine, workers=workers, address=ray_address)
+    mapper = open_engine(engine, workers=workers, address=ray_address) \
+        if isinstance(engine, str) else engine
     with hold_output(Path(out), command=f"pipeline {stage.name}") as out:
         try:
             return _run_held(stage, source, out, engine=mapper, maxcount=maxcount,
