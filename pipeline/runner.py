@@ -77,6 +77,9 @@ class Stage:
     index_info: dict = field(default_factory=dict)  # extra fields for index.json
     # extra summary.json fields computed from the finished OUT (e.g. read back from the manifest)
     summarize: Callable[[Path], dict] | None = None
+    # OUT/contact_sheet.png of the first samples; off where they are not the runner's own
+    # encodings (download keeps the bytes as served: large, and possibly undecodable)
+    contact_sheet: bool = True
 
 
 def run_stage(
@@ -124,7 +127,8 @@ def _run_held(stage: Stage, source: Source, out: Path, *, engine: Engine, maxcou
     shards: list[dict] = state["shards"]
     sink = ShardSink(out, stage.name, start_shard=len(shards), taken=shard_keys(out, shards))
     records_done = kept = state["records_done"]  # kept: the records of finished shards
-    preview = _first_images(out, shards, SHEET_SIZE)
+    sheet_size = SHEET_SIZE if stage.contact_sheet else 0
+    preview = _first_images(out, shards, sheet_size)
 
     records = islice(iter(source), records_done, None)
     bar = tqdm(total=total, initial=records_done, unit="img", disable=not progress,
@@ -135,7 +139,7 @@ def _run_held(stage: Stage, source: Source, out: Path, *, engine: Engine, maxcou
                 manifest.record(outcome)
                 for sample in outcome.samples:
                     sink.write(sample)
-                    if len(preview) < SHEET_SIZE:
+                    if len(preview) < sheet_size:
                         preview.append(sample.image)
                 records_done += 1
                 if sink.count >= maxcount:

@@ -141,19 +141,22 @@ def download(
     out: str | os.PathLike,
     *,
     url_col: str = "url",
-    settings: FetchSettings = FetchSettings(),
+    settings: FetchSettings | None = None,
     maxcount: int = 10_000,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Fetch every URL of `lists` into WebDataset shards in `out`; returns the summary."""
+    """Fetch every URL of `lists` into WebDataset shards in `out` (the client behaving as
+    `settings` says, FetchSettings' defaults if None); returns the summary."""
+    settings = settings or FetchSettings()
     source = UrlListSource([Path(p) for p in lists], url_col)
     stage_settings = {"lists": [str(p) for p in lists], "url_col": url_col,
                       "maxcount": maxcount, "user_agent": user_agent().split(" (")[0],
                       **asdict(settings)}
     stage = Stage("download", download_chunk, settings, stage_settings, OK,
-                  index_info={"format": "original"}, summarize=_count_ignored_opt_outs)
+                  index_info={"format": "original"}, summarize=_count_ignored_opt_outs,
+                  contact_sheet=False)
     return run_stage(stage, source, Path(out), workers=1, engine=FetchEngine(settings),
                      maxcount=maxcount, resume=resume, overwrite=overwrite,
                      chunk_size=CHUNK_ROWS, progress=progress)

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -23,7 +24,7 @@ from pipeline.download import FetchSettings, download
 from pipeline.download.lists import UrlListSource
 from pipeline.sinks import read_index
 from tests.pipeline.http_server import serving
-from tests.processes import run, script, started, wait_for
+from tests.processes import ROOT, run, script, started, wait_for
 
 FAST = dict(retries=2, retry_wait=0.05, connect_timeout=2.0, read_timeout=0.2,
             total_timeout=5.0, max_bytes=300_000)
@@ -47,9 +48,9 @@ def images() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def crops() -> dict[str, bytes]:
-    """30 different real images (crops of one photo), for runs long enough to interrupt."""
+    """20 different real images (crops of one photo), for runs long enough to interrupt."""
     rgb = demo.photo("chelsea.png")
-    return {f"c{i}": jpeg(rgb[i * 3:i * 3 + 200, i * 4:i * 4 + 200], side=200) for i in range(30)}
+    return {f"c{i}": jpeg(rgb[i * 3:i * 3 + 200, i * 4:i * 4 + 200], side=200) for i in range(20)}
 
 
 def samples(out) -> dict[str, dict[str, bytes]]:
@@ -306,3 +307,13 @@ def test_jsonl_columns_survive_in_the_sample(images, tmp_path):
     assert meta["columns"] == {"caption": "a cup", "person": "nobody"}
     assert meta["list"] == "l.jsonl" and meta["row"] == 1
     assert io.BytesIO(samples(tmp_path / "out")["000000000"]["jpg"]).read(3) == b"\xff\xd8\xff"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_make_shards_downloads_face_urls_first(tmp_path):
+    result = run(["make", "-n", "-C", str(ROOT), "shards", "FACES_URLS=urls.txt",
+                  f"DATA={tmp_path}"], timeout=30)
+    lines = [line for line in result.stdout.splitlines() if "bin/pipeline" in line]
+    download_line = next(i for i, line in enumerate(lines) if " download urls.txt " in line)
+    assert f"--out {tmp_path}/downloads/faces" in lines[download_line]
+    assert f"faces {tmp_path}/downloads/faces --out" in lines[download_line + 1]
