@@ -20,7 +20,9 @@ import asyncio
 import hashlib
 import math
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -85,10 +87,10 @@ async def download_row(record: Record, fetcher: Fetcher) -> Outcome:
 
 class FetchEngine:
     """The runner's engine for async per-chunk functions: chunks run as tasks on one event
-    loop in this process, a bounded window of rows ahead, results yielded in chunk order.
+    loop, a bounded window of rows ahead, results handed back in chunk order.
 
-    The loop runs only while the runner waits for the next chunk's outcomes; requests in
-    flight simply wait in their sockets while it writes a shard."""
+    The loop runs in a thread of its own, so requests keep going while the runner (in the
+    main thread, which alone receives Ctrl-C and SIGTERM) writes shards and the manifest."""
 
     name = "local"
     distributed = False
@@ -100,20 +102,22 @@ class FetchEngine:
     def map(self, fn: Callable[[list, Fetcher], Any], params: FetchSettings,
             chunks: Iterable[list]) -> Iterator[list[Outcome]]:
         loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="download-loop", daemon=True)
+        thread.start()
         fetcher = Fetcher(params)
-        pending: list[asyncio.Task] = []
+        pending: deque = deque()  # concurrent futures of the chunks in flight, in order
         try:
-            loop.run_until_complete(fetcher.__aenter__())
-            chunks = iter(chunks)
-            while True:
-                while len(pending) < self.window and (chunk := next(chunks, None)) is not None:
-                    pending.append(loop.create_task(fn(chunk, fetcher)))
-                if not pending:
-                    return
-                yield loop.run_until_complete(pending.pop(0))
+            asyncio.run_coroutine_threadsafe(fetcher.__aenter__(), loop).result()
+            for chunk in chunks:
+                pending.append(asyncio.run_coroutine_threadsafe(fn(chunk, fetcher), loop))
+                if len(pending) >= self.window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
         finally:  # finished, stopped by a signal or the caller: nothing left running
-            loop.run_until_complete(_stop(pending, fetcher))
-            loop.run_until_complete(loop.shutdown_default_executor())
+            asyncio.run_coroutine_threadsafe(_stop(fetcher), loop).result()
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
             loop.close()
 
     def describe(self) -> dict:
@@ -121,12 +125,15 @@ class FetchEngine:
                 "concurrency": self.settings.concurrency, "per_host": self.settings.per_host}
 
 
-async def _stop(pending: list[asyncio.Task], fetcher: Fetcher) -> None:
-    """Cancel the chunks not handed back yet, then close the connections."""
-    for task in pending:
+async def _stop(fetcher: Fetcher) -> None:
+    """Cancel the chunks not handed back yet, close the connections, end the resolver's
+    threads."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
         task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
     await fetcher.__aexit__(None, None, None)
+    await asyncio.get_running_loop().shutdown_default_executor()
 
 
 def _count_ignored_opt_outs(out: Path) -> dict:

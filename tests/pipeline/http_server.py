@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TRICKLE_GAP = 0.5  # seconds between the bytes of /trickle (tests use a shorter read timeout)
 BLOCK = b"\xff" * 65536
+SERVER_THREAD = "fault-server"  # the accepting thread; each connection's is "...request_thread"
 
 
 class FaultServer(ThreadingHTTPServer):
@@ -112,6 +113,17 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def head(self, length: int | None, **headers: str) -> None:
+        """A 200 image answer's headers, for the answers that then misbehave."""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.close_connection = True
+
     def image(self, name: str) -> bytes:
         return self.server.images[name.split("?")[0]]
 
@@ -139,11 +151,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def serve_trickle(self, _rest: str, _hit: int) -> None:
         """A byte every TRICKLE_GAP seconds of a promised 1000."""
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", "1000")
-        self.end_headers()
-        self.close_connection = True
+        self.head(1000)
         for _ in range(1000):
             self.wfile.write(b"\xff")
             self.wfile.flush()
@@ -152,11 +160,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def serve_endless(self, _rest: str, _hit: int) -> None:
         """An image type and a body that never ends (until the client hangs up)."""
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self.head(None, Connection="close")
         self.wfile.write(b"\xff\xd8\xff\xe0")
         while not self.server.stopping.is_set():
             self.wfile.write(BLOCK)
@@ -182,12 +186,8 @@ class Handler(BaseHTTPRequestHandler):
     def serve_truncated(self, name: str, _hit: int) -> None:
         """Half the promised body, then the connection closes."""
         body = self.image(name)
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        self.head(len(body))
         self.wfile.write(body[: len(body) // 2])
-        self.close_connection = True
 
     def serve_gzip(self, name: str, _hit: int) -> None:
         self.send(200, gzip.compress(self.image(name)), Content_Encoding="gzip")
@@ -206,7 +206,8 @@ class Handler(BaseHTTPRequestHandler):
 def serving(images: dict[str, bytes], delay: float = 0.0) -> Iterator[FaultServer]:
     """A FaultServer running in a thread for the block; stopped and joined after it."""
     server = FaultServer(images, delay)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name=SERVER_THREAD)
     thread.start()
     try:
         yield server
