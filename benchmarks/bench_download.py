@@ -1,6 +1,6 @@
 """Images/s of `pipeline download` against img2dataset, the same local server, the same run.
 
-A local aiohttp server (its own process) serves N JPEGs of ~500 px cut from real photographs;
+A minimal local HTTP server (its own process) serves N JPEGs of ~500 px cut from real photographs;
 both tools fetch all of them into WebDataset shards of the original bytes (img2dataset with
 `--resize_mode no`, its defaults otherwise). Rounds alternate, medians are kept. Each rate is
 images over the wall time of the whole command, start-up included, for both alike.
@@ -18,6 +18,7 @@ img2dataset is not a project dependency: install it where this script can run it
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing as mp
 import os
@@ -33,27 +34,54 @@ import click
 from bench_shards import make_jpegs  # the same ~500 px JPEGs from real photographs
 
 
+class ImageServer(asyncio.Protocol):
+    """A minimal HTTP/1.1 server: each request gets its prepared answer (an image, or a 404)
+    `delay` seconds later. Far lighter than any framework, so on a shared 2-core machine the
+    clients, not the server, use the CPU."""
+
+    def __init__(self, answers: dict[bytes, bytes], delay: float):
+        self.answers = answers
+        self.delay = delay
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            answer = self.answers.get(head.split(b" ", 2)[1], NOT_FOUND)
+            close = b"connection: close" in head.lower()
+            if self.delay:
+                asyncio.get_running_loop().call_later(self.delay, self.send, answer, close)
+            else:
+                self.send(answer, close)
+
+    def send(self, answer: bytes, close: bool) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(answer)
+            if close:
+                self.transport.close()
+
+
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+
 def serve(folder: str, delay: float, port_out) -> None:
-    """The image server: /<name> answers with the file's bytes after `delay` seconds."""
-    import asyncio
-
-    from aiohttp import web
-
-    images = {p.name: p.read_bytes() for p in Path(folder).glob("*.jpg")}
-
-    async def image(request: web.Request) -> web.Response:
-        if delay:
-            await asyncio.sleep(delay)
-        return web.Response(body=images[request.match_info["name"]], content_type="image/jpeg")
+    """The server process: /<name> answers with the file <name> of `folder`."""
+    answers = {}
+    for path in Path(folder).glob("*.jpg"):
+        body = path.read_bytes()
+        answers[f"/{path.name}".encode()] = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
 
     async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/{name}", image)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        port_out.send(site._server.sockets[0].getsockname()[1])
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: ImageServer(answers, delay), "127.0.0.1", 0,
+                                          backlog=1024)
+        port_out.send(server.sockets[0].getsockname()[1])
         await asyncio.Event().wait()
 
     asyncio.run(main())
@@ -114,16 +142,19 @@ def theirs(img2dataset: str, url_list: Path, out: Path) -> tuple[float, int]:
               help="pipeline download --concurrency (and --per-host: one host serves all).")
 @click.option("--latency", default=0.1, show_default=True,
               help="Seconds added to every answer in the latency test.")
+@click.option("--latency-concurrency", default="16,64", show_default=True,
+              help="--concurrency values for the latency test, comma-separated.")
 @click.option("--img2dataset", "img2dataset", default=None,
               help="The img2dataset command (default: on PATH, else skipped).")
-def main(n: int, rounds: int, concurrency: int, latency: float, img2dataset: str | None) -> None:
+def main(n: int, rounds: int, concurrency: int, latency: float, latency_concurrency: str,
+         img2dataset: str | None) -> None:
     img2dataset = img2dataset or shutil.which("img2dataset")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "jpegs").mkdir()
         paths = make_jpegs(tmp / "jpegs", n)
         mb = sum(p.stat().st_size for p in paths) / 2**20
-        print(f"{n} JPEGs of ~500 px ({mb:.0f} MB) from a local aiohttp server, "
+        print(f"{n} JPEGs of ~500 px ({mb:.0f} MB) from a local HTTP server, "
               f"{rounds} alternating rounds, medians")
         url_list = tmp / "urls.txt"
         with Server(tmp / "jpegs", 0.0) as server:
@@ -150,12 +181,14 @@ def main(n: int, rounds: int, concurrency: int, latency: float, img2dataset: str
         with Server(tmp / "jpegs", latency) as server:
             url_list.write_text("".join(f"http://127.0.0.1:{server.port}/{p.name}\n"
                                         for p in paths))
-            runs = [ours(url_list, tmp / "ours", concurrency) for _ in range(rounds)]
-        bound = concurrency / latency
-        for what, rate in (("whole command", statistics.median(n / r[0] for r in runs)),
-                           ("stage (summary.json)", statistics.median(n / r[2] for r in runs))):
-            print(f"with {latency * 1000:.0f} ms per answer, {what:20s}: {rate:6.0f} images/s = "
-                  f"{rate / bound:.2f} x concurrency / latency ({bound:.0f})  (target >= 0.8)")
+            for slots in map(int, latency_concurrency.split(",")):
+                runs = [ours(url_list, tmp / "ours", slots) for _ in range(rounds)]
+                bound = slots / latency
+                for what, rate in (("whole command", statistics.median(n / r[0] for r in runs)),
+                                   ("stage", statistics.median(n / r[2] for r in runs))):
+                    print(f"{latency * 1000:.0f} ms per answer, --concurrency {slots:3d}, "
+                          f"{what:13s}: {rate:6.0f} images/s = {rate / bound:.2f} x concurrency"
+                          f" / latency ({bound:.0f})  (target >= 0.8)")
 
 
 if __name__ == "__main__":

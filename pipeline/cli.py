@@ -97,7 +97,7 @@ def main() -> None:
 @click.option("--retries", type=click.IntRange(0, 10), default=3, show_default=True,
               help="Extra tries after a 429, a 5xx, a reset or a body cut short.")
 @click.option("--retry-wait", type=click.FloatRange(0, 60), default=1.0, show_default=True,
-              help="Seconds before the first retry, doubled each time, +-50%% jitter (a "
+              help="Seconds before the first retry, doubled each time, +-50% jitter (a "
                    "server's Retry-After, up to 120 s, wins).")
 @click.option("--connect-timeout", type=click.FloatRange(0, 600, min_open=True), default=10.0,
               show_default=True, help="Seconds to open a connection.")
@@ -114,13 +114,16 @@ def main() -> None:
               help="Fetch images whose X-Robots-Tag says noai/noimageai (otherwise recorded "
                    "as opted_out and not read); recorded in the summary.")
 @maxcount_option
-@engine_options
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+              help="Only 'local': the fetches run on one event loop on this machine, which "
+                   "holds --per-host for the whole run; 'ray' is refused (split the list and "
+                   "run one download per machine).")
 @restart_options
 @progress_option
 @user_errors
 def download(lists, out, url_col, concurrency, per_host, retries, retry_wait, connect_timeout,
              read_timeout, total_timeout, max_bytes, max_redirects, ignore_opt_out, maxcount,
-             engine, ray_address, resume, overwrite, progress):
+             engine, resume, overwrite, progress):
     """Download the images of URL lists (.txt: a URL a line; .csv, .tsv, .jsonl, .parquet
     with --url-col) into WebDataset shards of the original bytes in --out, every row
     accounted for in OUT/manifest.jsonl. `pipeline faces OUT` (or shards, dedup) reads it."""
