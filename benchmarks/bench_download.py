@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import click
-from bench_shards import make_jpegs  # the same ~500 px JPEGs from real photographs
 
 
 class ImageServer(asyncio.Protocol):
@@ -148,6 +147,8 @@ def theirs(img2dataset: str, url_list: Path, out: Path) -> tuple[float, int]:
               help="The img2dataset command (default: on PATH, else skipped).")
 def main(n: int, rounds: int, concurrency: int, latency: float, latency_concurrency: str,
          img2dataset: str | None) -> None:
+    from bench_shards import make_jpegs  # the same ~500 px JPEGs (run as a script: a sibling)
+
     img2dataset = img2dataset or shutil.which("img2dataset")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
