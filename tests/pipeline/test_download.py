@@ -212,7 +212,7 @@ def test_shards_are_identical_for_any_concurrency(images, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
 def test_a_stopped_run_resumes_to_the_same_shards(crops, tmp_path, stop):
-    with serving(crops, delay=0.1) as server:
+    with serving(crops, delay=0.2) as server:  # ~2 s a run: time to stop it midway
         (tmp_path / "list.txt").write_text(
             "".join(server.url(f"/img/{name}") + "\n" for name in crops))
         args = ["download", str(tmp_path / "list.txt"), "--maxcount", "4", "--concurrency", "2",
