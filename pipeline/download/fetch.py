@@ -49,7 +49,7 @@ from pipeline.statuses import (
 REDIRECTS = (301, 302, 303, 307, 308)
 OPT_OUT_TOKENS = ("noai", "noimageai")
 MAX_RETRY_AFTER = 120.0  # seconds; a server asking for longer gets its answer recorded instead
-CHUNK_LOG_LIMIT = 200  # characters of a server's error text kept in a reason
+REASON_LIMIT = 200  # characters of an error's text kept in a manifest reason
 
 
 def user_agent() -> str:
@@ -100,7 +100,6 @@ class RetryableError(Exception):
 class Fetched:
     """A successful answer: the body and where it came from."""
 
-    url: str
     final_url: str
     http_status: int
     served_type: str
@@ -210,7 +209,7 @@ class Fetcher:
             answer, tries = await self._with_retries(current)
             attempts += tries
             if answer.status not in REDIRECTS:
-                return Fetched(url, str(current), answer.status, answer.served_type, answer.body,
+                return Fetched(str(current), answer.status, answer.served_type, answer.body,
                                redirects=len(visited) - 1, attempts=attempts,
                                opt_out=answer.opt_out)
             current = self._next_hop(current, answer, visited)
@@ -315,4 +314,4 @@ class Fetcher:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:CHUNK_LOG_LIMIT]
+    return (text[0] if text else type(err).__name__)[:REASON_LIMIT]
