@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import threading
 
@@ -332,3 +333,13 @@ def test_make_shards_downloads_face_urls_first(tmp_path):
     download_line = next(i for i, line in enumerate(lines) if " download urls.txt " in line)
     assert f"--out {tmp_path}/downloads/faces" in lines[download_line]
     assert f"faces {tmp_path}/downloads/faces --out" in lines[download_line + 1]
+
+
+def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
+    (tmp_path / "list.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    result = CliRunner().invoke(cli, ["download", str(tmp_path / "list.parquet"), "--out",
+                                      str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 1 and "pip install 'dcgan-pipeline[parquet]'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
