@@ -17,6 +17,7 @@ SIZE       ?= 64
 WORKERS    ?=
 FACES      ?=
 LSUN       ?=
+FACES_URLS ?=
 
 BIN   := $(VENV)/bin
 # One stamp per faiss build: switching FAISS reinstalls (and removes the other build first).
@@ -29,7 +30,8 @@ PIP_SOURCES := $(if $(WHEELHOUSE),--no-index --find-links '$(WHEELHOUSE)',)
 PIP_WANTS   := $(if $(WHEELHOUSE),-e '.[$(FAISS)]','$(TORCH_SPEC)' -e '.[dev,$(FAISS)]')
 WHEEL_DIR   := $(if $(WHEELHOUSE),$(WHEELHOUSE),wheelhouse)
 DEMO  := $(DATA)/demo
-FACES_SRC := $(if $(FACES),$(FACES),$(DEMO)/scraped)
+# FACES_URLS (URL lists) are downloaded first and become the faces source.
+FACES_SRC := $(if $(FACES_URLS),$(DATA)/downloads/faces,$(if $(FACES),$(FACES),$(DEMO)/scraped))
 LSUN_SRC  := $(if $(LSUN),$(LSUN),$(DEMO)/lsun)
 WORKERS_OPT := $(if $(WORKERS),--workers $(WORKERS),)
 
@@ -69,6 +71,7 @@ demo: $(STAMP)
 # The demo LSUN set (237 images) trains its hash with small batches in one thread: its tiny batches
 # gain nothing from more, and a busy machine would stall them. Real data uses the defaults.
 shards: $(STAMP) demo
+	$(if $(FACES_URLS),$(BIN)/pipeline download $(FACES_URLS) --out $(DATA)/downloads/faces --overwrite)
 	$(BIN)/pipeline faces $(FACES_SRC) --out $(DATA)/shards/faces --size $(SIZE) --overwrite $(WORKERS_OPT)
 	$(if $(LSUN),,OMP_NUM_THREADS=1) $(BIN)/pipeline dedup $(LSUN_SRC) --out $(DATA)/dedup/lsun --overwrite $(if $(LSUN),,--batch-size 64) $(WORKERS_OPT)
 	$(BIN)/pipeline shards $(LSUN_SRC) --out $(DATA)/shards/lsun --exclude $(DATA)/dedup/lsun/duplicates.txt --size $(SIZE) --overwrite $(WORKERS_OPT)

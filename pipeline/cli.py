@@ -81,6 +81,70 @@ def main() -> None:
     """
 
 
+@main.command()
+@click.argument("lists", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder for shards of the original bytes, manifest.jsonl, "
+                   "summary.json, index.json.")
+@click.option("--url-col", default="url", show_default=True,
+              help="Column holding the URL in .csv/.tsv/.jsonl/.parquet lists; the other "
+                   "columns go into each sample's .json.")
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=64, show_default=True,
+              help="Requests in flight in all.")
+@click.option("--per-host", type=click.IntRange(1, 1024), default=16, show_default=True,
+              help="Requests in flight (and open connections) to one host at most.")
+@click.option("--retries", type=click.IntRange(0, 10), default=3, show_default=True,
+              help="Extra tries after a 429, a 5xx, a reset or a body cut short.")
+@click.option("--retry-wait", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+              help="Seconds before the first retry, doubled each time, +-50% jitter (a "
+                   "server's Retry-After, up to 120 s, wins).")
+@click.option("--connect-timeout", type=click.FloatRange(0, 600, min_open=True), default=10.0,
+              show_default=True, help="Seconds to open a connection.")
+@click.option("--read-timeout", type=click.FloatRange(0, 600, min_open=True), default=20.0,
+              show_default=True, help="Longest silence in seconds while waiting for data.")
+@click.option("--timeout", "total_timeout", type=click.FloatRange(0, 3600, min_open=True),
+              default=60.0, show_default=True, help="Seconds for one whole request.")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=32 * 2**20, show_default=True,
+              help="Stop reading a body past this many bytes (decompressed) and record the "
+                   "row as too_large.")
+@click.option("--max-redirects", type=click.IntRange(0, 50), default=10, show_default=True,
+              help="Redirects followed per URL; more is recorded as redirect_loop.")
+@click.option("--ignore-opt-out", is_flag=True,
+              help="Fetch images whose X-Robots-Tag says noai/noimageai (otherwise recorded "
+                   "as opted_out and not read); recorded in the summary.")
+@maxcount_option
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+              help="Only 'local': the fetches run on one event loop on this machine, which "
+                   "holds --per-host for the whole run; 'ray' is refused (split the list and "
+                   "run one download per machine).")
+@restart_options
+@progress_option
+@user_errors
+def download(lists, out, url_col, concurrency, per_host, retries, retry_wait, connect_timeout,
+             read_timeout, total_timeout, max_bytes, max_redirects, ignore_opt_out, maxcount,
+             engine, resume, overwrite, progress):
+    """Download the images of URL lists (.txt: a URL a line; .csv, .tsv, .jsonl, .parquet
+    with --url-col) into WebDataset shards of the original bytes in --out, every row
+    accounted for in OUT/manifest.jsonl. `pipeline faces OUT` (or shards, dedup) reads it."""
+    from pipeline.download import FetchSettings
+    from pipeline.download import download as run_download
+
+    if engine != "local":
+        raise click.ClickException("pipeline download runs on this machine only (--engine ray "
+                                   "is not supported): split the list and run one download "
+                                   "per machine")
+    settings = FetchSettings(concurrency=concurrency, per_host=per_host, retries=retries,
+                             retry_wait=retry_wait, connect_timeout=connect_timeout,
+                             read_timeout=read_timeout, total_timeout=total_timeout,
+                             max_bytes=max_bytes, max_redirects=max_redirects,
+                             ignore_opt_out=ignore_opt_out)
+    summary = run_download(list(lists), out, url_col=url_col, settings=settings,
+                           maxcount=maxcount, resume=resume, overwrite=overwrite,
+                           progress=progress)
+    click.echo(summary["line"])
+
+
 @main.command(epilog=SOURCES_HELP)
 @click.argument("src", nargs=-1, required=True)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),

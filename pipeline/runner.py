@@ -77,6 +77,9 @@ class Stage:
     index_info: dict = field(default_factory=dict)  # extra fields for index.json
     # extra summary.json fields computed from the finished OUT (e.g. read back from the manifest)
     summarize: Callable[[Path], dict] | None = None
+    # OUT/contact_sheet.png of the first samples; off where they are not the runner's own
+    # encodings (download keeps the bytes as served: large, and possibly undecodable)
+    contact_sheet: bool = True
 
 
 def run_stage(
@@ -85,7 +88,7 @@ def run_stage(
     out: Path,
     *,
     workers: int,
-    engine: str = "local",
+    engine: str | Engine = "local",
     ray_address: str | None = None,
     maxcount: int = 10_000,
     resume: bool = False,
@@ -95,10 +98,12 @@ def run_stage(
 ) -> dict:
     """Run `stage` over `source` into `out`; returns the summary (also in OUT/summary.json).
     `source` should have been opened with `skip=out`, so the run never reads its own output.
-    The chunks run on `engine` (pipeline.engines: "local" with `workers` processes, or "ray")."""
+    The chunks run on `engine` (pipeline.engines: "local" with `workers` processes, or "ray"),
+    or on an engine object a stage brings (pipeline.download's event loop)."""
     if maxcount < 1:
         raise StageError("--maxcount must be at least 1")
-    mapper = open_engine(engine, workers=workers, address=ray_address)
+    mapper = open_engine(engine, workers=workers, address=ray_address) \
+        if isinstance(engine, str) else engine
     with hold_output(Path(out), command=f"pipeline {stage.name}") as out:
         try:
             return _run_held(stage, source, out, engine=mapper, maxcount=maxcount,
@@ -122,7 +127,8 @@ def _run_held(stage: Stage, source: Source, out: Path, *, engine: Engine, maxcou
     shards: list[dict] = state["shards"]
     sink = ShardSink(out, stage.name, start_shard=len(shards), taken=shard_keys(out, shards))
     records_done = kept = state["records_done"]  # kept: the records of finished shards
-    preview = _first_images(out, shards, SHEET_SIZE)
+    sheet_size = SHEET_SIZE if stage.contact_sheet else 0
+    preview = _first_images(out, shards, sheet_size)
 
     records = islice(iter(source), records_done, None)
     bar = tqdm(total=total, initial=records_done, unit="img", disable=not progress,
@@ -133,7 +139,7 @@ def _run_held(stage: Stage, source: Source, out: Path, *, engine: Engine, maxcou
                 manifest.record(outcome)
                 for sample in outcome.samples:
                     sink.write(sample)
-                    if len(preview) < SHEET_SIZE:
+                    if len(preview) < sheet_size:
                         preview.append(sample.image)
                 records_done += 1
                 if sink.count >= maxcount:

@@ -36,6 +36,15 @@ FACES_TOO_SMALL = "faces_too_small"  # faces found, all below --min-size
 # Dedup stage.
 UNIQUE = "unique"
 DUPLICATE = "duplicate"
+# Download stage (pipeline.download); NOT_IMAGE and TOO_LARGE above apply there too.
+OK = "ok"
+HTTP_ERROR = "http_error"  # the manifest line holds the code
+TIMEOUT = "timeout"
+CONNECTION_ERROR = "connection_error"
+REDIRECT_LOOP = "redirect_loop"
+BAD_URL = "bad_url"
+OPTED_OUT = "opted_out"
+DUPLICATE_URL = "duplicate_url"
 
 DECODER_REJECTIONS = (EMPTY, NOT_IMAGE, CORRUPT, TOO_LARGE, TOO_SMALL)
 
@@ -47,11 +56,24 @@ DESCRIPTIONS = {
     EMPTY: "zero-byte file",
     NOT_IMAGE: "not an image (HTML, text, unknown format)",
     CORRUPT: "truncated or damaged image data",
-    TOO_LARGE: "file over --max-bytes, or header over the pixel limit (decompression bomb guard)",
+    TOO_LARGE: "file or download over --max-bytes, or header over the pixel limit (decompression "
+                "bomb guard)",
     TOO_SMALL: "smaller than the requested size",
     FACES: "at least one face kept",
     NO_FACE: "no face detected",
     FACES_TOO_SMALL: "faces detected, all below --min-size",
     UNIQUE: "no duplicate, or the member kept from its group",
     DUPLICATE: "near duplicate of a kept image (listed in duplicates.txt)",
+    OK: "downloaded: the original bytes are in the shards",
+    HTTP_ERROR: "the server answered with an HTTP error (the code is in the manifest), after "
+                "the retries for 429 and 5xx",
+    TIMEOUT: "no connection, no data, or no complete answer within the --*-timeout limits",
+    CONNECTION_ERROR: "connection refused or reset, name not resolved, or a body cut short of "
+                      "its Content-Length, after the retries",
+    REDIRECT_LOOP: "redirects came back to a URL already visited, or went past the redirect "
+                   "limit",
+    BAD_URL: "not an http(s) URL, unparsable, or an empty or malformed list row",
+    OPTED_OUT: "the site opted out of AI use (X-Robots-Tag noai or noimageai); fetched only "
+               "with --ignore-opt-out",
+    DUPLICATE_URL: "the same URL appeared earlier in the list (fetched once)",
 }
