@@ -19,6 +19,10 @@ FACES      ?=
 LSUN       ?=
 FACES_URLS ?=
 
+# The FID/KID/PR references the tests compare with, beside the environment, never in it: their
+# torchvision would fight the torch in use (tests/gan/quality/references.py imports them).
+REFERENCES := 'pytorch-fid==0.3.0' 'torch-fidelity==0.4.0' 'torchvision<1'
+
 BIN   := $(VENV)/bin
 # One stamp per faiss build: switching FAISS reinstalls (and removes the other build first).
 STAMP := $(VENV)/.installed-faiss-$(FAISS)
@@ -45,6 +49,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_OPTS) $(VENV)
 	$(BIN)/python -m pip uninstall -q -y $(OTHER_FAISS) 2>/dev/null || true
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(PIP_SOURCES) $(PIP_WANTS)
+	$(if $(WHEELHOUSE),,$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps \
+	    --upgrade --target $(VENV)/references $(REFERENCES))
 	rm -f $(VENV)/.installed*
 	touch $@
 

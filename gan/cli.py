@@ -30,6 +30,7 @@ from gan.config import (
     PRIORS,
     TrainConfig,
 )
+from gan.quality.options import extractor_options, metric_list
 
 
 def png_out_option(default: str):
@@ -104,12 +105,21 @@ DEFAULTS = TrainConfig.__dataclass_fields__  # --help shows the Python API's def
                    "overlaps the backward.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
               show_default=True, help=PRECISION_HELP)
+@click.option("--metrics-every", type=click.IntRange(min=1),
+              help="Steps between FID, KID and precision/recall of G's samples (as `gan "
+                   "metrics`, on rank 0) into metrics.jsonl and TensorBoard; the best FID's "
+                   "checkpoint is kept as checkpoints/best.pt. Needs --metrics-real.")
+@click.option("--metrics-real", help="Real images the scores compare with (shards or a folder).")
+@click.option("--metrics-n", type=click.IntRange(min=4), default=DEFAULTS["metrics_n"].default,
+              show_default=True, help="Samples (and real images) per score.")
+@extractor_options("metrics-")
 @restart_options
 @progress_option
 @user_errors
 def train(data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch, width, prior,
           workers, cache, device, seed, sample_every, ckpt_every, log_every, bn, compile_,
-          precision, resume, overwrite, progress):
+          precision, metrics_every, metrics_real, metrics_n, metrics_inception,
+          metrics_features, resume, overwrite, progress):
     """Train the paper's DCGAN (Adam 2e-4/0.5, batch 128, N(0, 0.02) init) on shards.
 
     The run folder --out gets metrics.jsonl, samples/, checkpoints/, loss_curve.png,
@@ -127,9 +137,17 @@ def train(data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch,
         steps=steps, lr=lr, beta1=beta1, nz=nz, arch=arch, width=width, prior=prior,
         workers=workers, cache=cache, device=str(device), seed=seed, sample_every=sample_every,
         ckpt_every=ckpt_every, log_every=log_every, bn=bn, compile=compile_,
-        precision=precision, resume=resume, overwrite=overwrite, progress=progress)
+        precision=precision, metrics_every=metrics_every, metrics_real=metrics_real,
+        metrics_n=metrics_n, metrics_inception=_plain(metrics_inception),
+        metrics_features=_plain(metrics_features), resume=resume, overwrite=overwrite,
+        progress=progress)
     if summary.get("line"):
         click.echo(summary["line"])
+
+
+def _plain(path: Path | None) -> str | None:
+    """A path as the plain string a checkpoint's config may hold."""
+    return None if path is None else str(path)
 
 
 @main.command(short_help="A numbered grid of samples (and their z).")
@@ -223,6 +241,52 @@ def arithmetic_cmd(ckpt, z_path, a, b, c, noise, seed, out, bn, device):
     result = arithmetic(G, z, a, b, c, noise=noise, seed=seed, bn=bn)
     write_png_atomic(out, arithmetic_sheet(result))
     click.echo(f"A - B + C from {len(a)}/{len(b)}/{len(c)} exemplars -> {out}")
+
+
+@main.command(name="metrics", short_help="FID, KID and precision/recall of G's samples.")
+@click.option("--ckpt", type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint from `gan train` whose G is scored (or give --fake).")
+@click.option("--fake", help="Score these images instead of a checkpoint's samples: shards, "
+              "a folder of images or any source `pipeline` reads.")
+@click.option("--real", required=True, help="Real images: shards (a `pipeline shards` folder, "
+              "a .tar, a glob) or a folder of images.")
+@click.option("--n", type=click.IntRange(min=4), default=50000, show_default=True,
+              help="Samples drawn from G, and real (and --fake) images used; a set holding "
+                   "fewer is used whole (metrics.json says how many).")
+@click.option("--metrics", "metrics", default="fid,kid,pr", show_default=True,
+              callback=metric_list, help="Which scores: fid, kid, pr (precision/recall, k=3).")
+@out_dir_option
+@extractor_options()
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of G's z's (and of the KID subsets, and of which --fake images).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Images per batch through G and the extractor.")
+@click.option("--kid-subsets", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Random subsets KID is averaged over.")
+@click.option("--kid-subset-size", type=click.IntRange(min=2), default=1000,
+              show_default=True, help="Features per KID subset (fewer when N is smaller).")
+@bn_option()
+@device_option
+@click.option("--overwrite", is_flag=True, help="Replace metrics.json in --out.")
+@progress_option
+@user_errors
+def metrics_cmd(ckpt, fake, real, n, metrics, out, inception, features, seed, batch_size,
+                kid_subsets, kid_subset_size, bn, device, overwrite, progress):
+    """FID, KID and precision/recall (k=3) of a checkpoint's samples, or of the images of
+    --fake, against --real, in the features of the FID Inception network (or of --features).
+
+    Writes --out/metrics.json (every value, N, seed, the extractor and its SHA-256, software
+    versions) and prints one line. The real images' features are cached per data set,
+    extractor and N, so a second checkpoint only embeds its samples.
+    """
+    from gan.quality.evaluate import run_metrics
+
+    report = run_metrics(real=real, out=out, ckpt=ckpt, fake=fake, n=n, metrics=metrics,
+                         inception=inception, features=features, device=device, seed=seed,
+                         batch_size=batch_size, bn=bn, kid_subsets=kid_subsets,
+                         kid_subset_size=kid_subset_size, overwrite=overwrite,
+                         progress=progress)
+    click.echo(f"{report['line']} -> {out / 'metrics.json'}")
 
 
 if __name__ == "__main__":

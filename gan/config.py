@@ -30,7 +30,8 @@ PRECISION_HELP = (
 # Settings a resumed run may change; everything else comes from the checkpoint so that the
 # continuation is the same computation.
 RESUMABLE = ("steps", "epochs", "sample_every", "ckpt_every", "log_every", "device", "compile",
-             "progress", "resume", "overwrite")
+             "progress", "resume", "overwrite", "metrics_every", "metrics_real", "metrics_n",
+             "metrics_inception", "metrics_features")
 
 
 def check_shape(image_size: int, width: int | None, arch: str) -> tuple[int, int]:
@@ -85,6 +86,11 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    metrics_every: int | None = None  # steps between FID/KID/PR scores (gan/quality/)
+    metrics_real: str | None = None  # the real images they compare with
+    metrics_n: int = 10000
+    metrics_inception: str | None = None
+    metrics_features: str | None = None
 
     def __post_init__(self) -> None:
         if self.width is None:  # a default that depends on another field
@@ -103,6 +109,9 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         check_shape(self.image_size, self.width, self.arch)
+        if self.metrics_every is not None and self.metrics_real is None:
+            raise UserError("--metrics-every needs --metrics-real (the real images to compare "
+                            "with)")
 
 
 def resumed_config(config: TrainConfig, state: dict) -> TrainConfig:

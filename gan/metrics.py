@@ -119,7 +119,7 @@ def plot_losses(metrics_path: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
+    rows = [r for r in read_metrics(metrics_path) if "loss_D" in r]  # not the score rows
     steps = [r["step"] for r in rows]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for key in ("loss_D", "loss_G"):

@@ -51,6 +51,7 @@ from gan.data import (
     to_model_input,
 )
 from gan.metrics import LOGGED, STATS, MetricsLog, plot_losses
+from gan.quality.training import QualityLog, open_quality
 from gan.run_folder import (
     FINISHED,
     claim_run,
@@ -132,6 +133,7 @@ class Run:
     total_steps: int
     shards: list[list]  # shard names and counts, kept in checkpoints (see check_same_data)
     notes: list[str]  # said to the user once and kept in the summary
+    quality: QualityLog | None = None  # rank 0's FID/KID/PR scorer with --metrics-every
 
 
 def epoch_batches(run: Run, epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, float]]:
@@ -173,6 +175,21 @@ def save_state(st: TrainState, run: Run, name: str) -> None:
             "shards": run.shards})
 
 
+def score_samples(st: TrainState, run: Run) -> None:
+    """FID, KID and precision/recall of G's samples into metrics.jsonl (rank 0 scores, the
+    others wait), and `best.pt` when the FID is the lowest so far (every rank saves: see
+    save_state)."""
+    run.metrics.flush()  # the log stays in step order
+    best = [False]
+
+    def on_main() -> None:
+        best[0] = run.quality.evaluate(st.G_raw, st.step, st.epoch, run.metrics.tensorboard)
+
+    run_on_main(run.rt, on_main)
+    if any_rank(best[0], run.rt):
+        save_state(st, run, "best.pt")
+
+
 def stop_agreed(st: TrainState, run: Run) -> bool:
     """Whether to stop after this step for Ctrl-C or SIGTERM (core.signals): at once with one
     process; with several, all together at the next logging step (the ranks agree there, so
@@ -207,6 +224,8 @@ def train_loop(st: TrainState, run: Run) -> dict:
                 if due_ckpt:
                     save_state(st, run, f"step-{st.step:07d}.pt")
                     save_state(st, run, "last.pt")
+                if config.metrics_every and st.step % config.metrics_every == 0:
+                    score_samples(st, run)
                 if stop_agreed(st, run):
                     stop_here(st, run)
                 if st.step == run.total_steps:
@@ -301,8 +320,10 @@ def _run(config: TrainConfig, rt: Runtime, out: Path, checkpoint: dict | None, u
         print(f"note: {notes[0]}", file=sys.stderr)
     metrics = MetricsLog(out / "metrics.jsonl", rt, config.batch_size * rt.world)
     metrics.truncate_after(st.step)  # a fresh run starts a fresh log
+    quality = open_quality(config, rt, out)
     accelerate(st, config, rt)
-    run = Run(config, rt, out, batches, metrics, total_steps, shard_list(urls, counts), notes)
+    run = Run(config, rt, out, batches, metrics, total_steps, shard_list(urls, counts), notes,
+              quality)
     try:
         last = train_loop(st, run)
     except TrainingError as err:
