@@ -94,7 +94,7 @@ def test_precision_recall_equals_the_definition_and_torch_fidelity(case: str) ->
     from torch_fidelity.metric_prc import calculate_precision_recall_full
 
     a, b = feature_sets(case)
-    a, b = a[:300, :32], b[:250, :32]  # (at most) a dimension where balls overlap, unequal set sizes
+    a, b = a[:300, :32], b[:250, :32]  # balls that overlap, unequal sets
     ours = precision_recall(a, b, block=64)  # blocks smaller than the sets
     assert ours == pytest.approx(precision_recall_by_definition(a, b), abs=1e-12)
     theirs = calculate_precision_recall_full(torch.from_numpy(b), torch.from_numpy(a), 3, 100)
