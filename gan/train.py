@@ -186,6 +186,7 @@ def score_samples(st: TrainState, run: Run) -> None:
         best[0] = run.quality.evaluate(st.G_raw, st.step, st.epoch, run.metrics.tensorboard)
 
     run_on_main(run.rt, on_main)
+    run.metrics.window_start = time.perf_counter()  # images/s counts training steps only
     if any_rank(best[0], run.rt):
         save_state(st, run, "best.pt")
 

@@ -55,18 +55,18 @@ class RunningMoments:
 
 
 def collect(batches: Iterable[torch.Tensor], n: int, features_path: Path) -> Statistics:
-    """Stream (B, D) feature batches, `n` rows in all, into `features_path` (float32 .npy) and
-    the running moments; returns the statistics."""
-    moments, written, file = RunningMoments(), 0, None
-    for batch in batches:
-        if file is None:
-            file = np.lib.format.open_memmap(features_path, mode="w+", dtype=np.float32,
-                                             shape=(n, batch.shape[1]))
-        moments.add(batch)
-        file[written:written + len(batch)] = batch.float().cpu().numpy()
-        written += len(batch)
+    """Stream (B, D) feature batches, `n` rows in all, into `features_path` (float32 .npy,
+    appended with plain writes, so the process holds no more than a batch of it) and the
+    running moments; returns the statistics."""
+    moments, written = RunningMoments(), 0
+    with open(features_path, "wb") as file:
+        for batch in batches:
+            if written == 0:
+                header = {"descr": "<f4", "fortran_order": False, "shape": (n, batch.shape[1])}
+                np.lib.format.write_array_header_1_0(file, header)
+            moments.add(batch)
+            file.write(batch.float().cpu().numpy().astype("<f4", copy=False).tobytes())
+            written += len(batch)
     if written != n:
         raise ValueError(f"expected {n} features, got {written}")
-    file.flush()
-    del file
     return moments.statistics()
