@@ -23,6 +23,7 @@ from torch import nn
 from core.errors import UserError
 from core.files import write_json_atomic
 from core.outputs import own_output
+from core.signals import Interrupted, signal_name
 from gan.quality.cache import FeatureSet, real_features
 from gan.quality.extractors import Extractor, open_extractor
 from gan.quality.images import embed, generated_batches, open_images, pick, set_batches
@@ -103,13 +104,26 @@ def summary_line(values: dict, n_fake: int, n_real: int, extractor: Extractor) -
             f"{extractor.name} {extractor.sha256[:12]})")
 
 
-def run_metrics(*, real: str, out: str | os.PathLike, ckpt: str | os.PathLike | None = None,
-                fake: str | None = None, n: int = 50000, metrics: tuple[str, ...] = METRICS,
-                inception: str | None = None, features: str | None = None,
-                device: torch.device | str = "cpu", seed: int = 0, batch_size: int = 100,
-                bn: str = "batch", kid_subsets: int = KID_SUBSETS,
-                kid_subset_size: int = KID_SUBSET_SIZE, overwrite: bool = False,
-                progress: bool = True) -> dict:
+def run_metrics(real: str, out: str | os.PathLike, **options) -> dict:
+    """`measure`, ended by a stop signal with one line: nothing is written to `out`, and
+    finished real statistics stay cached for the next try."""
+    try:
+        return measure(real=real, out=out, **options)
+    except KeyboardInterrupt as err:
+        if isinstance(err, Interrupted):
+            raise
+        raise Interrupted(f"gan metrics: stopped by {signal_name()}; nothing written to {out} "
+                          "(real statistics already computed stay cached); run it again"
+                          ) from None
+
+
+def measure(*, real: str, out: str | os.PathLike, ckpt: str | os.PathLike | None = None,
+            fake: str | None = None, n: int = 50000, metrics: tuple[str, ...] = METRICS,
+            inception: str | None = None, features: str | None = None,
+            device: torch.device | str = "cpu", seed: int = 0, batch_size: int = 100,
+            bn: str = "batch", kid_subsets: int = KID_SUBSETS,
+            kid_subset_size: int = KID_SUBSET_SIZE, overwrite: bool = False,
+            progress: bool = True) -> dict:
     """Score `ckpt`'s samples (or the images of `fake`) against `real`; writes
     `out/metrics.json` and returns it (its "line" is what the command prints)."""
     from gan.checkpoint import load_models

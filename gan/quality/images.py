@@ -24,6 +24,8 @@ from pipeline.decode import decode_image
 from pipeline.sources import Source, open_source
 from pipeline.statuses import RecordError
 
+MIN_IMAGES = 4  # precision/recall's k = 3 neighbours need 4 points; a covariance needs 2
+
 
 class ImageSetError(UserError):
     """An image set cannot be scored (empty, an unreadable image, mixed sizes)."""
@@ -35,8 +37,8 @@ def open_images(spec: str | os.PathLike) -> tuple[Source, int]:
     count = source.count()
     if count is None:  # shards without an index.json: list them once
         count = sum(1 for _ in source)
-    if count == 0:
-        raise ImageSetError(f"{spec}: no images")
+    if count < MIN_IMAGES:
+        raise ImageSetError(f"{spec}: {count} images; a score needs at least {MIN_IMAGES}")
     return source, count
 
 
