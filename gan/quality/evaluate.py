@@ -132,12 +132,15 @@ def measure(*, real: str, out: str | os.PathLike, ckpt: str | os.PathLike | None
         raise UserError("give --ckpt (score a generator) or --fake (score an image set), "
                         "one of the two")
     device = torch.device(device)
-    extractor = open_extractor(inception, features)
+    extractor = open_extractor(inception, features)  # what can be refused, before any work
+    if ckpt is not None:
+        G, _, config = load_models(ckpt, device)
+        source = {"checkpoint": str(ckpt), "arch": config.get("arch")}
+    for spec in (real, fake):
+        if spec is not None:
+            open_images(spec)
     with own_output(Path(out), command="gan metrics", overwrite=overwrite,
                     finished=FINISHED) as folder:
-        if ckpt is not None:
-            G, _, config = load_models(ckpt, device)
-            source = {"checkpoint": str(ckpt), "arch": config.get("arch")}
         reals = real_features(real, n, extractor, device, batch_size, progress)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".features-") as scratch:
             if ckpt is not None:

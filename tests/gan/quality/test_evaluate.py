@@ -105,6 +105,10 @@ def test_a_missing_inception_file_is_one_line(material, tmp_path) -> None:
     one_error_line(invoke("metrics", "--real", material["real"], "--features",
                           material["features"], "--out", tmp_path / "out"),
                    "give --ckpt (score a generator) or --fake")
+    one_error_line(invoke("metrics", "--ckpt", material["ckpt"], "--real", tmp_path / "none",
+                          "--features", material["features"], "--out", tmp_path / "out"),
+                   "none: no such file or folder")
+    assert not (tmp_path / "out").exists()
     (tmp_path / "garbage.pt").write_bytes(b"not a zip archive")
     one_error_line(invoke("metrics", "--fake", material["real"], "--real", material["real"],
                           "--features", tmp_path / "garbage.pt", "--out", tmp_path / "out"),
