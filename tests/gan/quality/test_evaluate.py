@@ -135,6 +135,15 @@ def test_training_scores_its_samples_and_keeps_the_best(material, tmp_path) -> N
     assert best == min(scored, key=lambda row: row["fid"])["step"]
     assert not list(run.glob(".features-*"))
 
+    # resumed, the run goes on scoring, and best.pt stays the lowest FID of the whole log
+    train(material["real"], run, **TINY, steps=6, resume=True, metrics_every=2,
+          metrics_real=str(material["real"]), metrics_n=24,
+          metrics_features=str(material["features"]))
+    scored = [row for row in read_metrics(run / "metrics.jsonl") if "fid" in row]
+    assert [row["step"] for row in scored] == [2, 4, 6]
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["step"]
+    assert best == min(scored, key=lambda row: row["fid"])["step"]
+
 
 def test_metrics_every_needs_real_images(material, tmp_path) -> None:
     one_error_line(invoke("train", "--data", material["real"], "--out", tmp_path / "run",
