@@ -51,7 +51,7 @@ from gan.data import (
     to_model_input,
 )
 from gan.metrics import LOGGED, STATS, MetricsLog, plot_losses
-from gan.quality.training import QualityLog, open_quality
+from gan.quality.training import QualityLog, check_scoring, open_quality
 from gan.run_folder import (
     FINISHED,
     claim_run,
@@ -290,6 +290,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, **options) -> dict:
     try:
         urls, counts = open_shards(config.data)  # reads only: bad shards leave no run folder
         check_image_size(urls, config.image_size)
+        check_scoring(config)  # --metrics-every: the extractor and the real images are there
         with contextlib.ExitStack() as held:  # rank 0 holds the run folder until the end
             run_on_main(rt, lambda: claim_run(config, out, held))
             return _run(config, rt, out, checkpoint, urls, counts)

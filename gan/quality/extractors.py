@@ -75,20 +75,21 @@ def inception_candidates() -> list[Path]:
     return places
 
 
-def find_inception(path: str | os.PathLike | None) -> Path:
-    """The Inception weight file to use; ExtractorError, in one line, when there is none."""
+def find_inception(path: str | os.PathLike | None, prefix: str = "") -> Path:
+    """The Inception weight file to use; ExtractorError, in one line, when there is none
+    (`prefix` spells the options as the command does, e.g. "metrics-" for `gan train`)."""
     if path is not None:
         if not Path(path).is_file():
-            raise ExtractorError(f"{path}: no such file (--inception wants {INCEPTION_FILE}, "
-                                 f"from {INCEPTION_URL})")
+            raise ExtractorError(f"{path}: no such file (--{prefix}inception wants "
+                                 f"{INCEPTION_FILE}, from {INCEPTION_URL})")
         return Path(path)
     for candidate in inception_candidates():
         if candidate.is_file():
             return candidate
     raise ExtractorError(
         f"no Inception weights: download {INCEPTION_URL} and put it in {cache_root()}/ (or "
-        f"pass --inception PATH, or set ${INCEPTION_ENV}); --features FILE uses another "
-        "extractor")
+        f"pass --{prefix}inception PATH, or set ${INCEPTION_ENV}); --{prefix}features FILE "
+        "uses another extractor")
 
 
 def load_inception(path: str | os.PathLike | None, *, check_sha256: bool = True) -> Extractor:
@@ -116,13 +117,24 @@ def load_inception(path: str | os.PathLike | None, *, check_sha256: bool = True)
     return Extractor("inception-v3-fid", str(found), digest, RESIZE_RULE, module.eval())
 
 
+def find_extractor(inception: str | os.PathLike | None = None,
+                   features: str | os.PathLike | None = None, prefix: str = "") -> Path:
+    """The extractor's file, found without loading it (a command checks this before any
+    work); ExtractorError, in one line, when there is none."""
+    if inception is not None and features is not None:
+        raise ExtractorError(f"give --{prefix}inception or --{prefix}features, not both")
+    if features is None:
+        return find_inception(inception, prefix)
+    if not Path(features).is_file():
+        raise ExtractorError(f"{features}: no such file (--{prefix}features wants a TorchScript "
+                             "module saved with torch.jit.save)")
+    return Path(features)
+
+
 def load_torchscript(path: str | os.PathLike) -> Extractor:
     """A TorchScript module (images in [-1, 1] -> (N, D) features) saved with torch.jit.save.
     A TorchScript file is a program: use files you trust."""
     path = Path(path)
-    if not path.is_file():
-        raise ExtractorError(f"{path}: no such file (--features wants a TorchScript module saved "
-                             "with torch.jit.save)")
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as err:
@@ -133,10 +145,7 @@ def load_torchscript(path: str | os.PathLike) -> Extractor:
 
 
 def open_extractor(inception: str | os.PathLike | None = None,
-                   features: str | os.PathLike | None = None) -> Extractor:
+                   features: str | os.PathLike | None = None, prefix: str = "") -> Extractor:
     """The extractor a command names: `features` (TorchScript) when given, else Inception."""
-    if inception is not None and features is not None:
-        raise ExtractorError("give --inception or --features, not both")
-    if features is not None:
-        return load_torchscript(features)
-    return load_inception(inception)
+    found = find_extractor(inception, features, prefix)
+    return load_torchscript(found) if features is not None else load_inception(found)

@@ -21,7 +21,8 @@ from core.files import read_jsonl
 from gan.config import TrainConfig
 from gan.quality.cache import FeatureSet, real_features
 from gan.quality.evaluate import generator_features, score
-from gan.quality.extractors import Extractor, open_extractor
+from gan.quality.extractors import Extractor, find_extractor, open_extractor
+from gan.quality.images import open_images
 from gan.quality.options import METRICS
 from gan.runtime import Runtime, run_on_main
 
@@ -34,7 +35,7 @@ class QualityLog:
     def __init__(self, config: TrainConfig, device: torch.device, out: Path):
         self.config, self.device, self.out = config, device, out
         self.extractor: Extractor = open_extractor(config.metrics_inception,
-                                                   config.metrics_features)
+                                                   config.metrics_features, "metrics-")
         self.reals: FeatureSet | None = None
         self.best = best_fid(out / "metrics.jsonl")
 
@@ -60,6 +61,14 @@ class QualityLog:
         improved = values["fid"] < self.best
         self.best = min(self.best, values["fid"])
         return improved
+
+
+def check_scoring(config: TrainConfig) -> None:
+    """Before the run folder is claimed: the extractor's file is there and the real images
+    can be scored (a UserError, in one line, otherwise)."""
+    if config.metrics_every:
+        find_extractor(config.metrics_inception, config.metrics_features, "metrics-")
+        open_images(config.metrics_real)
 
 
 def open_quality(config: TrainConfig, rt: Runtime, out: Path) -> QualityLog | None:

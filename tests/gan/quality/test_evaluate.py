@@ -145,6 +145,10 @@ def test_training_scores_its_samples_and_keeps_the_best(material, tmp_path) -> N
     assert best == min(scored, key=lambda row: row["fid"])["step"]
 
 
-def test_metrics_every_needs_real_images(material, tmp_path) -> None:
+def test_metrics_every_needs_real_images_and_an_extractor(material, tmp_path) -> None:
     one_error_line(invoke("train", "--data", material["real"], "--out", tmp_path / "run",
                           "--image-size", 32, "--metrics-every", 2), "--metrics-real")
+    one_error_line(invoke("train", "--data", material["real"], "--out", tmp_path / "run",
+                          "--image-size", 32, "--metrics-every", 2, "--metrics-real",
+                          material["real"]), "or pass --metrics-inception PATH")
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
