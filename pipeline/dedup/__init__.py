@@ -12,6 +12,7 @@ The passes, one module each, in the order they run (`stage` drives them):
 """
 
 from pipeline.dedup.stage import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_CODE_NOISE,
     DEFAULT_DROPOUT,
     DEFAULT_EPOCHS,
@@ -19,8 +20,11 @@ from pipeline.dedup.stage import (
     DEFAULT_NOISE,
     DEFAULT_RADIUS,
     DEFAULT_TRAIN_SAMPLES,
+    MAX_RADIUS,
+    TRAINING_DEFAULTS,
     dedup,
 )
 
-__all__ = ["DEFAULT_CODE_NOISE", "DEFAULT_DROPOUT", "DEFAULT_EPOCHS", "DEFAULT_MIN_STEPS",
-           "DEFAULT_NOISE", "DEFAULT_RADIUS", "DEFAULT_TRAIN_SAMPLES", "dedup"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CODE_NOISE", "DEFAULT_DROPOUT", "DEFAULT_EPOCHS",
+           "DEFAULT_MIN_STEPS", "DEFAULT_NOISE", "DEFAULT_RADIUS", "DEFAULT_TRAIN_SAMPLES",
+           "MAX_RADIUS", "TRAINING_DEFAULTS", "dedup"]

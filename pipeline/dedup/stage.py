@@ -112,6 +112,7 @@ DEFAULT_MIN_STEPS = 2000  # measured: fewer steps leave the hash unselective on 
 DEFAULT_NOISE = 1.0  # strength of the realistic de-noising corruption (autoencoder.corrupt)
 DEFAULT_DROPOUT = 0.1  # on the code units during training (the paper's regularizer)
 DEFAULT_CODE_NOISE = 1.0  # on the code pre-activations while training (autoencoder module doc)
+DEFAULT_BATCH_SIZE = 256  # training mini-batch
 
 
 # ---- the driver: the steps in the order they run ---------------------------------------------
@@ -121,15 +122,15 @@ def dedup(
     out: str | os.PathLike,
     *,
     model: str | os.PathLike | None = None,
-    train_samples: int = DEFAULT_TRAIN_SAMPLES,
-    epochs: int = DEFAULT_EPOCHS,
-    min_steps: int = DEFAULT_MIN_STEPS,
-    noise: float = DEFAULT_NOISE,
-    dropout: float = DEFAULT_DROPOUT,
-    code_noise: float = DEFAULT_CODE_NOISE,
+    train_samples: int | None = None,
+    epochs: int | None = None,
+    min_steps: int | None = None,
+    noise: float | None = None,
+    dropout: float | None = None,
+    code_noise: float | None = None,
     radius: int = DEFAULT_RADIUS,
     verify: bool = True,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str = "auto",
     workers: int | None = None,
     engine: str = "local",
@@ -144,11 +145,16 @@ def dedup(
 
     The decoder is trained on the binarized code (pipeline.dedup.autoencoder), with `code_noise` on
     the pre-activations; `code_noise` is a Python-only setting (the CLI uses the default).
+    The training options (`TRAINING`; None = the stage default) only apply when a hash is
+    trained: with `model` they are refused, since the saved hash keeps its own.
     `verify=False, radius=0` is the paper's rule: equal codes are duplicates.
     Returns the summary (also OUT/summary.json); `summary["line"]` is the one-line report.
     """
-    device = check_request(radius=radius, train_samples=train_samples, model=model,
-                           device=device)
+    given = {"train_samples": train_samples, "epochs": epochs, "min_steps": min_steps,
+             "noise": noise, "dropout": dropout, "code_noise": code_noise,
+             "batch_size": batch_size}
+    training = training_options(given, model)
+    device = check_request(radius=radius, model=model, device=device, training=training)
     out = Path(out)
     source = open_sources(list(sources), max_bytes=max_bytes, skip=out)
     hash_model, info = load_saved_model(model) if model is not None else (None, None)
@@ -169,9 +175,8 @@ def dedup(
         if hash_model is None and len(crops.images) >= 2:
             with _timed(timings, "train_s"):
                 hash_model, info, history = train_hash(
-                    crops, out, sources, train_samples=train_samples, epochs=epochs,
-                    min_steps=min_steps, noise=noise, dropout=dropout, code_noise=code_noise,
-                    batch_size=batch_size, seed=seed, device=device, progress=progress)
+                    crops, out, sources, **training, seed=seed, device=device,
+                    progress=progress)
         with _timed(timings, "hash_s"):
             encoder = None
             if hash_model is not None:
@@ -207,10 +212,8 @@ def dedup(
             loss_per_epoch=[round(x, 6) for x in history],
             verification=verification,
             settings={"sources": [str(s) for s in sources], "radius": radius, "verify": verify,
-                      "train_samples": train_samples, "epochs": epochs, "min_steps": min_steps,
-                      "noise": noise, "dropout": dropout, "code_noise": code_noise,
-                      "batch_size": batch_size, "seed": seed, "max_pixels": max_pixels,
-                      "max_bytes": max_bytes,
+                      "training": training if model is None else None,  # model_info, hash
+                      "seed": seed, "max_pixels": max_pixels, "max_bytes": max_bytes,
                       "hash": asdict(hash_model.config) if hash_model is not None else None},
             timings_s={k: round(v, 3) for k, v in timings.items()},
             device=str(device),
@@ -225,13 +228,33 @@ def dedup(
         return summary
 
 
-def check_request(*, radius: int, train_samples: int, model: object,
-                  device: str | torch.device) -> torch.device:
+TRAINING_DEFAULTS = {"train_samples": DEFAULT_TRAIN_SAMPLES, "epochs": DEFAULT_EPOCHS,
+                     "min_steps": DEFAULT_MIN_STEPS, "noise": DEFAULT_NOISE,
+                     "dropout": DEFAULT_DROPOUT, "code_noise": DEFAULT_CODE_NOISE,
+                     "batch_size": DEFAULT_BATCH_SIZE}
+MAX_RADIUS = BITS // 8 - 1  # wider radii propose too many candidates (docs/dedup.md, "Quality")
+
+
+def training_options(given: dict, model: object) -> dict:
+    """The training settings, the given ones over the defaults. With a saved `model` none may
+    be given: the saved hash keeps its own, and a summary that recorded unused values would
+    contradict the model's (a UserError naming them)."""
+    named = [name for name, value in given.items() if value is not None]
+    if model is not None and named:
+        options = ", ".join("--" + name.replace("_", "-") for name in named)
+        raise StageError(f"{options} only apply when training a hash; --model applies a saved "
+                         "one with its own settings: leave them out")
+    return {name: TRAINING_DEFAULTS[name] if value is None else value
+            for name, value in given.items()}
+
+
+def check_request(*, radius: int, model: object, device: str | torch.device,
+                  training: dict) -> torch.device:
     """Refuse options that cannot work before any output is touched (a UserError); returns the
     device the hash trains on (a misspelt device, or a GPU torch cannot see, is refused)."""
-    if not 0 <= radius < BITS // 8:
-        raise StageError(f"--radius must be between 0 and {BITS // 8 - 1}")
-    if train_samples < 2 and model is None:
+    if not 0 <= radius <= MAX_RADIUS:
+        raise StageError(f"--radius must be between 0 and {MAX_RADIUS}")
+    if training["train_samples"] < 2 and model is None:
         raise StageError("--train-samples must be at least 2")
     from core.devices import resolve_device
 
@@ -314,9 +337,10 @@ def verification_summary(radius: int, n: int, framed: int, bordered: int,
 def verification_line(verification: dict) -> str:
     if not verification.get("enabled"):
         return "; paper's mode (no verification)"
+    source = verification["threshold_source"]
     return (f"; {verification['candidate_pairs']} candidate pairs, "
             f"{verification['verified_pairs']} verified at distance <= "
-            f"{verification['threshold']}")
+            f"{verification['threshold']}" + ("" if source == "calibrated" else f" ({source})"))
 
 
 def _remove_scratch(out: Path) -> None:

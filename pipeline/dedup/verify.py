@@ -46,6 +46,11 @@ VERIFY_BATCH = 1 << 15  # candidate pairs compared at a time (bounded memory)
 DISTINCT_QUANTILE = 1e-3
 SAME_QUANTILE = 0.90
 DISTINCT_PAIRS = 20_000  # random pairs of different images the calibration measures
+# With fewer different pairs than this (a tiny set, or one whose codes are all near), their tail
+# is not measured and the threshold is DEFAULT_THRESHOLD instead: a little below the thresholds
+# calibrated on both quality sets (0.517 and 0.572, docs/dedup.md "Quality").
+MIN_DISTINCT_PAIRS = 100
+DEFAULT_THRESHOLD = 0.5
 
 
 # ---- per image (in the crops worker) ---------------------------------------------------------
@@ -166,16 +171,27 @@ class Calibration:
     threshold: float
     same: np.ndarray  # distances of sampled images to synthetic re-uploads of themselves
     distinct: np.ndarray  # distances of random pairs of different images
+    fallback: bool = False  # too few different pairs: the threshold is DEFAULT_THRESHOLD
 
     def describe(self) -> dict:
         return {"threshold": round(self.threshold, 4),
+                "threshold_source": self.source(),
                 "same_pairs": int(len(self.same)), "distinct_pairs": int(len(self.distinct)),
                 "same_passing": round(float(np.mean(self.same <= self.threshold)), 4)
                 if len(self.same) else None,
                 "distinct_passing": float(np.mean(self.distinct <= self.threshold))
                 if len(self.distinct) else None,
                 "rule": f"min(same {SAME_QUANTILE:g} quantile, "
-                        f"distinct {DISTINCT_QUANTILE:g} quantile)"}
+                        f"distinct {DISTINCT_QUANTILE:g} quantile); the default "
+                        f"{DEFAULT_THRESHOLD:g} with fewer than {MIN_DISTINCT_PAIRS} "
+                        "distinct pairs"}
+
+    def source(self) -> str:
+        """Where the threshold came from, in words (the summary and the one-line report)."""
+        if self.fallback:
+            return (f"default: only {len(self.distinct)} pairs of different images to "
+                    f"calibrate on (< {MIN_DISTINCT_PAIRS})")
+        return "calibrated"
 
 
 def random_distinct_pairs(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -189,9 +205,11 @@ def random_distinct_pairs(n: int, count: int, seed: int) -> tuple[np.ndarray, np
 
 def calibrate(same: np.ndarray, distinct: np.ndarray) -> Calibration:
     """The largest distance that a random different pair reaches only with probability
-    DISTINCT_QUANTILE, but no larger than what SAME_QUANTILE of true re-uploads need."""
-    if len(distinct) == 0:
-        return Calibration(0.0, same, distinct)
+    DISTINCT_QUANTILE, but no larger than what SAME_QUANTILE of true re-uploads need; with fewer
+    than MIN_DISTINCT_PAIRS different pairs, DEFAULT_THRESHOLD (a tail of a handful of pairs
+    says nothing, and none at all would reject every copy)."""
+    if len(distinct) < MIN_DISTINCT_PAIRS:
+        return Calibration(DEFAULT_THRESHOLD, same, distinct, fallback=True)
     limit = float(np.quantile(distinct, DISTINCT_QUANTILE))
     if len(same):
         limit = min(limit, float(np.quantile(same, SAME_QUANTILE)))
@@ -204,13 +222,16 @@ def calibration_distances(views: np.ndarray, framed: np.ndarray, codes: np.ndarr
                           seed: int = 0) -> Calibration:
     """Calibrate on the data: `rows` of `views` against their synthetic re-uploads
     (`reuploads`, same order; `framed` and `reuploads_framed` flag the framed ones), and up to
-    `pairs` random pairs of rows whose hash `codes` are more than 2 * `radius` bits apart."""
+    `pairs` random pairs of rows whose hash `codes` are more than 2 * `radius` bits apart, each
+    pair measured once (a small set draws the same pairs many times)."""
     same = (distances(features(np.asarray(views[rows])), features(reuploads),
                       framed[rows] & reuploads_framed) if len(rows)
             else np.zeros(0, np.float32))
     if len(views) < 2:
         return calibrate(same, np.zeros(0, np.float32))
     left, right = random_distinct_pairs(len(views), pairs, seed)
+    left, right = np.unique(np.column_stack([np.minimum(left, right),
+                                             np.maximum(left, right)]), axis=0).T
     apart = np.bitwise_count(codes[left] ^ codes[right]).sum(axis=1) > 2 * radius
     return calibrate(same, pair_distances(views, framed, left[apart], right[apart]))
 
