@@ -28,7 +28,7 @@ then rerun with --model (the same codes) in each mode; pHash and dHash pairs are
 within the Hamming threshold (no grouping, which can only help them).
 
     python benchmarks/dedup_quality.py [--tile 128] [--seed 0] [--workdir DIR]
-                                       [--bases N] [--default-only]
+                                       [--bases N] [--default-only] [--model PATH]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from pipeline.dedup.autoencoder import hash_encoder, load_model
 from pipeline.dedup.crops import LOG_NAME, CropParams, extract_crops
 from pipeline.dedup.grouping import candidate_pairs, code_neighbours
 from pipeline.dedup.hashing import hash_crops
+from pipeline.dedup.keypoints import BORDERLINE, geometric_verdicts
 from pipeline.dedup.reuploads import KINDS, reupload
 from pipeline.dedup.verify import pair_distances
 from pipeline.geometry import resize_area
@@ -178,8 +179,8 @@ def losses(folder: Path, out: Path, model: Path, truth: dict[str, tuple[int, str
            seed: int) -> dict[str, dict[str, int]]:
     """Per kind, where the missed base-copy pairs were lost: `never_proposed` (no candidate
     pair: the codes, and the framed picture's inner code, too far apart), of which
-    `would_pass` are within the thumbnail threshold anyway; `rejected` (proposed, thumbnail
-    distance above the threshold); `grouping` (verified, but not grouped together). The
+    `would_pass` verification would accept; `rejected` (proposed, refused by the thumbnail
+    threshold and the geometric check); `grouping` (verified, but not grouped together). The
     crops and codes are those of the run in `out` (same seed, same model)."""
     scratch = out / "losses"
     scratch.mkdir(exist_ok=True)
@@ -199,15 +200,17 @@ def losses(folder: Path, out: Path, model: Path, truth: dict[str, tuple[int, str
     left = np.array([row[a] for a, _, _ in missed], np.int64)
     right = np.array([row[c] for _, c, _ in missed], np.int64)
     distance = pair_distances(crops.views, crops.framed, left, right)
+    passes = (distance <= threshold) | (
+        (distance <= BORDERLINE) & geometric_verdicts(crops.keypoints, left, right)[0])
     out_counts = {k: {"missed": 0, "never_proposed": 0, "would_pass": 0, "rejected": 0,
                       "grouping": 0} for k in KINDS}
-    for (_, _, kind), i, j, d in zip(missed, left, right, distance, strict=True):
+    for (_, _, kind), i, j, ok in zip(missed, left, right, passes, strict=True):
         counts = out_counts[kind]
         counts["missed"] += 1
         if (min(i, j), max(i, j)) not in proposed:
             counts["never_proposed"] += 1
-            counts["would_pass"] += int(d <= threshold)
-        elif d > threshold:
+            counts["would_pass"] += int(ok)
+        elif not ok:
             counts["rejected"] += 1
         else:
             counts["grouping"] += 1
@@ -216,7 +219,7 @@ def losses(folder: Path, out: Path, model: Path, truth: dict[str, tuple[int, str
 
 def loss_table(counts: dict[str, dict[str, int]]) -> str:
     keys = ("missed", "never_proposed", "would_pass", "rejected", "grouping")
-    lines = ["| kind | missed | never proposed | (of which within the threshold) | "
+    lines = ["| kind | missed | never proposed | (of which verification would accept) | "
              "proposed, rejected | verified, not grouped |", "|---|---|---|---|---|---|"]
     total = {k: sum(c[k] for c in counts.values()) for k in keys}
     for kind, c in [*counts.items(), ("all kinds", total)]:
@@ -279,15 +282,18 @@ def verdict(ours: dict[str, dict], label: str, baseline: dict[str, dict],
               help="A smaller set: this many bases, evenly spaced over the photographs.")
 @click.option("--default-only", is_flag=True,
               help="Only the default mode and the loss breakdown (no other modes, no pHash).")
+@click.option("--model", "saved", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Reuse a hash trained on this same set (OUT/autoencoder.pt of an earlier "
+                   "run with the same --tile/--seed/--bases) instead of training it again.")
 def main(tile: int, seed: int, workdir: Path | None, max_bases: int | None,
-         default_only: bool) -> None:
+         default_only: bool, saved: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = workdir or Path(tmp)
         folder = root / "set"
         folder.mkdir(parents=True, exist_ok=True)
         truth = build_set(folder, tile, seed, max_bases)
         n_bases = len({b for b, _ in truth.values()})
-        rows, model, lines = [], None, []
+        rows, model, lines = [], saved, []
         modes = [MODES[1]] if default_only else MODES
         for label, radius, verify in modes:
             out = root / f"dedup_r{radius}_{'v' if verify else 'h'}"
@@ -306,7 +312,9 @@ def main(tile: int, seed: int, workdir: Path | None, max_bases: int | None,
                              f"{check['threshold']} (re-uploads passing "
                              f"{check['same_passing']}, random pairs passing "
                              f"{check['distinct_passing']:.1e}), "
-                             f"{check['verified_pairs']} verified pairs")
+                             f"{check['verified_pairs']} verified pairs, "
+                             f"{check['geometric_accepted']} of them by the geometric check "
+                             f"of {check['geometric_checked']} borderline candidates")
         baselines = {}
         for method in () if default_only else ("pHash", "dHash"):
             results = {t: evaluate(pairs, truth)

@@ -112,7 +112,7 @@ def write_rejected_sheet(out: Path, crops: Crops, verdicts: Verdicts, *, scale: 
     if len(verdicts.rejected) == 0:
         return
     tiles = []
-    for _, left, right in verdicts.rejected:
+    for _, left, right, _ in verdicts.rejected:
         for row in (int(left), int(right)):
             grey = np.asarray(crops.views[row, 0])
             tiles.append(_enlarge(np.repeat(grey[..., None], 3, axis=2), scale))

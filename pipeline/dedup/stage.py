@@ -48,6 +48,7 @@ from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.dedup.crops import (
     CROPS_NAME,
     INNER_NAME,
+    KEYPOINTS_NAME,
     LOG_NAME,
     SIDE,
     VIEWS_NAME,
@@ -98,7 +99,8 @@ if TYPE_CHECKING:  # torch is imported only when hashing, so `pipeline --help` s
 
 MODEL_NAME = "autoencoder.pt"
 OUTPUTS = (MANIFEST_NAME, SUMMARY_NAME, GROUPS_NAME, DUPLICATES_NAME, MODEL_NAME, LOSS_NAME,
-           SHEET_NAME, REJECTED_NAME, HISTOGRAM_NAME, CROPS_NAME, VIEWS_NAME, INNER_NAME, LOG_NAME)
+           SHEET_NAME, REJECTED_NAME, HISTOGRAM_NAME, CROPS_NAME, VIEWS_NAME, INNER_NAME,
+           KEYPOINTS_NAME, LOG_NAME)
 
 # Defaults that benchmarks/dedup_quality.py measured (docs/dedup.md, "Quality"); the code has
 # pipeline.dedup.hashing.BITS bits, the paper's 3072-128-3072 autoencoder.
@@ -312,7 +314,7 @@ def verified_groups(out: Path, crops: Crops, codes: np.ndarray, inner_codes: np.
     neighbours = code_neighbours(np.concatenate([codes, inner_codes]), radius)
     owners = np.concatenate([np.arange(len(codes)), crops.inner_rows])
     verdicts = verify_pairs(crops.views, crops.framed, candidate_pairs(neighbours, owners),
-                            calibration.threshold)
+                            calibration.threshold, crops.keypoints)
     write_figure_atomic(out / HISTOGRAM_NAME, histogram(calibration, verdicts.counts))
     write_rejected_sheet(out, crops, verdicts)
     group = group_pairs(len(codes), verdicts.left, verdicts.right, crops.pixels)
@@ -328,6 +330,8 @@ def verification_summary(radius: int, n: int, framed: int, bordered: int,
             "candidates_per_image": round(verdicts.candidates / max(1, n), 2),
             "max_proposed_per_image": IMAGES_PER_CODE * (NEAREST_CODES + 1),
             "verified_pairs": int(len(verdicts.left)),
+            "geometric_checked": verdicts.geometric_checked,
+            "geometric_accepted": verdicts.geometric_accepted,
             "framed_images": framed,
             "bordered_images": bordered,
             **calibration.describe(),
@@ -344,7 +348,7 @@ def verification_line(verification: dict) -> str:
 
 
 def _remove_scratch(out: Path) -> None:
-    for name in (CROPS_NAME, VIEWS_NAME, INNER_NAME, LOG_NAME):
+    for name in (CROPS_NAME, VIEWS_NAME, INNER_NAME, KEYPOINTS_NAME, LOG_NAME):
         (out / name).unlink(missing_ok=True)
 
 

@@ -25,10 +25,12 @@ pairs are duplicates, the 0.1 % quantile of random pairs is a duplicate's distan
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
+from pipeline.dedup.keypoints import BORDERLINE, geometric_verdicts
 
 SIDE = 32  # the thumbnail of the whole frame, grey, SIDE x SIDE
 LOW = 8  # the LOW x LOW lowest DCT frequencies are compared (as in pHash)
@@ -240,37 +242,58 @@ BINS = np.linspace(0.0, 2.0, 101)  # unit vectors are at most 2 apart
 NEAREST_REJECTED = 32  # rejected candidates kept for the sheet a person checks
 
 
+NEAREST_GEOMETRIC = 16  # borderline decisions kept per side (accepted, refused) for the sheets
+
+
 @dataclass
 class Verdicts:
     """What verification found: the pairs that passed, how many were judged, a histogram of
-    all candidates' distances, and the rejected pairs closest to the threshold."""
+    all candidates' distances, the rejected pairs closest to the threshold, and the geometric
+    check's borderline decisions nearest its inlier threshold."""
 
     left: np.ndarray
     right: np.ndarray
     distance: np.ndarray
     candidates: int
     counts: np.ndarray  # per BINS interval
-    rejected: np.ndarray  # k x 3 (distance, left, right), nearest the threshold first
+    rejected: np.ndarray  # k x 4 (distance, left, right, inliers), nearest the threshold first
+    geometric_checked: int = 0  # borderline candidates given the geometric check ...
+    geometric_accepted: int = 0  # ... and those it accepted
+    accepted_near: np.ndarray = field(  # k x 4 (inliers, left, right, distance), fewest first
+        default_factory=lambda: np.zeros((0, 4)))
 
 
-def verify_pairs(views: np.ndarray, framed: np.ndarray, pairs, threshold: float) -> Verdicts:
+def verify_pairs(views: np.ndarray, framed: np.ndarray, pairs, threshold: float,
+                 points: np.ndarray | None = None) -> Verdicts:
     """Judge every candidate pair from `pairs` (an iterator of (left, right) chunks) on the
-    thumbnails `views` (`framed`: which are framed); memory holds one chunk, the passing pairs
-    and a histogram. A pair proposed twice passes once."""
+    thumbnails `views` (`framed`: which are framed); a pair above `threshold` but within
+    keypoints.BORDERLINE passes when its keypoints (`points`, keypoints.RECORD per row) fit
+    one similarity transform (pipeline.dedup.keypoints). Memory holds one chunk, the passing
+    pairs and a histogram. A pair proposed twice passes once."""
     kept = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
-    counts, candidates = np.zeros(len(BINS) - 1, np.int64), 0
-    rejected = np.zeros((0, 3))
+    counts, candidates, checked = np.zeros(len(BINS) - 1, np.int64), 0, 0
+    rejected, accepted_near = np.zeros((0, 4)), np.zeros((0, 4))
     for left, right in pairs:
         d = pair_distances(views, framed, left, right)
         candidates += len(d)
         counts += np.histogram(np.clip(d, 0, 2), BINS)[0]
         ok = d <= threshold
+        inliers = np.full(len(d), -1)  # -1: not checked
+        if points is not None:
+            border = np.flatnonzero(~ok & (d <= BORDERLINE))
+            checked += len(border)
+            ok[border], inliers[border] = geometric_verdicts(points, left[border], right[border])
+            geo = np.flatnonzero(ok & (inliers >= 0))
+            accepted_near = np.unique(np.concatenate([accepted_near, np.column_stack(
+                [inliers[geo], left[geo], right[geo], d[geo]])]), axis=0)[:NEAREST_GEOMETRIC]
         kept.append((left[ok], right[ok], d[ok]))
-        near = np.column_stack([d[~ok], left[~ok], right[~ok]])
+        near = np.column_stack([d[~ok], left[~ok], right[~ok], inliers[~ok]])
         rejected = np.unique(np.concatenate([rejected, near]), axis=0)[:NEAREST_REJECTED]
     left, right, distance = (np.concatenate(x) for x in zip(*kept, strict=True))
     _, once = np.unique(np.column_stack([left, right]), axis=0, return_index=True)
-    return Verdicts(left[once], right[once], distance[once], candidates, counts, rejected)
+    geometric = int(np.sum(distance[once] > threshold))
+    return Verdicts(left[once], right[once], distance[once], candidates, counts, rejected,
+                    checked, geometric, accepted_near)
 
 
 def histogram(calibration: Calibration, candidate_counts: np.ndarray | None = None):
