@@ -188,9 +188,10 @@ def losses(folder: Path, out: Path, model: Path, truth: dict[str, tuple[int, str
                           progress=False)
     row = {line["key"]: line["row"] for line in read_jsonl(scratch / LOG_NAME) if "row" in line}
     encoder = hash_encoder(load_model(model)[0])
-    codes = np.concatenate([hash_crops(encoder, crops.images, progress=False),
-                            hash_crops(encoder, crops.inner, progress=False)])
-    owners = np.concatenate([np.arange(len(crops.images)), crops.inner_rows])
+    codes = np.concatenate([hash_crops(encoder, part, progress=False)
+                            for part in (crops.images, crops.inner, crops.zoomed)])
+    n = len(crops.images)
+    owners = np.concatenate([np.arange(n), crops.inner_rows, np.arange(n)])
     proposed = {(int(a), int(b)) for left, right in
                 candidate_pairs(code_neighbours(codes, radius), owners)
                 for a, b in zip(left, right, strict=True)}

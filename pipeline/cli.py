@@ -210,6 +210,10 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Confirm each candidate pair on whole-frame thumbnails, against a distance "
                    "threshold calibrated on the data (OUT/distances.png, OUT/rejected.png).")
+@click.option("--mirrors", type=click.Choice(["different", "same"]), default="different",
+              show_default=True,
+              help="Whether a left-right mirror image is a copy: 'same' when training uses "
+                   "flip augmentation (a mirrored copy is then a copy); needs --verify.")
 @click.option("--batch-size", type=click.IntRange(min=2), default=DEFAULT_BATCH_SIZE,
               show_default=True, help="Training mini-batch.")
 @device_option
@@ -224,7 +228,7 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
 @click.pass_context
 @user_errors
 def dedup(ctx, src, out, model, train_samples, epochs, min_steps, noise, dropout, radius, verify,
-          batch_size, device, seed, max_pixels, max_bytes, workers, engine, ray_address,
+          mirrors, batch_size, device, seed, max_pixels, max_bytes, workers, engine, ray_address,
           overwrite, progress):
     """Find near duplicates with the paper's semantic hash: 32x32 center crops, a
     3072-128-3072 de-noising autoencoder, codes binarized at the ReLU threshold; nearby codes
@@ -237,7 +241,7 @@ def dedup(ctx, src, out, model, train_samples, epochs, min_steps, noise, dropout
         ("noise", noise), ("dropout", dropout), ("batch_size", batch_size))
         if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
     summary = run_dedup(list(src), out, model=model, **given, radius=radius,
-                        verify=verify, device=device, workers=workers,
+                        verify=verify, mirrors=mirrors, device=device, workers=workers,
                         engine=engine, ray_address=ray_address,
                         max_pixels=max_pixels, max_bytes=max_bytes, seed=seed,
                         overwrite=overwrite, progress=progress)

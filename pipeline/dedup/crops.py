@@ -8,7 +8,10 @@ the grey thumbnails of its whole frame that verification compares
 passes read as memory maps, so no pass ever holds the images in RAM. A picture in a uniform frame or
 between letterbox bars also gets the center crop of what is inside them, to a third file: its code
 proposes candidates next to the frame's own (a framed copy's center crop is shifted and shrunk
-against the original's, so their codes are far apart). Alongside, a JSON-lines log gets one line per
+against the original's, so their codes are far apart). Every picture also gets the center crop
+zoomed in to its central `ZOOM`, to a fourth file: a crop or a small rotation of a copy zooms
+its center crop by about that much, so the original's zoomed code proposes the pair that the
+two plain codes are too far apart to propose. Alongside, a JSON-lines log gets one line per
 input, in input order: the crop's row, or why the record could not be decoded (the manifest is
 written from it once the groups are known).
 
@@ -46,8 +49,10 @@ CROPS_NAME = "crops.u8"  # scratch: the crops, removed when dedup ends
 VIEWS_NAME = "views.u8"  # scratch: the whole-frame thumbnails, removed when dedup ends
 INNER_NAME = "inner.u8"  # scratch: center crops of framed pictures inside their borders
 KEYPOINTS_NAME = "keypoints.u8"  # scratch: every record's keypoints (keypoints.RECORD)
+ZOOM_NAME = "zoomed.u8"  # scratch: every record's center crop zoomed to its central ZOOM
 LOG_NAME = "records.jsonl"  # scratch: one line per input, in input order
 SIDE = 32  # the paper's 32x32 downsampled center crops
+ZOOM = 0.9  # the zoomed crop: this central fraction of the center crop's side (docs/dedup.md)
 REUPLOAD_SIDE = 128  # a sampled image is shrunk to this longer side before its re-upload is made
 CALIBRATION_KINDS = (*SINGLE, KINDS[-1])  # every change but the trivial exact/lossless copies
 VIEW_SHAPE = (VIEWS, VIEW_SIDE, VIEW_SIDE)
@@ -77,6 +82,7 @@ class CropChunk:
 
     entries: list[CropEntry]
     crops: np.ndarray  # k x side x side x 3 uint8, k = decoded records, in order
+    zoomed: np.ndarray  # k x side x side x 3 uint8, the center crops zoomed in to ZOOM
     views: np.ndarray  # k x VIEW_SHAPE uint8, the whole-frame thumbnails
     keypoints: np.ndarray  # k keypoints.RECORD
     pixels: list[int]  # header width * height of each decoded record (the keep rule uses it)
@@ -91,7 +97,7 @@ class CropChunk:
 def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
     """Decode each record into its center crop and frame thumbnails, or record why it cannot
     be; sampled records also get a synthetic re-upload's thumbnails."""
-    entries, crops, views, points, pixels, framed, chosen = [], [], [], [], [], [], []
+    entries, crops, zoomed, views, points, pixels, framed, chosen = [], [], [], [], [], [], [], []
     inner_rows, inner, reuploads, reuploads_framed = [], [], [], []
     for rec in records:
         try:
@@ -113,15 +119,25 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
         if box is not None:
             inner_rows.append(len(crops))
             inner.append(resize_area(center_crop(rgb[box]), params.side))
-        crops.append(resize_area(center_crop(rgb), params.side))
+        square = center_crop(rgb)
+        crops.append(resize_area(square, params.side))
+        zoomed.append(resize_area(center_crop_fraction(square, ZOOM), params.side))
         views.append(frame)
         framed.append(is_framed)
         pixels.append(width * height)
     crop_shape = (params.side, params.side, 3)
-    return CropChunk(entries, _stack(crops, crop_shape), _stack(views, VIEW_SHAPE),
+    return CropChunk(entries, _stack(crops, crop_shape), _stack(zoomed, crop_shape),
+                     _stack(views, VIEW_SHAPE),
                      np.array(points, RECORD).reshape(-1), pixels,
                      framed, inner_rows, _stack(inner, crop_shape), chosen,
                      _stack(reuploads, VIEW_SHAPE), reuploads_framed)
+
+
+def center_crop_fraction(square: np.ndarray, fraction: float) -> np.ndarray:
+    """The central `fraction` of a square's side (at least one pixel)."""
+    side = max(1, round(square.shape[0] * fraction))
+    start = (square.shape[0] - side) // 2
+    return square[start : start + side, start : start + side]
 
 
 def reupload_views(rgb: np.ndarray, key: str, seed: int) -> tuple[np.ndarray, bool]:
@@ -145,6 +161,7 @@ class Crops:
     """Pass-1 result: the crops on disk, and what the records log holds."""
 
     images: np.ndarray  # memmap, n x side x side x 3
+    zoomed: np.ndarray  # memmap, n x side x side x 3: the center crops zoomed in to ZOOM
     views: np.ndarray  # memmap, n x VIEW_SHAPE
     keypoints: np.ndarray  # memmap, n keypoints.RECORD
     pixels: np.ndarray  # n, header pixel counts
@@ -163,9 +180,9 @@ class Crops:
 def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *,
                   engine: Engine | None = None, chunk_size: int = 64,
                   progress: bool = True) -> Crops:
-    """Stream every record's crop into OUT/crops.u8, its thumbnails into OUT/views.u8, its
-    keypoints into OUT/keypoints.u8 and its key into OUT/records.jsonl, the chunks mapped on
-    `engine` (default: the local pool of `workers` processes)."""
+    """Stream every record's crop into OUT/crops.u8 (zoomed in: OUT/zoomed.u8), its thumbnails
+    into OUT/views.u8, its keypoints into OUT/keypoints.u8 and its key into OUT/records.jsonl,
+    the chunks mapped on `engine` (default: the local pool of `workers` processes)."""
     engine = engine or LocalEngine(workers)
     total = source.count()
     pixels = array("q")  # 8 bytes per image, not a Python int object each
@@ -177,9 +194,11 @@ def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *
     with open(out / CROPS_NAME, "wb") as crop_file, open(out / VIEWS_NAME, "wb") as view_file, \
             open(out / INNER_NAME, "wb") as inner_file, \
             open(out / KEYPOINTS_NAME, "wb") as keypoint_file, \
+            open(out / ZOOM_NAME, "wb") as zoom_file, \
             open(out / LOG_NAME, "w", encoding="utf-8") as log:
         for chunk in engine.map(crop_chunk, params, chunked(iter(source), chunk_size)):
             crop_file.write(chunk.crops.tobytes())
+            zoom_file.write(chunk.zoomed.tobytes())
             view_file.write(chunk.views.tobytes())
             keypoint_file.write(chunk.keypoints.tobytes())
             inner_file.write(chunk.inner.tobytes())
@@ -203,6 +222,7 @@ def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *
     bar.close()
     n, crop_shape = len(pixels), (params.side, params.side, 3)
     return Crops(_memmap(out / CROPS_NAME, (n, *crop_shape)),
+                 _memmap(out / ZOOM_NAME, (n, *crop_shape)),
                  _memmap(out / VIEWS_NAME, (n, *VIEW_SHAPE)),
                  _memmap(out / KEYPOINTS_NAME, (n,), RECORD), np.asarray(pixels, np.int64),
                  np.asarray(framed, bool),

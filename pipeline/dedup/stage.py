@@ -52,6 +52,7 @@ from pipeline.dedup.crops import (
     LOG_NAME,
     SIDE,
     VIEWS_NAME,
+    ZOOM_NAME,
     CropParams,
     Crops,
     extract_crops,
@@ -68,6 +69,7 @@ from pipeline.dedup.grouping import (
 from pipeline.dedup.hashing import BITS, bit_usage, hash_all
 from pipeline.dedup.results import (
     DUPLICATES_NAME,
+    GEOMETRIC_NAME,
     GROUPS_NAME,
     HISTOGRAM_NAME,
     LOSS_NAME,
@@ -99,8 +101,8 @@ if TYPE_CHECKING:  # torch is imported only when hashing, so `pipeline --help` s
 
 MODEL_NAME = "autoencoder.pt"
 OUTPUTS = (MANIFEST_NAME, SUMMARY_NAME, GROUPS_NAME, DUPLICATES_NAME, MODEL_NAME, LOSS_NAME,
-           SHEET_NAME, REJECTED_NAME, HISTOGRAM_NAME, CROPS_NAME, VIEWS_NAME, INNER_NAME,
-           KEYPOINTS_NAME, LOG_NAME)
+           SHEET_NAME, REJECTED_NAME, GEOMETRIC_NAME, HISTOGRAM_NAME, CROPS_NAME, VIEWS_NAME,
+           INNER_NAME, KEYPOINTS_NAME, ZOOM_NAME, LOG_NAME)
 
 # Defaults that benchmarks/dedup_quality.py measured (docs/dedup.md, "Quality"); the code has
 # pipeline.dedup.hashing.BITS bits, the paper's 3072-128-3072 autoencoder.
@@ -132,6 +134,7 @@ def dedup(
     code_noise: float | None = None,
     radius: int = DEFAULT_RADIUS,
     verify: bool = True,
+    mirrors: str = "different",
     batch_size: int | None = None,
     device: str = "auto",
     workers: int | None = None,
@@ -149,14 +152,16 @@ def dedup(
     the pre-activations; `code_noise` is a Python-only setting (the CLI uses the default).
     The training options (`TRAINING`; None = the stage default) only apply when a hash is
     trained: with `model` they are refused, since the saved hash keeps its own.
-    `verify=False, radius=0` is the paper's rule: equal codes are duplicates.
+    `verify=False, radius=0` is the paper's rule: equal codes are duplicates. `mirrors="same"`
+    counts a left-right mirror image as a copy (its code proposes, its thumbnail verifies).
     Returns the summary (also OUT/summary.json); `summary["line"]` is the one-line report.
     """
     given = {"train_samples": train_samples, "epochs": epochs, "min_steps": min_steps,
              "noise": noise, "dropout": dropout, "code_noise": code_noise,
              "batch_size": batch_size}
     training = training_options(given, model)
-    device = check_request(radius=radius, model=model, device=device, training=training)
+    device = check_request(radius=radius, model=model, device=device, training=training,
+                           mirrors=mirrors, verify=verify)
     out = Path(out)
     source = open_sources(list(sources), max_bytes=max_bytes, skip=out)
     hash_model, info = load_saved_model(model) if model is not None else (None, None)
@@ -186,13 +191,17 @@ def dedup(
 
                 encoder = hash_encoder(hash_model)
             codes = hash_all(encoder, crops.images, mapper, progress=progress)
-            if verify:  # the inner crops' codes only propose candidates
-                inner_codes = hash_all(encoder, crops.inner, mapper, progress=False)
+            if verify:  # the inner, zoomed (and mirrored) crops' codes only propose candidates
+                extra_codes = np.concatenate([
+                    hash_all(encoder, crops.inner, mapper, progress=False),
+                    hash_all(encoder, crops.zoomed, mapper, progress=False),
+                    *([hash_all(encoder, crops.images, mapper, progress=False, mirrored=True)]
+                      if mirrors == "same" else [])])
         verification: dict = {"enabled": verify}
         if verify:
             with _timed(timings, "verify_s"):
-                group, verification = verified_groups(out, crops, codes, inner_codes, radius,
-                                                      seed)
+                group, verification = verified_groups(out, crops, codes, extra_codes, radius,
+                                                      seed, mirrors == "same")
         else:
             group = group_codes(codes, radius)
         with _timed(timings, "group_s"):
@@ -214,6 +223,7 @@ def dedup(
             loss_per_epoch=[round(x, 6) for x in history],
             verification=verification,
             settings={"sources": [str(s) for s in sources], "radius": radius, "verify": verify,
+                      "mirrors": mirrors,
                       "training": training if model is None else None,  # model_info, hash
                       "seed": seed, "max_pixels": max_pixels, "max_bytes": max_bytes,
                       "hash": asdict(hash_model.config) if hash_model is not None else None},
@@ -251,13 +261,18 @@ def training_options(given: dict, model: object) -> dict:
 
 
 def check_request(*, radius: int, model: object, device: str | torch.device,
-                  training: dict) -> torch.device:
+                  training: dict, mirrors: str, verify: bool) -> torch.device:
     """Refuse options that cannot work before any output is touched (a UserError); returns the
     device the hash trains on (a misspelt device, or a GPU torch cannot see, is refused)."""
     if not 0 <= radius <= MAX_RADIUS:
         raise StageError(f"--radius must be between 0 and {MAX_RADIUS}")
     if training["train_samples"] < 2 and model is None:
         raise StageError("--train-samples must be at least 2")
+    if mirrors not in ("different", "same"):
+        raise StageError(f"--mirrors must be 'different' or 'same', not {mirrors!r}")
+    if mirrors == "same" and not verify:
+        raise StageError("--mirrors same needs --verify (mirror images are confirmed on their "
+                         "mirrored thumbnails)")
     from core.devices import resolve_device
 
     return resolve_device(device)
@@ -301,20 +316,24 @@ def calibration_rate(total: int, verify: bool) -> float:
     return min(1.0, max(wanted, MIN_CALIBRATION_SAMPLES / total))
 
 
-def verified_groups(out: Path, crops: Crops, codes: np.ndarray, inner_codes: np.ndarray,
-                    radius: int, seed: int) -> tuple[np.ndarray, dict]:
+def verified_groups(out: Path, crops: Crops, codes: np.ndarray, extra_codes: np.ndarray,
+                    radius: int, seed: int, mirrors: bool) -> tuple[np.ndarray, dict]:
     """Calibrate the threshold, judge every candidate pair, group from the pairs that pass;
     writes the histogram and the sheet of rejected candidates. Returns the group ids and the
     summary's `verification` entry.
 
-    Candidates come from every image's code and, for bordered pictures, also from the code of
-    the picture inside the borders (`inner_codes`, of rows `crops.inner_rows`)."""
+    Candidates come from every image's code and from `extra_codes`: for bordered pictures the
+    code of the picture inside the borders (rows `crops.inner_rows`), then every image's
+    zoomed center crop's code (pipeline.dedup.crops.ZOOM), and with `mirrors` every image's
+    mirrored crop's code (pairs are then also judged against the mirrored thumbnail)."""
     calibration = calibration_distances(crops.views, crops.framed, codes, radius, crops.sampled,
-                                        crops.reuploads, crops.reuploads_framed, seed=seed)
-    neighbours = code_neighbours(np.concatenate([codes, inner_codes]), radius)
-    owners = np.concatenate([np.arange(len(codes)), crops.inner_rows])
+                                        crops.reuploads, crops.reuploads_framed, seed=seed,
+                                        mirrors=mirrors)
+    neighbours = code_neighbours(np.concatenate([codes, extra_codes]), radius)
+    rows = np.arange(len(codes))
+    owners = np.concatenate([rows, crops.inner_rows, rows, *([rows] if mirrors else [])])
     verdicts = verify_pairs(crops.views, crops.framed, candidate_pairs(neighbours, owners),
-                            calibration.threshold, crops.keypoints)
+                            calibration.threshold, crops.keypoints, mirrors)
     write_figure_atomic(out / HISTOGRAM_NAME, histogram(calibration, verdicts.counts))
     write_rejected_sheet(out, crops, verdicts)
     group = group_pairs(len(codes), verdicts.left, verdicts.right, crops.pixels)
@@ -348,7 +367,7 @@ def verification_line(verification: dict) -> str:
 
 
 def _remove_scratch(out: Path) -> None:
-    for name in (CROPS_NAME, VIEWS_NAME, INNER_NAME, KEYPOINTS_NAME, LOG_NAME):
+    for name in (CROPS_NAME, VIEWS_NAME, INNER_NAME, KEYPOINTS_NAME, ZOOM_NAME, LOG_NAME):
         (out / name).unlink(missing_ok=True)
 
 

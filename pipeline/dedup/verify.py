@@ -146,17 +146,23 @@ def distances(a: np.ndarray, b: np.ndarray, both_framed: np.ndarray) -> np.ndarr
 
 
 def pair_distances(views: np.ndarray, framed: np.ndarray, left: np.ndarray,
-                   right: np.ndarray) -> np.ndarray:
+                   right: np.ndarray, mirrors: bool = False) -> np.ndarray:
     """float32 distance of every pair (left[k], right[k]) of rows of `views` (n x VIEWS x SIDE
     x SIDE, e.g. the memory map; `framed`: n flags from `is_frame`), `VERIFY_BATCH` pairs at a
-    time so memory stays flat."""
+    time so memory stays flat. With `mirrors`, the smaller of the distances to the right image
+    as it is and flipped left to right (`dedup --mirrors same`)."""
     out = np.empty(len(left), np.float32)
     for start in range(0, len(left), VERIFY_BATCH):
         i, j = left[start : start + VERIFY_BATCH], right[start : start + VERIFY_BATCH]
         rows, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)
-        feats = features(np.asarray(views[rows]))  # each image once, read in row order
-        out[start : start + len(i)] = distances(feats[inverse[: len(i)]],
-                                                feats[inverse[len(i) :]], framed[i] & framed[j])
+        thumbs = np.asarray(views[rows])  # each image once, read in row order
+        feats, both = features(thumbs), framed[i] & framed[j]
+        a, b = feats[inverse[: len(i)]], feats[inverse[len(i) :]]
+        d = distances(a, b, both)
+        if mirrors:
+            flipped = features(thumbs[..., ::-1])[inverse[len(i) :]]
+            d = np.minimum(d, distances(a, flipped, both))
+        out[start : start + len(i)] = d
     return out
 
 
@@ -221,7 +227,7 @@ def calibrate(same: np.ndarray, distinct: np.ndarray) -> Calibration:
 def calibration_distances(views: np.ndarray, framed: np.ndarray, codes: np.ndarray,
                           radius: int, rows: np.ndarray, reuploads: np.ndarray,
                           reuploads_framed: np.ndarray, *, pairs: int = DISTINCT_PAIRS,
-                          seed: int = 0) -> Calibration:
+                          seed: int = 0, mirrors: bool = False) -> Calibration:
     """Calibrate on the data: `rows` of `views` against their synthetic re-uploads
     (`reuploads`, same order; `framed` and `reuploads_framed` flag the framed ones), and up to
     `pairs` random pairs of rows whose hash `codes` are more than 2 * `radius` bits apart, each
@@ -235,7 +241,7 @@ def calibration_distances(views: np.ndarray, framed: np.ndarray, codes: np.ndarr
     left, right = np.unique(np.column_stack([np.minimum(left, right),
                                              np.maximum(left, right)]), axis=0).T
     apart = np.bitwise_count(codes[left] ^ codes[right]).sum(axis=1) > 2 * radius
-    return calibrate(same, pair_distances(views, framed, left[apart], right[apart]))
+    return calibrate(same, pair_distances(views, framed, left[apart], right[apart], mirrors))
 
 
 BINS = np.linspace(0.0, 2.0, 101)  # unit vectors are at most 2 apart
@@ -264,17 +270,18 @@ class Verdicts:
 
 
 def verify_pairs(views: np.ndarray, framed: np.ndarray, pairs, threshold: float,
-                 points: np.ndarray | None = None) -> Verdicts:
+                 points: np.ndarray | None = None, mirrors: bool = False) -> Verdicts:
     """Judge every candidate pair from `pairs` (an iterator of (left, right) chunks) on the
     thumbnails `views` (`framed`: which are framed); a pair above `threshold` but within
     keypoints.BORDERLINE passes when its keypoints (`points`, keypoints.RECORD per row) fit
-    one similarity transform (pipeline.dedup.keypoints). Memory holds one chunk, the passing
-    pairs and a histogram. A pair proposed twice passes once."""
+    one similarity transform (pipeline.dedup.keypoints). `mirrors`: a left-right mirror image
+    counts as the same picture (thumbnails only; keypoints are not mirror-invariant). Memory
+    holds one chunk, the passing pairs and a histogram. A pair proposed twice passes once."""
     kept = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
     counts, candidates, checked = np.zeros(len(BINS) - 1, np.int64), 0, 0
     rejected, accepted_near = np.zeros((0, 4)), np.zeros((0, 4))
     for left, right in pairs:
-        d = pair_distances(views, framed, left, right)
+        d = pair_distances(views, framed, left, right, mirrors)
         candidates += len(d)
         counts += np.histogram(np.clip(d, 0, 2), BINS)[0]
         ok = d <= threshold

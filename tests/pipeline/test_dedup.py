@@ -35,6 +35,7 @@ from pipeline.dedup.reuploads import reupload
 from pipeline.dedup.verify import DEFAULT_THRESHOLD
 from pipeline.shards import make_shards
 from pipeline.sources import open_source
+from tests.conftest import natural_tiles
 from tests.processes import script, started, wait_for
 
 FAST = {"epochs": 1, "min_steps": 300, "batch_size": 32, "workers": 1, "progress": False,
@@ -385,6 +386,43 @@ def test_paper_mode_is_radius_0_without_verification(tmp_path, tiles):
             for g in set(expected.tolist()) - {-1}}
     assert {frozenset(g["members"]) for g in groups_of(tmp_path / "paper")} == want
     assert first["verification"]["enabled"]
+
+
+def test_crops_and_rotations_are_found_through_zoomed_codes_and_keypoints(tmp_path):
+    """Copies that move the whole frame (a crop, a crop + resize, a rotation): the thumbnail
+    distance alone refuses some; the geometric check accepts them, and no different photos are
+    joined."""
+    photos = natural_tiles(30, side=128)  # the later ones include look-alike night sky
+    kinds = ("crop", "crop_resize", "rotate") * 4
+    folder = near_copies(tmp_path / "src", photos, kinds, seed=1)
+    summary = run_dedup([folder], tmp_path / "out", **FAST)
+    check = summary["verification"]
+    assert check["geometric_accepted"] >= 1 and check["geometric_checked"] >= 1
+    found = {frozenset(g["members"]) for g in groups_of(tmp_path / "out")}
+    truth = {frozenset({f"t{i:03d}.png", f"t{i:03d}_{kind}"}) for i, kind in enumerate(kinds)}
+    assert found <= truth  # pure: no photo joined to another photo's copy
+    assert len(found) >= 9  # of 12
+    for name in ("rejected.png", "geometric.png"):  # the decisions near the inlier threshold
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_mirror_images_are_copies_only_when_the_policy_says_so(tmp_path, tiles):
+    """--mirrors same (training with flip augmentation): a left-right mirror image is a copy;
+    the default keeps it as a different picture."""
+    folder = write_folder(tmp_path / "src", tiles[:40])
+    for i in range(4):
+        (folder / f"t{i:03d}_mirror.png").write_bytes(demo.encode(tiles[i][:, ::-1], "PNG"))
+    default = run_dedup([folder], tmp_path / "different", **FAST)
+    assert default["settings"]["mirrors"] == "different" and default["duplicates"] == 0
+    model = tmp_path / "different" / "autoencoder.pt"
+    same = run_dedup([folder], tmp_path / "same", model=model, mirrors="same", workers=1,
+                     device="cpu", progress=False)
+    found = {frozenset(g["members"]) for g in groups_of(tmp_path / "same")}
+    assert found == {frozenset({f"t{i:03d}.png", f"t{i:03d}_mirror.png"}) for i in range(4)}
+    assert same["settings"]["mirrors"] == "same"
+    refused = CliRunner().invoke(main, ["dedup", str(folder), "--out", str(tmp_path / "x"),
+                                        "--mirrors", "same", "--no-verify"])
+    assert refused.exit_code == 1 and "--mirrors same needs --verify" in refused.output
 
 
 @pytest.mark.slow
