@@ -8,6 +8,7 @@ The passes, one module each, in the order they run (`stage` drives them):
 - `grouping`: candidate pairs from nearby codes, groups around anchors without chaining;
 - `verify`: the verdict on a candidate pair, and the label-free threshold calibration
   (with `reuploads`, the kinds of change a re-upload brings);
+- `keypoints`: every image's ORB keypoints, and the geometric check of borderline pairs;
 - `results`: the manifest, groups.jsonl, duplicates.txt and the sheets a person checks.
 """
 

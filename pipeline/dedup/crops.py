@@ -64,6 +64,7 @@ class CropParams:
     max_pixels: int = DEFAULT_MAX_PIXELS
     calibration_rate: float = 0.0  # fraction of records that also get a synthetic re-upload
     seed: int = 0
+    verify: bool = True  # make what verification needs: keypoints and zoomed crops
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ class CropChunk:
 
     entries: list[CropEntry]
     crops: np.ndarray  # k x side x side x 3 uint8, k = decoded records, in order
-    zoomed: np.ndarray  # k x side x side x 3 uint8, the center crops zoomed in to ZOOM
+    zoomed: np.ndarray  # k x side x side x 3 uint8, the center crops zoomed in to ZOOM (0 rows
+    # without verification, as `keypoints`)
     views: np.ndarray  # k x VIEW_SHAPE uint8, the whole-frame thumbnails
     keypoints: np.ndarray  # k keypoints.RECORD
     pixels: list[int]  # header width * height of each decoded record (the keep rule uses it)
@@ -103,7 +105,8 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
         try:
             data = rec.read()
             rgb = decode_image(data, max_pixels=params.max_pixels,
-                               draft_side=max(params.side, KEYPOINT_SIDE))
+                               draft_side=max(params.side, KEYPOINT_SIDE) if params.verify
+                               else params.side)
             width, height = image_size(data)
         except RecordError as err:  # too_large, unreadable, or a decoder reason
             entries.append(CropEntry(rec.key, err.status, err.reason))
@@ -115,13 +118,14 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
             reuploads.append(copy)
             reuploads_framed.append(copy_framed)
         frame, box, is_framed = frame_views(rgb)
-        points.append(keypoints(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)))
         if box is not None:
             inner_rows.append(len(crops))
             inner.append(resize_area(center_crop(rgb[box]), params.side))
         square = center_crop(rgb)
         crops.append(resize_area(square, params.side))
-        zoomed.append(resize_area(center_crop_fraction(square, ZOOM), params.side))
+        if params.verify:
+            zoomed.append(resize_area(center_crop_fraction(square, ZOOM), params.side))
+            points.append(keypoints(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)))
         views.append(frame)
         framed.append(is_framed)
         pixels.append(width * height)
@@ -161,7 +165,8 @@ class Crops:
     """Pass-1 result: the crops on disk, and what the records log holds."""
 
     images: np.ndarray  # memmap, n x side x side x 3
-    zoomed: np.ndarray  # memmap, n x side x side x 3: the center crops zoomed in to ZOOM
+    zoomed: np.ndarray  # memmap, n x side x side x 3: the center crops zoomed in to ZOOM (0 rows
+    # without verification, as `keypoints`)
     views: np.ndarray  # memmap, n x VIEW_SHAPE
     keypoints: np.ndarray  # memmap, n keypoints.RECORD
     pixels: np.ndarray  # n, header pixel counts
@@ -221,10 +226,11 @@ def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *
             bar.update(len(chunk.entries))
     bar.close()
     n, crop_shape = len(pixels), (params.side, params.side, 3)
+    extras = n if params.verify else 0  # zoomed crops and keypoints
     return Crops(_memmap(out / CROPS_NAME, (n, *crop_shape)),
-                 _memmap(out / ZOOM_NAME, (n, *crop_shape)),
+                 _memmap(out / ZOOM_NAME, (extras, *crop_shape)),
                  _memmap(out / VIEWS_NAME, (n, *VIEW_SHAPE)),
-                 _memmap(out / KEYPOINTS_NAME, (n,), RECORD), np.asarray(pixels, np.int64),
+                 _memmap(out / KEYPOINTS_NAME, (extras,), RECORD), np.asarray(pixels, np.int64),
                  np.asarray(framed, bool),
                  _memmap(out / INNER_NAME, (len(inner_rows), *crop_shape)),
                  np.asarray(inner_rows, np.int64), inputs, rejected,

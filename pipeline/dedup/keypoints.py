@@ -39,7 +39,7 @@ def _orb() -> cv2.ORB:
     """One detector per process (workers make their own): small patches for small frames."""
     global _ORB
     if _ORB is None:
-        _ORB = cv2.ORB_create(nfeatures=KEYPOINTS, scaleFactor=1.3, nlevels=3,
+        _ORB = cv2.ORB_create(nfeatures=KEYPOINTS, scaleFactor=1.3, nlevels=2,
                               edgeThreshold=15, patchSize=15, fastThreshold=10)
     return _ORB
 

@@ -15,8 +15,10 @@ Passes, each linear in the number of images and none holding the images in RAM:
    (pipeline.engines).
 4. **Verify** (the default): codes within `radius` bits propose a bounded number of candidate
    pairs per image (pipeline.dedup.grouping); each pair is judged on the whole-frame thumbnails
-   against a threshold calibrated on the data itself (pipeline.dedup.verify), and groups form around
-   anchor images from the pairs that pass.
+   against a threshold calibrated on the data itself (pipeline.dedup.verify); a borderline pair
+   gets a second opinion from its keypoints (pipeline.dedup.keypoints), and groups form around
+   anchor images from the pairs that pass. Codes of zoomed (and, with `mirrors="same"`,
+   mirrored) crops propose candidates too.
    **Paper's mode** (`verify=False`, `radius=0`): equal codes are the groups (one sort of the
    codes); with `radius > 0`, codes within that Hamming distance of a group's anchor join it.
 
@@ -174,7 +176,7 @@ def dedup(
         started = time.perf_counter()
 
         with _timed(timings, "crops_s"):
-            params = CropParams(max_pixels=max_pixels, seed=seed,
+            params = CropParams(max_pixels=max_pixels, seed=seed, verify=verify,
                                 calibration_rate=calibration_rate(source.count(), verify))
             crops = extract_crops(source, out, params, workers or default_workers(),
                                   engine=mapper, progress=progress)
