@@ -29,6 +29,7 @@ within the Hamming threshold (no grouping, which can only help them).
 
     python benchmarks/dedup_quality.py [--tile 128] [--seed 0] [--workdir DIR]
                                        [--bases N] [--default-only] [--model PATH]
+                                       [--mirrors]
 """
 
 from __future__ import annotations
@@ -174,6 +175,21 @@ def hash_pairs(folder: Path, names: list[str], method: str) -> dict[int, set[tup
     return found
 
 
+def mirror_set(folder: Path, mirrors: Path, truth: dict[str, tuple[int, str]]) -> dict:
+    """The bases and a left-right mirror of each, in `mirrors` (for `--mirrors same`)."""
+    mirrors.mkdir(exist_ok=True)
+    out = {}
+    for name, (base, kind) in truth.items():
+        if kind == "base":
+            data = (folder / name).read_bytes()
+            with Image.open(io.BytesIO(data)) as img:
+                flipped = np.asarray(img.convert("RGB"))[:, ::-1]
+            (mirrors / name).write_bytes(data)
+            (mirrors / f"{base:05d}_mirror").write_bytes(demo.encode(flipped, "PNG"))
+            out[name], out[f"{base:05d}_mirror"] = (base, "base"), (base, "mirror")
+    return out
+
+
 def losses(folder: Path, out: Path, model: Path, truth: dict[str, tuple[int, str]],
            found: set[tuple[str, str]], threshold: float, radius: int,
            seed: int) -> dict[str, dict[str, int]]:
@@ -286,8 +302,11 @@ def verdict(ours: dict[str, dict], label: str, baseline: dict[str, dict],
 @click.option("--model", "saved", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Reuse a hash trained on this same set (OUT/autoencoder.pt of an earlier "
                    "run with the same --tile/--seed/--bases) instead of training it again.")
+@click.option("--mirrors", "with_mirrors", is_flag=True,
+              help="Also score mirror copies with --mirrors same, on a separate set (the bases "
+                   "and a left-right mirror of each).")
 def main(tile: int, seed: int, workdir: Path | None, max_bases: int | None,
-         default_only: bool, saved: Path | None) -> None:
+         default_only: bool, saved: Path | None, with_mirrors: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = workdir or Path(tmp)
         folder = root / "set"
@@ -316,6 +335,14 @@ def main(tile: int, seed: int, workdir: Path | None, max_bases: int | None,
                              f"{check['verified_pairs']} verified pairs, "
                              f"{check['geometric_accepted']} of them by the geometric check "
                              f"of {check['geometric_checked']} borderline candidates")
+        if with_mirrors:
+            mirror_truth = mirror_set(folder, root / "mirror_set", truth)
+            dedup([root / "mirror_set"], root / "dedup_mirrors", model=model, mirrors="same",
+                  seed=seed, overwrite=True, progress=False)
+            scored = pair_metrics(dedup_pairs(root / "dedup_mirrors"), mirror_truth, None)
+            lines.append(f"- mirror copies with --mirrors same ({len(mirror_truth)} images): "
+                         f"precision {scored['precision']:.3f}, recall {scored['recall']:.3f}, "
+                         f"{scored['fp']} false pairs")
         baselines = {}
         for method in () if default_only else ("pHash", "dHash"):
             results = {t: evaluate(pairs, truth)
