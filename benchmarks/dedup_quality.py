@@ -21,11 +21,15 @@ A pair of images is a true duplicate pair when both come from the same tile. Per
 universe is the bases plus that kind's copies (one true pair per base); "all" is the whole set
 (every pair within a tile's group counts, e.g. its cropped copy with its bordered one).
 Reported: pairwise precision, recall, and the per-pair false-positive rate (false pairs / all
-non-duplicate pairs). `pipeline dedup` is trained once on the set with the stage defaults and
+non-duplicate pairs), and where the default mode loses each kind's missed base-copy pairs: never
+proposed (codes too far apart), proposed and rejected by verification, or verified but kept apart
+by the grouping (`losses`). `pipeline dedup` is trained once on the set with the stage defaults and
 then rerun with --model (the same codes) in each mode; pHash and dHash pairs are all pairs
 within the Hamming threshold (no grouping, which can only help them).
 
     python benchmarks/dedup_quality.py [--tile 128] [--seed 0] [--workdir DIR]
+                                       [--bases N] [--default-only] [--model PATH]
+                                       [--mirrors]
 """
 
 from __future__ import annotations
@@ -41,8 +45,15 @@ from PIL import Image
 from core.files import read_jsonl
 from pipeline import demo
 from pipeline.dedup import DEFAULT_RADIUS, dedup
+from pipeline.dedup.autoencoder import hash_encoder, load_model
+from pipeline.dedup.crops import LOG_NAME, CropParams, extract_crops
+from pipeline.dedup.grouping import candidate_pairs, code_neighbours
+from pipeline.dedup.hashing import hash_crops
+from pipeline.dedup.keypoints import BORDERLINE, geometric_verdicts
 from pipeline.dedup.reuploads import KINDS, reupload
+from pipeline.dedup.verify import pair_distances
 from pipeline.geometry import resize_area
+from pipeline.sources import open_source
 
 # Real photographs (synthetic images, silhouettes and the stereo twin motorcycle_right, whose
 # tiles are near duplicates of motorcycle_left's, are left out).
@@ -100,11 +111,15 @@ def distinct_bases(candidates: list[np.ndarray]) -> list[np.ndarray]:
     return kept
 
 
-def build_set(folder: Path, side: int, seed: int) -> dict[str, tuple[int, str]]:
-    """Write the set into `folder`; returns file name -> (base id, kind of change or "base")."""
+def build_set(folder: Path, side: int, seed: int,
+              max_bases: int | None = None) -> dict[str, tuple[int, str]]:
+    """Write the set into `folder`; returns file name -> (base id, kind of change or "base").
+    `max_bases`: a smaller set, bases evenly spaced over all the photographs."""
     rng = np.random.default_rng(seed)
     truth: dict[str, tuple[int, str]] = {}
     bases = distinct_bases([t for photo in photographs() for t in tiles(photo, side)])
+    if max_bases is not None and max_bases < len(bases):
+        bases = [bases[int(k)] for k in np.linspace(0, len(bases) - 1, max_bases)]
     for i, tile in enumerate(bases):
         files = {"base": demo.encode(tile, "PNG")}
         files.update({kind: reupload(tile, kind, rng) for kind in KINDS})
@@ -160,6 +175,76 @@ def hash_pairs(folder: Path, names: list[str], method: str) -> dict[int, set[tup
     return found
 
 
+def mirror_set(folder: Path, mirrors: Path, truth: dict[str, tuple[int, str]]) -> dict:
+    """The bases and a left-right mirror of each, in `mirrors` (for `--mirrors same`)."""
+    mirrors.mkdir(exist_ok=True)
+    out = {}
+    for name, (base, kind) in truth.items():
+        if kind == "base":
+            data = (folder / name).read_bytes()
+            with Image.open(io.BytesIO(data)) as img:
+                flipped = np.asarray(img.convert("RGB"))[:, ::-1]
+            (mirrors / name).write_bytes(data)
+            (mirrors / f"{base:05d}_mirror").write_bytes(demo.encode(flipped, "PNG"))
+            out[name], out[f"{base:05d}_mirror"] = (base, "base"), (base, "mirror")
+    return out
+
+
+def losses(folder: Path, out: Path, model: Path, truth: dict[str, tuple[int, str]],
+           found: set[tuple[str, str]], threshold: float, radius: int,
+           seed: int) -> dict[str, dict[str, int]]:
+    """Per kind, where the missed base-copy pairs were lost: `never_proposed` (no candidate
+    pair: the codes, and the framed picture's inner code, too far apart), of which
+    `would_pass` verification would accept; `rejected` (proposed, refused by the thumbnail
+    threshold and the geometric check); `grouping` (verified, but not grouped together). The
+    crops and codes are those of the run in `out` (same seed, same model)."""
+    scratch = out / "losses"
+    scratch.mkdir(exist_ok=True)
+    crops = extract_crops(open_source(folder), scratch, CropParams(seed=seed), 2,
+                          progress=False)
+    row = {line["key"]: line["row"] for line in read_jsonl(scratch / LOG_NAME) if "row" in line}
+    encoder = hash_encoder(load_model(model)[0])
+    codes = np.concatenate([hash_crops(encoder, part, progress=False)
+                            for part in (crops.images, crops.inner, crops.zoomed)])
+    n = len(crops.images)
+    owners = np.concatenate([np.arange(n), crops.inner_rows, np.arange(n)])
+    proposed = {(int(a), int(b)) for left, right in
+                candidate_pairs(code_neighbours(codes, radius), owners)
+                for a, b in zip(left, right, strict=True)}
+    base_of = {b: name for name, (b, kind) in truth.items() if kind == "base"}
+    missed = [(base_of[b], name, kind) for name, (b, kind) in truth.items()
+              if kind != "base" and tuple(sorted((base_of[b], name))) not in found]
+    left = np.array([row[a] for a, _, _ in missed], np.int64)
+    right = np.array([row[c] for _, c, _ in missed], np.int64)
+    distance = pair_distances(crops.views, crops.framed, left, right)
+    passes = (distance <= threshold) | (
+        (distance <= BORDERLINE) & geometric_verdicts(crops.keypoints, left, right)[0])
+    out_counts = {k: {"missed": 0, "never_proposed": 0, "would_pass": 0, "rejected": 0,
+                      "grouping": 0} for k in KINDS}
+    for (_, _, kind), i, j, ok in zip(missed, left, right, passes, strict=True):
+        counts = out_counts[kind]
+        counts["missed"] += 1
+        if (min(i, j), max(i, j)) not in proposed:
+            counts["never_proposed"] += 1
+            counts["would_pass"] += int(ok)
+        elif not ok:
+            counts["rejected"] += 1
+        else:
+            counts["grouping"] += 1
+    return out_counts
+
+
+def loss_table(counts: dict[str, dict[str, int]]) -> str:
+    keys = ("missed", "never_proposed", "would_pass", "rejected", "grouping")
+    lines = ["| kind | missed | never proposed | (of which verification would accept) | "
+             "proposed, rejected | verified, not grouped |", "|---|---|---|---|---|---|"]
+    total = {k: sum(c[k] for c in counts.values()) for k in keys}
+    for kind, c in [*counts.items(), ("all kinds", total)]:
+        if c["missed"]:
+            lines.append(f"| {kind} | " + " | ".join(str(c[k]) for k in keys) + " |")
+    return "\n".join(lines)
+
+
 def columns() -> list[str]:
     return ["all", *KINDS]
 
@@ -210,30 +295,56 @@ def verdict(ours: dict[str, dict], label: str, baseline: dict[str, dict],
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep the set and outputs here (default: a temporary folder).")
-def main(tile: int, seed: int, workdir: Path | None) -> None:
+@click.option("--bases", "max_bases", type=click.IntRange(min=2),
+              help="A smaller set: this many bases, evenly spaced over the photographs.")
+@click.option("--default-only", is_flag=True,
+              help="Only the default mode and the loss breakdown (no other modes, no pHash).")
+@click.option("--model", "saved", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Reuse a hash trained on this same set (OUT/autoencoder.pt of an earlier "
+                   "run with the same --tile/--seed/--bases) instead of training it again.")
+@click.option("--mirrors", "with_mirrors", is_flag=True,
+              help="Also score mirror copies with --mirrors same, on a separate set (the bases "
+                   "and a left-right mirror of each).")
+def main(tile: int, seed: int, workdir: Path | None, max_bases: int | None,
+         default_only: bool, saved: Path | None, with_mirrors: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = workdir or Path(tmp)
         folder = root / "set"
         folder.mkdir(parents=True, exist_ok=True)
-        truth = build_set(folder, tile, seed)
+        truth = build_set(folder, tile, seed, max_bases)
         n_bases = len({b for b, _ in truth.values()})
-        rows, model, lines = [], None, []
-        for label, radius, verify in MODES:
+        rows, model, lines = [], saved, []
+        modes = [MODES[1]] if default_only else MODES
+        for label, radius, verify in modes:
             out = root / f"dedup_r{radius}_{'v' if verify else 'h'}"
             summary = dedup([folder], out, model=model, radius=radius, verify=verify, seed=seed,
                             overwrite=True, progress=False)
             model = model or out / "autoencoder.pt"
-            rows.append((label, evaluate(dedup_pairs(out), truth)))
+            found = dedup_pairs(out)
+            rows.append((label, evaluate(found, truth)))
             check = summary["verification"]
+            if radius == DEFAULT_RADIUS and verify:
+                breakdown = losses(folder, out, model, truth, found, check["threshold"], radius,
+                                   seed)
             if verify:
                 lines.append(f"- {label}: {check['candidate_pairs']} candidate pairs "
                              f"({check['candidates_per_image']} per image), threshold "
                              f"{check['threshold']} (re-uploads passing "
                              f"{check['same_passing']}, random pairs passing "
                              f"{check['distinct_passing']:.1e}), "
-                             f"{check['verified_pairs']} verified pairs")
+                             f"{check['verified_pairs']} verified pairs, "
+                             f"{check['geometric_accepted']} of them by the geometric check "
+                             f"of {check['geometric_checked']} borderline candidates")
+        if with_mirrors:
+            mirror_truth = mirror_set(folder, root / "mirror_set", truth)
+            dedup([root / "mirror_set"], root / "dedup_mirrors", model=model, mirrors="same",
+                  seed=seed, overwrite=True, progress=False)
+            scored = pair_metrics(dedup_pairs(root / "dedup_mirrors"), mirror_truth, None)
+            lines.append(f"- mirror copies with --mirrors same ({len(mirror_truth)} images): "
+                         f"precision {scored['precision']:.3f}, recall {scored['recall']:.3f}, "
+                         f"{scored['fp']} false pairs")
         baselines = {}
-        for method in ("pHash", "dHash"):
+        for method in () if default_only else ("pHash", "dHash"):
             results = {t: evaluate(pairs, truth)
                        for t, pairs in hash_pairs(folder, list(truth), method).items()}
             rows += [(f"{method} <= {t}", m) for t, m in results.items()]
@@ -245,8 +356,10 @@ def main(tile: int, seed: int, workdir: Path | None) -> None:
     print("\n".join(lines) + "\n")
     print("Cells: pairwise precision / recall.\n")
     print(table(rows))
+    print("\nWhere the default mode's missed base-copy pairs were lost:\n")
+    print(loss_table(breakdown))
     print()
-    default = rows[1]
+    default = rows[0 if default_only else 1]
     for name, (label, metrics) in baselines.items():
         print(f"{name} at its best threshold with whole-set precision >= {TARGET_PRECISION}: "
               f"{label}")

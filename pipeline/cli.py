@@ -21,12 +21,14 @@ from core.cli import (
 )
 from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.dedup import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_DROPOUT,
     DEFAULT_EPOCHS,
     DEFAULT_MIN_STEPS,
     DEFAULT_NOISE,
     DEFAULT_RADIUS,
     DEFAULT_TRAIN_SAMPLES,
+    MAX_RADIUS,
 )
 from pipeline.engines import ENGINE_HELP, ENGINES, RAY_ADDRESS_HELP
 from pipeline.engines.local import default_workers
@@ -250,7 +252,8 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
                    "collisions.png, manifest.jsonl, summary.json.")
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Apply a saved autoencoder (OUT/autoencoder.pt of an earlier run) instead of "
-                   "training one: the same hash for new data.")
+                   "training one: the same hash for new data. The training options below are "
+                   "then refused (the model keeps its own).")
 @click.option("--train-samples", type=click.IntRange(min=2), default=DEFAULT_TRAIN_SAMPLES,
               show_default=True, help="Random crops the autoencoder is trained on.")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True,
@@ -263,15 +266,20 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
                    "as seen at 32x32; 0 = plain autoencoder).")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=DEFAULT_DROPOUT,
               show_default=True, help="Dropout on the 128 code units during training.")
-@click.option("--radius", type=click.IntRange(min=0), default=DEFAULT_RADIUS, show_default=True,
+@click.option("--radius", type=click.IntRange(0, MAX_RADIUS), default=DEFAULT_RADIUS,
+              show_default=True,
               help="Codes within this many bits propose candidate pairs for verification; "
                    "with --no-verify, codes this close to a group's anchor code join it. "
                    "The paper's mode: --radius 0 --no-verify (equal codes only).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Confirm each candidate pair on whole-frame thumbnails, against a distance "
                    "threshold calibrated on the data (OUT/distances.png, OUT/rejected.png).")
-@click.option("--batch-size", type=click.IntRange(min=2), default=256, show_default=True,
-              help="Training mini-batch.")
+@click.option("--mirrors", type=click.Choice(["different", "same"]), default="different",
+              show_default=True,
+              help="Whether a left-right mirror image is a copy: 'same' when training uses "
+                   "flip augmentation (a mirrored copy is then a copy); needs --verify.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=DEFAULT_BATCH_SIZE,
+              show_default=True, help="Training mini-batch.")
 @device_option
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Training sample, initialization and corruption seed.")
@@ -281,9 +289,10 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
 @engine_options
 @overwrite_option
 @progress_option
+@click.pass_context
 @user_errors
-def dedup(src, out, model, train_samples, epochs, min_steps, noise, dropout, radius, verify,
-          batch_size, device, seed, max_pixels, max_bytes, workers, engine, ray_address,
+def dedup(ctx, src, out, model, train_samples, epochs, min_steps, noise, dropout, radius, verify,
+          mirrors, batch_size, device, seed, max_pixels, max_bytes, workers, engine, ray_address,
           overwrite, progress):
     """Find near duplicates with the paper's semantic hash: 32x32 center crops, a
     3072-128-3072 de-noising autoencoder, codes binarized at the ReLU threshold; nearby codes
@@ -291,9 +300,12 @@ def dedup(src, out, model, train_samples, epochs, min_steps, noise, dropout, rad
     OUT/duplicates.txt for `pipeline shards --exclude`."""
     from pipeline.dedup import dedup as run_dedup
 
-    summary = run_dedup(list(src), out, model=model, train_samples=train_samples, epochs=epochs,
-                        min_steps=min_steps, noise=noise, dropout=dropout, radius=radius,
-                        verify=verify, batch_size=batch_size, device=device, workers=workers,
+    given = {name: value for name, value in (
+        ("train_samples", train_samples), ("epochs", epochs), ("min_steps", min_steps),
+        ("noise", noise), ("dropout", dropout), ("batch_size", batch_size))
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    summary = run_dedup(list(src), out, model=model, **given, radius=radius,
+                        verify=verify, mirrors=mirrors, device=device, workers=workers,
                         engine=engine, ray_address=ray_address,
                         max_pixels=max_pixels, max_bytes=max_bytes, seed=seed,
                         overwrite=overwrite, progress=progress)

@@ -8,10 +8,12 @@ The passes, one module each, in the order they run (`stage` drives them):
 - `grouping`: candidate pairs from nearby codes, groups around anchors without chaining;
 - `verify`: the verdict on a candidate pair, and the label-free threshold calibration
   (with `reuploads`, the kinds of change a re-upload brings);
+- `keypoints`: every image's ORB keypoints, and the geometric check of borderline pairs;
 - `results`: the manifest, groups.jsonl, duplicates.txt and the sheets a person checks.
 """
 
 from pipeline.dedup.stage import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_CODE_NOISE,
     DEFAULT_DROPOUT,
     DEFAULT_EPOCHS,
@@ -19,8 +21,11 @@ from pipeline.dedup.stage import (
     DEFAULT_NOISE,
     DEFAULT_RADIUS,
     DEFAULT_TRAIN_SAMPLES,
+    MAX_RADIUS,
+    TRAINING_DEFAULTS,
     dedup,
 )
 
-__all__ = ["DEFAULT_CODE_NOISE", "DEFAULT_DROPOUT", "DEFAULT_EPOCHS", "DEFAULT_MIN_STEPS",
-           "DEFAULT_NOISE", "DEFAULT_RADIUS", "DEFAULT_TRAIN_SAMPLES", "dedup"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CODE_NOISE", "DEFAULT_DROPOUT", "DEFAULT_EPOCHS",
+           "DEFAULT_MIN_STEPS", "DEFAULT_NOISE", "DEFAULT_RADIUS", "DEFAULT_TRAIN_SAMPLES",
+           "MAX_RADIUS", "TRAINING_DEFAULTS", "dedup"]

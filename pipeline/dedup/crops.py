@@ -8,13 +8,18 @@ the grey thumbnails of its whole frame that verification compares
 passes read as memory maps, so no pass ever holds the images in RAM. A picture in a uniform frame or
 between letterbox bars also gets the center crop of what is inside them, to a third file: its code
 proposes candidates next to the frame's own (a framed copy's center crop is shifted and shrunk
-against the original's, so their codes are far apart). Alongside, a JSON-lines log gets one line per
+against the original's, so their codes are far apart). Every picture also gets the center crop
+zoomed in to its central `ZOOM`, to a fourth file: a crop or a small rotation of a copy zooms
+its center crop by about that much, so the original's zoomed code proposes the pair that the
+two plain codes are too far apart to propose. Alongside, a JSON-lines log gets one line per
 input, in input order: the crop's row, or why the record could not be decoded (the manifest is
 written from it once the groups are known).
 
 A sample of the records, chosen by key (pipeline.dedup.verify.sampled), also gets a synthetic
 re-upload (pipeline.dedup.reuploads) whose thumbnails the worker returns: the "same picture" side of
-the threshold calibration, made while the image is decoded anyway.
+the threshold calibration, made while the image is decoded anyway. Every record's ORB keypoints
+(pipeline.dedup.keypoints, a fixed-size record) go to a fourth file, for the geometric check of
+borderline candidates.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.decode import DEFAULT_MAX_PIXELS, decode_image, image_size
+from pipeline.dedup.keypoints import KEYPOINT_SIDE, RECORD, keypoints
 from pipeline.dedup.reuploads import KINDS, SINGLE, reuploaded
 from pipeline.dedup.verify import SIDE as VIEW_SIDE
 from pipeline.dedup.verify import VIEWS, frame_views, sampled
@@ -42,8 +48,11 @@ from pipeline.statuses import RecordError
 CROPS_NAME = "crops.u8"  # scratch: the crops, removed when dedup ends
 VIEWS_NAME = "views.u8"  # scratch: the whole-frame thumbnails, removed when dedup ends
 INNER_NAME = "inner.u8"  # scratch: center crops of framed pictures inside their borders
+KEYPOINTS_NAME = "keypoints.u8"  # scratch: every record's keypoints (keypoints.RECORD)
+ZOOM_NAME = "zoomed.u8"  # scratch: every record's center crop zoomed to its central ZOOM
 LOG_NAME = "records.jsonl"  # scratch: one line per input, in input order
 SIDE = 32  # the paper's 32x32 downsampled center crops
+ZOOM = 0.9  # the zoomed crop: this central fraction of the center crop's side (docs/dedup.md)
 REUPLOAD_SIDE = 128  # a sampled image is shrunk to this longer side before its re-upload is made
 CALIBRATION_KINDS = (*SINGLE, KINDS[-1])  # every change but the trivial exact/lossless copies
 VIEW_SHAPE = (VIEWS, VIEW_SIDE, VIEW_SIDE)
@@ -55,6 +64,7 @@ class CropParams:
     max_pixels: int = DEFAULT_MAX_PIXELS
     calibration_rate: float = 0.0  # fraction of records that also get a synthetic re-upload
     seed: int = 0
+    verify: bool = True  # make what verification needs: keypoints and zoomed crops
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,10 @@ class CropChunk:
 
     entries: list[CropEntry]
     crops: np.ndarray  # k x side x side x 3 uint8, k = decoded records, in order
+    zoomed: np.ndarray  # k x side x side x 3 uint8, the center crops zoomed in to ZOOM (0 rows
+    # without verification, as `keypoints`)
     views: np.ndarray  # k x VIEW_SHAPE uint8, the whole-frame thumbnails
+    keypoints: np.ndarray  # k keypoints.RECORD
     pixels: list[int]  # header width * height of each decoded record (the keep rule uses it)
     framed: list[bool]  # each decoded record: is it framed (pipeline.dedup.verify.is_frame)
     inner_rows: list[int]  # which of the k decoded records have a uniform border ...
@@ -86,12 +99,14 @@ class CropChunk:
 def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
     """Decode each record into its center crop and frame thumbnails, or record why it cannot
     be; sampled records also get a synthetic re-upload's thumbnails."""
-    entries, crops, views, pixels, framed, chosen = [], [], [], [], [], []
+    entries, crops, zoomed, views, points, pixels, framed, chosen = [], [], [], [], [], [], [], []
     inner_rows, inner, reuploads, reuploads_framed = [], [], [], []
     for rec in records:
         try:
             data = rec.read()
-            rgb = decode_image(data, max_pixels=params.max_pixels, draft_side=params.side)
+            rgb = decode_image(data, max_pixels=params.max_pixels,
+                               draft_side=max(params.side, KEYPOINT_SIDE) if params.verify
+                               else params.side)
             width, height = image_size(data)
         except RecordError as err:  # too_large, unreadable, or a decoder reason
             entries.append(CropEntry(rec.key, err.status, err.reason))
@@ -106,14 +121,27 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
         if box is not None:
             inner_rows.append(len(crops))
             inner.append(resize_area(center_crop(rgb[box]), params.side))
-        crops.append(resize_area(center_crop(rgb), params.side))
+        square = center_crop(rgb)
+        crops.append(resize_area(square, params.side))
+        if params.verify:
+            zoomed.append(resize_area(center_crop_fraction(square, ZOOM), params.side))
+            points.append(keypoints(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)))
         views.append(frame)
         framed.append(is_framed)
         pixels.append(width * height)
     crop_shape = (params.side, params.side, 3)
-    return CropChunk(entries, _stack(crops, crop_shape), _stack(views, VIEW_SHAPE), pixels,
+    return CropChunk(entries, _stack(crops, crop_shape), _stack(zoomed, crop_shape),
+                     _stack(views, VIEW_SHAPE),
+                     np.array(points, RECORD).reshape(-1), pixels,
                      framed, inner_rows, _stack(inner, crop_shape), chosen,
                      _stack(reuploads, VIEW_SHAPE), reuploads_framed)
+
+
+def center_crop_fraction(square: np.ndarray, fraction: float) -> np.ndarray:
+    """The central `fraction` of a square's side (at least one pixel)."""
+    side = max(1, round(square.shape[0] * fraction))
+    start = (square.shape[0] - side) // 2
+    return square[start : start + side, start : start + side]
 
 
 def reupload_views(rgb: np.ndarray, key: str, seed: int) -> tuple[np.ndarray, bool]:
@@ -137,7 +165,10 @@ class Crops:
     """Pass-1 result: the crops on disk, and what the records log holds."""
 
     images: np.ndarray  # memmap, n x side x side x 3
+    zoomed: np.ndarray  # memmap, n x side x side x 3: the center crops zoomed in to ZOOM (0 rows
+    # without verification, as `keypoints`)
     views: np.ndarray  # memmap, n x VIEW_SHAPE
+    keypoints: np.ndarray  # memmap, n keypoints.RECORD
     pixels: np.ndarray  # n, header pixel counts
     framed: np.ndarray  # n flags: framed (pipeline.dedup.verify.is_frame)
     inner: np.ndarray  # memmap, m x side x side x 3: the bordered pictures' inner crops ...
@@ -154,9 +185,9 @@ class Crops:
 def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *,
                   engine: Engine | None = None, chunk_size: int = 64,
                   progress: bool = True) -> Crops:
-    """Stream every record's crop into OUT/crops.u8, its thumbnails into OUT/views.u8 and its
-    key into OUT/records.jsonl, the chunks mapped on `engine` (default: the local pool of
-    `workers` processes)."""
+    """Stream every record's crop into OUT/crops.u8 (zoomed in: OUT/zoomed.u8), its thumbnails
+    into OUT/views.u8, its keypoints into OUT/keypoints.u8 and its key into OUT/records.jsonl,
+    the chunks mapped on `engine` (default: the local pool of `workers` processes)."""
     engine = engine or LocalEngine(workers)
     total = source.count()
     pixels = array("q")  # 8 bytes per image, not a Python int object each
@@ -167,10 +198,14 @@ def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *
     bar = tqdm(total=total, unit="img", desc="crops", disable=not progress, dynamic_ncols=True)
     with open(out / CROPS_NAME, "wb") as crop_file, open(out / VIEWS_NAME, "wb") as view_file, \
             open(out / INNER_NAME, "wb") as inner_file, \
+            open(out / KEYPOINTS_NAME, "wb") as keypoint_file, \
+            open(out / ZOOM_NAME, "wb") as zoom_file, \
             open(out / LOG_NAME, "w", encoding="utf-8") as log:
         for chunk in engine.map(crop_chunk, params, chunked(iter(source), chunk_size)):
             crop_file.write(chunk.crops.tobytes())
+            zoom_file.write(chunk.zoomed.tobytes())
             view_file.write(chunk.views.tobytes())
+            keypoint_file.write(chunk.keypoints.tobytes())
             inner_file.write(chunk.inner.tobytes())
             row = len(pixels)
             sampled_rows.extend(row + k for k in chunk.sampled)
@@ -191,8 +226,11 @@ def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *
             bar.update(len(chunk.entries))
     bar.close()
     n, crop_shape = len(pixels), (params.side, params.side, 3)
+    extras = n if params.verify else 0  # zoomed crops and keypoints
     return Crops(_memmap(out / CROPS_NAME, (n, *crop_shape)),
-                 _memmap(out / VIEWS_NAME, (n, *VIEW_SHAPE)), np.asarray(pixels, np.int64),
+                 _memmap(out / ZOOM_NAME, (extras, *crop_shape)),
+                 _memmap(out / VIEWS_NAME, (n, *VIEW_SHAPE)),
+                 _memmap(out / KEYPOINTS_NAME, (extras,), RECORD), np.asarray(pixels, np.int64),
                  np.asarray(framed, bool),
                  _memmap(out / INNER_NAME, (len(inner_rows), *crop_shape)),
                  np.asarray(inner_rows, np.int64), inputs, rejected,
@@ -201,6 +239,6 @@ def extract_crops(source: Source, out: Path, params: CropParams, workers: int, *
                  np.asarray(reuploads_framed, bool))
 
 
-def _memmap(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def _memmap(path: Path, shape: tuple[int, ...], dtype: np.dtype = np.uint8) -> np.ndarray:
     """A read-only memory map of a scratch file (an empty array when there is nothing in it)."""
-    return np.memmap(path, np.uint8, "r", shape=shape) if shape[0] else np.zeros(shape, np.uint8)
+    return np.memmap(path, dtype, "r", shape=shape) if shape[0] else np.zeros(shape, dtype)

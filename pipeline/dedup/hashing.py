@@ -58,14 +58,15 @@ class HashEncoder:
 
 
 def hash_crops(encoder: HashEncoder, crops: np.ndarray, *, batch: int = ENCODE_BATCH,
-               progress: bool = True) -> np.ndarray:
-    """uint8 n x 16 codes, encoding `batch` crops at a time from the memory map."""
+               progress: bool = True, mirrored: bool = False) -> np.ndarray:
+    """uint8 n x 16 codes, encoding `batch` crops at a time from the memory map (`mirrored`:
+    of the crops flipped left to right)."""
     codes = np.zeros((len(crops), encoder.bits // 8), np.uint8)
     starts = range(0, len(crops), batch)
     for start in tqdm(starts, unit="batch", desc="hash", disable=not progress,
                       dynamic_ncols=True):
         chunk = crops[start : start + batch]
-        codes[start : start + len(chunk)] = encoder.codes(chunk)
+        codes[start : start + len(chunk)] = encoder.codes(chunk[:, :, ::-1] if mirrored else chunk)
     return codes
 
 
@@ -77,32 +78,35 @@ class HashJob:
     encoder: HashEncoder
     crops: str
     shape: tuple[int, ...]
+    mirrored: bool = False
 
 
 def hash_all(encoder: HashEncoder | None, crops: np.ndarray, engine: Engine, *,
-             progress: bool) -> np.ndarray:
-    """Every crop's code: on the cluster's workers, or here; all zero without an encoder (no
-    model: fewer than two images to train on)."""
+             progress: bool, mirrored: bool = False) -> np.ndarray:
+    """Every crop's code (`mirrored`: of the crop flipped left to right): on the cluster's
+    workers, or here; all zero without an encoder (no model: fewer than two images to train
+    on)."""
     if encoder is None:
         return np.zeros((len(crops), BITS // 8), np.uint8)
     if engine.distributed:
-        return hash_on_cluster(encoder, crops, engine, progress=progress)
-    return hash_crops(encoder, crops, progress=progress)
+        return hash_on_cluster(encoder, crops, engine, progress=progress, mirrored=mirrored)
+    return hash_crops(encoder, crops, progress=progress, mirrored=mirrored)
 
 
 def hash_rows(chunk: list[int], job: HashJob) -> np.ndarray:
     """Codes of crops [start, stop) (`chunk`), on the worker's CPU."""
     start, stop = chunk
-    crops = np.memmap(job.crops, np.uint8, "r", shape=job.shape)
-    return job.encoder.codes(crops[start:stop])
+    crops = np.memmap(job.crops, np.uint8, "r", shape=job.shape)[start:stop]
+    return job.encoder.codes(crops[:, :, ::-1] if job.mirrored else crops)
 
 
 def hash_on_cluster(encoder: HashEncoder, crops: np.ndarray, engine: Engine, *,
-                    batch: int = ENCODE_BATCH, progress: bool = True) -> np.ndarray:
+                    batch: int = ENCODE_BATCH, progress: bool = True,
+                    mirrored: bool = False) -> np.ndarray:
     """`hash_crops` as tasks on `engine`, in the same batches, so the codes are the same."""
     if len(crops) == 0:
         return np.zeros((0, encoder.bits // 8), np.uint8)
-    job = HashJob(encoder, str(crops.filename), crops.shape)
+    job = HashJob(encoder, str(crops.filename), crops.shape, mirrored)
     chunks = ([start, min(start + batch, len(crops))] for start in range(0, len(crops), batch))
     results = engine.map(hash_rows, job, chunks)
     return np.concatenate(list(tqdm(results, total=-(-len(crops) // batch), unit="batch",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -24,6 +25,7 @@ DUPLICATES_NAME = "duplicates.txt"
 LOSS_NAME = "loss.png"
 SHEET_NAME = "collisions.png"
 REJECTED_NAME = "rejected.png"
+GEOMETRIC_NAME = "geometric.png"
 HISTOGRAM_NAME = "distances.png"
 
 
@@ -106,18 +108,39 @@ def write_collision_sheet(out: Path, crops: Crops, groups: Groups) -> None:
 
 
 def write_rejected_sheet(out: Path, crops: Crops, verdicts: Verdicts, *, scale: int = 2,
-                         per_row: int = 4) -> None:
+                         per_row: int = 3) -> None:
     """The rejected candidates nearest the threshold, side by side (whole-frame thumbnails as
-    compared, then the two center crops): what a person checks before trusting a threshold."""
-    if len(verdicts.rejected) == 0:
-        return
+    compared, then the two center crops, then the thumbnail distance and the geometric check's
+    inlier count, "-" when the pair was beyond its band): what a person checks before trusting
+    a threshold. Then `geometric.png`: the borderline pairs the geometric check accepted with
+    the fewest inliers, the same way."""
+    rejected = [(left, right, f"d {d:.3f}", f"in {'-' if n < 0 else int(n)}")
+                for d, left, right, n in verdicts.rejected]
+    accepted = [(left, right, f"d {d:.3f}", f"in {int(n)} ok")
+                for n, left, right, d in verdicts.accepted_near]
+    for name, pairs in ((REJECTED_NAME, rejected), (GEOMETRIC_NAME, accepted)):
+        if pairs:
+            write_png_atomic(out / name, pair_sheet(crops, pairs, scale, per_row))
+
+
+def pair_sheet(crops: Crops, pairs: list, scale: int, per_row: int) -> np.ndarray:
+    """Per pair: both whole-frame thumbnails, both center crops, and a caption tile."""
     tiles = []
-    for _, left, right in verdicts.rejected:
+    for left, right, *caption in pairs:
         for row in (int(left), int(right)):
             grey = np.asarray(crops.views[row, 0])
             tiles.append(_enlarge(np.repeat(grey[..., None], 3, axis=2), scale))
         tiles.extend(_enlarge(np.asarray(crops.images[int(r)]), scale) for r in (left, right))
-    write_png_atomic(out / REJECTED_NAME, contact_sheet(tiles, cols=4 * per_row))
+        tiles.append(_caption(caption, tiles[-1].shape[0]))
+    return contact_sheet(tiles, cols=5 * per_row)
+
+
+def _caption(lines: list[str], side: int) -> np.ndarray:
+    tile = np.full((side, side, 3), 255, np.uint8)
+    for k, text in enumerate(lines):
+        cv2.putText(tile, text, (2, 14 + 16 * k), cv2.FONT_HERSHEY_PLAIN, 0.8, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return tile
 
 
 def _enlarge(img: np.ndarray, scale: int) -> np.ndarray:

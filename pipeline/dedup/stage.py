@@ -15,8 +15,10 @@ Passes, each linear in the number of images and none holding the images in RAM:
    (pipeline.engines).
 4. **Verify** (the default): codes within `radius` bits propose a bounded number of candidate
    pairs per image (pipeline.dedup.grouping); each pair is judged on the whole-frame thumbnails
-   against a threshold calibrated on the data itself (pipeline.dedup.verify), and groups form around
-   anchor images from the pairs that pass.
+   against a threshold calibrated on the data itself (pipeline.dedup.verify); a borderline pair
+   gets a second opinion from its keypoints (pipeline.dedup.keypoints), and groups form around
+   anchor images from the pairs that pass. Codes of zoomed (and, with `mirrors="same"`,
+   mirrored) crops propose candidates too.
    **Paper's mode** (`verify=False`, `radius=0`): equal codes are the groups (one sort of the
    codes); with `radius > 0`, codes within that Hamming distance of a group's anchor join it.
 
@@ -48,9 +50,11 @@ from pipeline.decode import DEFAULT_MAX_PIXELS
 from pipeline.dedup.crops import (
     CROPS_NAME,
     INNER_NAME,
+    KEYPOINTS_NAME,
     LOG_NAME,
     SIDE,
     VIEWS_NAME,
+    ZOOM_NAME,
     CropParams,
     Crops,
     extract_crops,
@@ -67,6 +71,7 @@ from pipeline.dedup.grouping import (
 from pipeline.dedup.hashing import BITS, bit_usage, hash_all
 from pipeline.dedup.results import (
     DUPLICATES_NAME,
+    GEOMETRIC_NAME,
     GROUPS_NAME,
     HISTOGRAM_NAME,
     LOSS_NAME,
@@ -98,7 +103,8 @@ if TYPE_CHECKING:  # torch is imported only when hashing, so `pipeline --help` s
 
 MODEL_NAME = "autoencoder.pt"
 OUTPUTS = (MANIFEST_NAME, SUMMARY_NAME, GROUPS_NAME, DUPLICATES_NAME, MODEL_NAME, LOSS_NAME,
-           SHEET_NAME, REJECTED_NAME, HISTOGRAM_NAME, CROPS_NAME, VIEWS_NAME, INNER_NAME, LOG_NAME)
+           SHEET_NAME, REJECTED_NAME, GEOMETRIC_NAME, HISTOGRAM_NAME, CROPS_NAME, VIEWS_NAME,
+           INNER_NAME, KEYPOINTS_NAME, ZOOM_NAME, LOG_NAME)
 
 # Defaults that benchmarks/dedup_quality.py measured (docs/dedup.md, "Quality"); the code has
 # pipeline.dedup.hashing.BITS bits, the paper's 3072-128-3072 autoencoder.
@@ -112,6 +118,7 @@ DEFAULT_MIN_STEPS = 2000  # measured: fewer steps leave the hash unselective on 
 DEFAULT_NOISE = 1.0  # strength of the realistic de-noising corruption (autoencoder.corrupt)
 DEFAULT_DROPOUT = 0.1  # on the code units during training (the paper's regularizer)
 DEFAULT_CODE_NOISE = 1.0  # on the code pre-activations while training (autoencoder module doc)
+DEFAULT_BATCH_SIZE = 256  # training mini-batch
 
 
 # ---- the driver: the steps in the order they run ---------------------------------------------
@@ -121,15 +128,16 @@ def dedup(
     out: str | os.PathLike,
     *,
     model: str | os.PathLike | None = None,
-    train_samples: int = DEFAULT_TRAIN_SAMPLES,
-    epochs: int = DEFAULT_EPOCHS,
-    min_steps: int = DEFAULT_MIN_STEPS,
-    noise: float = DEFAULT_NOISE,
-    dropout: float = DEFAULT_DROPOUT,
-    code_noise: float = DEFAULT_CODE_NOISE,
+    train_samples: int | None = None,
+    epochs: int | None = None,
+    min_steps: int | None = None,
+    noise: float | None = None,
+    dropout: float | None = None,
+    code_noise: float | None = None,
     radius: int = DEFAULT_RADIUS,
     verify: bool = True,
-    batch_size: int = 256,
+    mirrors: str = "different",
+    batch_size: int | None = None,
     device: str = "auto",
     workers: int | None = None,
     engine: str = "local",
@@ -144,11 +152,18 @@ def dedup(
 
     The decoder is trained on the binarized code (pipeline.dedup.autoencoder), with `code_noise` on
     the pre-activations; `code_noise` is a Python-only setting (the CLI uses the default).
-    `verify=False, radius=0` is the paper's rule: equal codes are duplicates.
+    The training options (`TRAINING`; None = the stage default) only apply when a hash is
+    trained: with `model` they are refused, since the saved hash keeps its own.
+    `verify=False, radius=0` is the paper's rule: equal codes are duplicates. `mirrors="same"`
+    counts a left-right mirror image as a copy (its code proposes, its thumbnail verifies).
     Returns the summary (also OUT/summary.json); `summary["line"]` is the one-line report.
     """
-    device = check_request(radius=radius, train_samples=train_samples, model=model,
-                           device=device)
+    given = {"train_samples": train_samples, "epochs": epochs, "min_steps": min_steps,
+             "noise": noise, "dropout": dropout, "code_noise": code_noise,
+             "batch_size": batch_size}
+    training = training_options(given, model)
+    device = check_request(radius=radius, model=model, device=device, training=training,
+                           mirrors=mirrors, verify=verify)
     out = Path(out)
     source = open_sources(list(sources), max_bytes=max_bytes, skip=out)
     hash_model, info = load_saved_model(model) if model is not None else (None, None)
@@ -161,7 +176,7 @@ def dedup(
         started = time.perf_counter()
 
         with _timed(timings, "crops_s"):
-            params = CropParams(max_pixels=max_pixels, seed=seed,
+            params = CropParams(max_pixels=max_pixels, seed=seed, verify=verify,
                                 calibration_rate=calibration_rate(source.count(), verify))
             crops = extract_crops(source, out, params, workers or default_workers(),
                                   engine=mapper, progress=progress)
@@ -169,9 +184,8 @@ def dedup(
         if hash_model is None and len(crops.images) >= 2:
             with _timed(timings, "train_s"):
                 hash_model, info, history = train_hash(
-                    crops, out, sources, train_samples=train_samples, epochs=epochs,
-                    min_steps=min_steps, noise=noise, dropout=dropout, code_noise=code_noise,
-                    batch_size=batch_size, seed=seed, device=device, progress=progress)
+                    crops, out, sources, **training, seed=seed, device=device,
+                    progress=progress)
         with _timed(timings, "hash_s"):
             encoder = None
             if hash_model is not None:
@@ -179,13 +193,17 @@ def dedup(
 
                 encoder = hash_encoder(hash_model)
             codes = hash_all(encoder, crops.images, mapper, progress=progress)
-            if verify:  # the inner crops' codes only propose candidates
-                inner_codes = hash_all(encoder, crops.inner, mapper, progress=False)
+            if verify:  # the inner, zoomed (and mirrored) crops' codes only propose candidates
+                extra_codes = np.concatenate([
+                    hash_all(encoder, crops.inner, mapper, progress=False),
+                    hash_all(encoder, crops.zoomed, mapper, progress=False),
+                    *([hash_all(encoder, crops.images, mapper, progress=False, mirrored=True)]
+                      if mirrors == "same" else [])])
         verification: dict = {"enabled": verify}
         if verify:
             with _timed(timings, "verify_s"):
-                group, verification = verified_groups(out, crops, codes, inner_codes, radius,
-                                                      seed)
+                group, verification = verified_groups(out, crops, codes, extra_codes, radius,
+                                                      seed, mirrors == "same")
         else:
             group = group_codes(codes, radius)
         with _timed(timings, "group_s"):
@@ -207,10 +225,9 @@ def dedup(
             loss_per_epoch=[round(x, 6) for x in history],
             verification=verification,
             settings={"sources": [str(s) for s in sources], "radius": radius, "verify": verify,
-                      "train_samples": train_samples, "epochs": epochs, "min_steps": min_steps,
-                      "noise": noise, "dropout": dropout, "code_noise": code_noise,
-                      "batch_size": batch_size, "seed": seed, "max_pixels": max_pixels,
-                      "max_bytes": max_bytes,
+                      "mirrors": mirrors,
+                      "training": training if model is None else None,  # model_info, hash
+                      "seed": seed, "max_pixels": max_pixels, "max_bytes": max_bytes,
                       "hash": asdict(hash_model.config) if hash_model is not None else None},
             timings_s={k: round(v, 3) for k, v in timings.items()},
             device=str(device),
@@ -225,14 +242,39 @@ def dedup(
         return summary
 
 
-def check_request(*, radius: int, train_samples: int, model: object,
-                  device: str | torch.device) -> torch.device:
+TRAINING_DEFAULTS = {"train_samples": DEFAULT_TRAIN_SAMPLES, "epochs": DEFAULT_EPOCHS,
+                     "min_steps": DEFAULT_MIN_STEPS, "noise": DEFAULT_NOISE,
+                     "dropout": DEFAULT_DROPOUT, "code_noise": DEFAULT_CODE_NOISE,
+                     "batch_size": DEFAULT_BATCH_SIZE}
+MAX_RADIUS = BITS // 8 - 1  # wider radii propose too many candidates (docs/dedup.md, "Quality")
+
+
+def training_options(given: dict, model: object) -> dict:
+    """The training settings, the given ones over the defaults. With a saved `model` none may
+    be given: the saved hash keeps its own, and a summary that recorded unused values would
+    contradict the model's (a UserError naming them)."""
+    named = [name for name, value in given.items() if value is not None]
+    if model is not None and named:
+        options = ", ".join("--" + name.replace("_", "-") for name in named)
+        raise StageError(f"{options} only apply when training a hash; --model applies a saved "
+                         "one with its own settings: leave them out")
+    return {name: TRAINING_DEFAULTS[name] if value is None else value
+            for name, value in given.items()}
+
+
+def check_request(*, radius: int, model: object, device: str | torch.device,
+                  training: dict, mirrors: str, verify: bool) -> torch.device:
     """Refuse options that cannot work before any output is touched (a UserError); returns the
     device the hash trains on (a misspelt device, or a GPU torch cannot see, is refused)."""
-    if not 0 <= radius < BITS // 8:
-        raise StageError(f"--radius must be between 0 and {BITS // 8 - 1}")
-    if train_samples < 2 and model is None:
+    if not 0 <= radius <= MAX_RADIUS:
+        raise StageError(f"--radius must be between 0 and {MAX_RADIUS}")
+    if training["train_samples"] < 2 and model is None:
         raise StageError("--train-samples must be at least 2")
+    if mirrors not in ("different", "same"):
+        raise StageError(f"--mirrors must be 'different' or 'same', not {mirrors!r}")
+    if mirrors == "same" and not verify:
+        raise StageError("--mirrors same needs --verify (mirror images are confirmed on their "
+                         "mirrored thumbnails)")
     from core.devices import resolve_device
 
     return resolve_device(device)
@@ -276,20 +318,24 @@ def calibration_rate(total: int, verify: bool) -> float:
     return min(1.0, max(wanted, MIN_CALIBRATION_SAMPLES / total))
 
 
-def verified_groups(out: Path, crops: Crops, codes: np.ndarray, inner_codes: np.ndarray,
-                    radius: int, seed: int) -> tuple[np.ndarray, dict]:
+def verified_groups(out: Path, crops: Crops, codes: np.ndarray, extra_codes: np.ndarray,
+                    radius: int, seed: int, mirrors: bool) -> tuple[np.ndarray, dict]:
     """Calibrate the threshold, judge every candidate pair, group from the pairs that pass;
     writes the histogram and the sheet of rejected candidates. Returns the group ids and the
     summary's `verification` entry.
 
-    Candidates come from every image's code and, for bordered pictures, also from the code of
-    the picture inside the borders (`inner_codes`, of rows `crops.inner_rows`)."""
+    Candidates come from every image's code and from `extra_codes`: for bordered pictures the
+    code of the picture inside the borders (rows `crops.inner_rows`), then every image's
+    zoomed center crop's code (pipeline.dedup.crops.ZOOM), and with `mirrors` every image's
+    mirrored crop's code (pairs are then also judged against the mirrored thumbnail)."""
     calibration = calibration_distances(crops.views, crops.framed, codes, radius, crops.sampled,
-                                        crops.reuploads, crops.reuploads_framed, seed=seed)
-    neighbours = code_neighbours(np.concatenate([codes, inner_codes]), radius)
-    owners = np.concatenate([np.arange(len(codes)), crops.inner_rows])
+                                        crops.reuploads, crops.reuploads_framed, seed=seed,
+                                        mirrors=mirrors)
+    neighbours = code_neighbours(np.concatenate([codes, extra_codes]), radius)
+    rows = np.arange(len(codes))
+    owners = np.concatenate([rows, crops.inner_rows, rows, *([rows] if mirrors else [])])
     verdicts = verify_pairs(crops.views, crops.framed, candidate_pairs(neighbours, owners),
-                            calibration.threshold)
+                            calibration.threshold, crops.keypoints, mirrors)
     write_figure_atomic(out / HISTOGRAM_NAME, histogram(calibration, verdicts.counts))
     write_rejected_sheet(out, crops, verdicts)
     group = group_pairs(len(codes), verdicts.left, verdicts.right, crops.pixels)
@@ -305,6 +351,8 @@ def verification_summary(radius: int, n: int, framed: int, bordered: int,
             "candidates_per_image": round(verdicts.candidates / max(1, n), 2),
             "max_proposed_per_image": IMAGES_PER_CODE * (NEAREST_CODES + 1),
             "verified_pairs": int(len(verdicts.left)),
+            "geometric_checked": verdicts.geometric_checked,
+            "geometric_accepted": verdicts.geometric_accepted,
             "framed_images": framed,
             "bordered_images": bordered,
             **calibration.describe(),
@@ -314,13 +362,14 @@ def verification_summary(radius: int, n: int, framed: int, bordered: int,
 def verification_line(verification: dict) -> str:
     if not verification.get("enabled"):
         return "; paper's mode (no verification)"
+    source = verification["threshold_source"]
     return (f"; {verification['candidate_pairs']} candidate pairs, "
             f"{verification['verified_pairs']} verified at distance <= "
-            f"{verification['threshold']}")
+            f"{verification['threshold']}" + ("" if source == "calibrated" else f" ({source})"))
 
 
 def _remove_scratch(out: Path) -> None:
-    for name in (CROPS_NAME, VIEWS_NAME, INNER_NAME, LOG_NAME):
+    for name in (CROPS_NAME, VIEWS_NAME, INNER_NAME, KEYPOINTS_NAME, ZOOM_NAME, LOG_NAME):
         (out / name).unlink(missing_ok=True)
 
 

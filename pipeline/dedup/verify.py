@@ -25,10 +25,12 @@ pairs are duplicates, the 0.1 % quantile of random pairs is a duplicate's distan
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
+from pipeline.dedup.keypoints import BORDERLINE, geometric_verdicts
 
 SIDE = 32  # the thumbnail of the whole frame, grey, SIDE x SIDE
 LOW = 8  # the LOW x LOW lowest DCT frequencies are compared (as in pHash)
@@ -46,6 +48,11 @@ VERIFY_BATCH = 1 << 15  # candidate pairs compared at a time (bounded memory)
 DISTINCT_QUANTILE = 1e-3
 SAME_QUANTILE = 0.90
 DISTINCT_PAIRS = 20_000  # random pairs of different images the calibration measures
+# With fewer different pairs than this (a tiny set, or one whose codes are all near), their tail
+# is not measured and the threshold is DEFAULT_THRESHOLD instead: a little below the thresholds
+# calibrated on both quality sets (0.517 and 0.572, docs/dedup.md "Quality").
+MIN_DISTINCT_PAIRS = 100
+DEFAULT_THRESHOLD = 0.5
 
 
 # ---- per image (in the crops worker) ---------------------------------------------------------
@@ -139,17 +146,23 @@ def distances(a: np.ndarray, b: np.ndarray, both_framed: np.ndarray) -> np.ndarr
 
 
 def pair_distances(views: np.ndarray, framed: np.ndarray, left: np.ndarray,
-                   right: np.ndarray) -> np.ndarray:
+                   right: np.ndarray, mirrors: bool = False) -> np.ndarray:
     """float32 distance of every pair (left[k], right[k]) of rows of `views` (n x VIEWS x SIDE
     x SIDE, e.g. the memory map; `framed`: n flags from `is_frame`), `VERIFY_BATCH` pairs at a
-    time so memory stays flat."""
+    time so memory stays flat. With `mirrors`, the smaller of the distances to the right image
+    as it is and flipped left to right (`dedup --mirrors same`)."""
     out = np.empty(len(left), np.float32)
     for start in range(0, len(left), VERIFY_BATCH):
         i, j = left[start : start + VERIFY_BATCH], right[start : start + VERIFY_BATCH]
         rows, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)
-        feats = features(np.asarray(views[rows]))  # each image once, read in row order
-        out[start : start + len(i)] = distances(feats[inverse[: len(i)]],
-                                                feats[inverse[len(i) :]], framed[i] & framed[j])
+        thumbs = np.asarray(views[rows])  # each image once, read in row order
+        feats, both = features(thumbs), framed[i] & framed[j]
+        a, b = feats[inverse[: len(i)]], feats[inverse[len(i) :]]
+        d = distances(a, b, both)
+        if mirrors:
+            flipped = features(thumbs[..., ::-1])[inverse[len(i) :]]
+            d = np.minimum(d, distances(a, flipped, both))
+        out[start : start + len(i)] = d
     return out
 
 
@@ -166,16 +179,27 @@ class Calibration:
     threshold: float
     same: np.ndarray  # distances of sampled images to synthetic re-uploads of themselves
     distinct: np.ndarray  # distances of random pairs of different images
+    fallback: bool = False  # too few different pairs: the threshold is DEFAULT_THRESHOLD
 
     def describe(self) -> dict:
         return {"threshold": round(self.threshold, 4),
+                "threshold_source": self.source(),
                 "same_pairs": int(len(self.same)), "distinct_pairs": int(len(self.distinct)),
                 "same_passing": round(float(np.mean(self.same <= self.threshold)), 4)
                 if len(self.same) else None,
                 "distinct_passing": float(np.mean(self.distinct <= self.threshold))
                 if len(self.distinct) else None,
                 "rule": f"min(same {SAME_QUANTILE:g} quantile, "
-                        f"distinct {DISTINCT_QUANTILE:g} quantile)"}
+                        f"distinct {DISTINCT_QUANTILE:g} quantile); the default "
+                        f"{DEFAULT_THRESHOLD:g} with fewer than {MIN_DISTINCT_PAIRS} "
+                        "distinct pairs"}
+
+    def source(self) -> str:
+        """Where the threshold came from, in words (the summary and the one-line report)."""
+        if self.fallback:
+            return (f"default: only {len(self.distinct)} pairs of different images to "
+                    f"calibrate on (< {MIN_DISTINCT_PAIRS})")
+        return "calibrated"
 
 
 def random_distinct_pairs(n: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -189,9 +213,11 @@ def random_distinct_pairs(n: int, count: int, seed: int) -> tuple[np.ndarray, np
 
 def calibrate(same: np.ndarray, distinct: np.ndarray) -> Calibration:
     """The largest distance that a random different pair reaches only with probability
-    DISTINCT_QUANTILE, but no larger than what SAME_QUANTILE of true re-uploads need."""
-    if len(distinct) == 0:
-        return Calibration(0.0, same, distinct)
+    DISTINCT_QUANTILE, but no larger than what SAME_QUANTILE of true re-uploads need; with fewer
+    than MIN_DISTINCT_PAIRS different pairs, DEFAULT_THRESHOLD (a tail of a handful of pairs
+    says nothing, and none at all would reject every copy)."""
+    if len(distinct) < MIN_DISTINCT_PAIRS:
+        return Calibration(DEFAULT_THRESHOLD, same, distinct, fallback=True)
     limit = float(np.quantile(distinct, DISTINCT_QUANTILE))
     if len(same):
         limit = min(limit, float(np.quantile(same, SAME_QUANTILE)))
@@ -201,55 +227,80 @@ def calibrate(same: np.ndarray, distinct: np.ndarray) -> Calibration:
 def calibration_distances(views: np.ndarray, framed: np.ndarray, codes: np.ndarray,
                           radius: int, rows: np.ndarray, reuploads: np.ndarray,
                           reuploads_framed: np.ndarray, *, pairs: int = DISTINCT_PAIRS,
-                          seed: int = 0) -> Calibration:
+                          seed: int = 0, mirrors: bool = False) -> Calibration:
     """Calibrate on the data: `rows` of `views` against their synthetic re-uploads
     (`reuploads`, same order; `framed` and `reuploads_framed` flag the framed ones), and up to
-    `pairs` random pairs of rows whose hash `codes` are more than 2 * `radius` bits apart."""
+    `pairs` random pairs of rows whose hash `codes` are more than 2 * `radius` bits apart, each
+    pair measured once (a small set draws the same pairs many times)."""
     same = (distances(features(np.asarray(views[rows])), features(reuploads),
                       framed[rows] & reuploads_framed) if len(rows)
             else np.zeros(0, np.float32))
     if len(views) < 2:
         return calibrate(same, np.zeros(0, np.float32))
     left, right = random_distinct_pairs(len(views), pairs, seed)
+    left, right = np.unique(np.column_stack([np.minimum(left, right),
+                                             np.maximum(left, right)]), axis=0).T
     apart = np.bitwise_count(codes[left] ^ codes[right]).sum(axis=1) > 2 * radius
-    return calibrate(same, pair_distances(views, framed, left[apart], right[apart]))
+    return calibrate(same, pair_distances(views, framed, left[apart], right[apart], mirrors))
 
 
 BINS = np.linspace(0.0, 2.0, 101)  # unit vectors are at most 2 apart
 NEAREST_REJECTED = 32  # rejected candidates kept for the sheet a person checks
 
 
+NEAREST_GEOMETRIC = 16  # borderline decisions kept per side (accepted, refused) for the sheets
+
+
 @dataclass
 class Verdicts:
     """What verification found: the pairs that passed, how many were judged, a histogram of
-    all candidates' distances, and the rejected pairs closest to the threshold."""
+    all candidates' distances, the rejected pairs closest to the threshold, and the geometric
+    check's borderline decisions nearest its inlier threshold."""
 
     left: np.ndarray
     right: np.ndarray
     distance: np.ndarray
     candidates: int
     counts: np.ndarray  # per BINS interval
-    rejected: np.ndarray  # k x 3 (distance, left, right), nearest the threshold first
+    rejected: np.ndarray  # k x 4 (distance, left, right, inliers), nearest the threshold first
+    geometric_checked: int = 0  # borderline candidates given the geometric check ...
+    geometric_accepted: int = 0  # ... and those it accepted
+    accepted_near: np.ndarray = field(  # k x 4 (inliers, left, right, distance), fewest first
+        default_factory=lambda: np.zeros((0, 4)))
 
 
-def verify_pairs(views: np.ndarray, framed: np.ndarray, pairs, threshold: float) -> Verdicts:
+def verify_pairs(views: np.ndarray, framed: np.ndarray, pairs, threshold: float,
+                 points: np.ndarray | None = None, mirrors: bool = False) -> Verdicts:
     """Judge every candidate pair from `pairs` (an iterator of (left, right) chunks) on the
-    thumbnails `views` (`framed`: which are framed); memory holds one chunk, the passing pairs
-    and a histogram. A pair proposed twice passes once."""
+    thumbnails `views` (`framed`: which are framed); a pair above `threshold` but within
+    keypoints.BORDERLINE passes when its keypoints (`points`, keypoints.RECORD per row) fit
+    one similarity transform (pipeline.dedup.keypoints). `mirrors`: a left-right mirror image
+    counts as the same picture (thumbnails only; keypoints are not mirror-invariant). Memory
+    holds one chunk, the passing pairs and a histogram. A pair proposed twice passes once."""
     kept = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
-    counts, candidates = np.zeros(len(BINS) - 1, np.int64), 0
-    rejected = np.zeros((0, 3))
+    counts, candidates, checked = np.zeros(len(BINS) - 1, np.int64), 0, 0
+    rejected, accepted_near = np.zeros((0, 4)), np.zeros((0, 4))
     for left, right in pairs:
-        d = pair_distances(views, framed, left, right)
+        d = pair_distances(views, framed, left, right, mirrors)
         candidates += len(d)
         counts += np.histogram(np.clip(d, 0, 2), BINS)[0]
         ok = d <= threshold
+        inliers = np.full(len(d), -1)  # -1: not checked
+        if points is not None:
+            border = np.flatnonzero(~ok & (d <= BORDERLINE))
+            checked += len(border)
+            ok[border], inliers[border] = geometric_verdicts(points, left[border], right[border])
+            geo = np.flatnonzero(ok & (inliers >= 0))
+            accepted_near = np.unique(np.concatenate([accepted_near, np.column_stack(
+                [inliers[geo], left[geo], right[geo], d[geo]])]), axis=0)[:NEAREST_GEOMETRIC]
         kept.append((left[ok], right[ok], d[ok]))
-        near = np.column_stack([d[~ok], left[~ok], right[~ok]])
+        near = np.column_stack([d[~ok], left[~ok], right[~ok], inliers[~ok]])
         rejected = np.unique(np.concatenate([rejected, near]), axis=0)[:NEAREST_REJECTED]
     left, right, distance = (np.concatenate(x) for x in zip(*kept, strict=True))
     _, once = np.unique(np.column_stack([left, right]), axis=0, return_index=True)
-    return Verdicts(left[once], right[once], distance[once], candidates, counts, rejected)
+    geometric = int(np.sum(distance[once] > threshold))
+    return Verdicts(left[once], right[once], distance[once], candidates, counts, rejected,
+                    checked, geometric, accepted_near)
 
 
 def histogram(calibration: Calibration, candidate_counts: np.ndarray | None = None):

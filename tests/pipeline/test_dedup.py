@@ -32,11 +32,14 @@ from pipeline.dedup.grouping import (
 )
 from pipeline.dedup.hashing import hash_crops
 from pipeline.dedup.reuploads import reupload
+from pipeline.dedup.verify import DEFAULT_THRESHOLD
 from pipeline.shards import make_shards
 from pipeline.sources import open_source
+from tests.conftest import natural_tiles
 from tests.processes import script, started, wait_for
 
-FAST = {"epochs": 1, "min_steps": 300, "batch_size": 32, "workers": 1, "progress": False}
+FAST = {"epochs": 1, "min_steps": 300, "batch_size": 32, "workers": 1, "progress": False,
+        "device": "cpu"}  # the same RNG stream on a machine with a GPU
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -114,8 +117,10 @@ def test_model_reuse_gives_identical_codes(tmp_path, tiles):
     payload = torch.load(model_path, weights_only=True)  # plain tensors and values only
     assert payload["config"]["bits"] == 128 and payload["config"]["side"] == 32
     again = run_dedup([folder], tmp_path / "second", model=model_path, workers=2,
-                      progress=False)
+                      device="cpu", progress=False)
     assert again["loss_per_epoch"] == []  # nothing trained
+    assert again["settings"]["training"] is None  # the model's own: model_info and hash
+    assert again["settings"]["hash"]["noise"] == payload["config"]["noise"]
     assert groups_of(tmp_path / "first") == groups_of(tmp_path / "second")
     model, _ = load_model(model_path)
     crops = extract_crops(open_source(folder), tmp_path, CropParams(), 1, progress=False)
@@ -128,13 +133,52 @@ def test_model_reuse_gives_identical_codes(tmp_path, tiles):
 def test_finished_output_is_refused_without_overwrite(tmp_path, tiles):
     folder = write_folder(tmp_path / "src", tiles[:10])
     args = ["dedup", str(folder), "--out", str(tmp_path / "out"), "--epochs", "1",
-            "--min-steps", "5", "--workers", "1"]
+            "--min-steps", "5", "--workers", "1", "--device", "cpu"]
     assert CliRunner().invoke(main, args).exit_code == 0
     refused = CliRunner().invoke(main, args)
     assert refused.exit_code == 1 and "--overwrite" in refused.output
     assert "Traceback" not in refused.output
     again = CliRunner().invoke(main, [*args, "--overwrite"])
     assert again.exit_code == 0 and "dedup: 10 of 10 inputs unique" in again.output
+
+
+def test_training_options_with_a_saved_model_are_refused_before_anything_is_written(tmp_path,
+                                                                                     tiles):
+    """--model keeps the saved hash's own settings; --epochs or --noise given with it would be
+    ignored while the summary said otherwise, so the combination is one line, and nothing made."""
+    folder = write_folder(tmp_path / "src", tiles[:4])
+    model = tmp_path / "autoencoder.pt"
+    model.write_bytes(b"never read: the options are refused first")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["dedup", str(folder), "--out", str(out), "--model",
+                                       str(model), "--epochs", "3", "--noise", "0.5"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "--epochs, --noise only apply when training" in result.output
+    assert not out.exists()
+
+
+def test_the_radius_range_in_help_is_the_one_enforced():
+    help_text = " ".join(CliRunner().invoke(main, ["dedup", "--help"]).output.split())
+    assert "--radius INTEGER RANGE" in help_text and "0<=x<=15" in help_text
+    refused = CliRunner().invoke(main, ["dedup", "src", "--out", "o", "--radius", "64"])
+    assert refused.exit_code == 2 and "0<=x<=15" in refused.output
+
+
+def test_a_tiny_set_falls_back_to_the_default_threshold_and_says_so(tmp_path, tiles):
+    """Three photos and their JPEG copies: too few pairs of different images to calibrate on.
+    The threshold is the documented default (not 0, which rejected every copy)."""
+    folder = write_folder(tmp_path / "src", tiles[:3])
+    for i in range(3):
+        copy = reupload(tiles[i], "jpeg", np.random.default_rng(i))
+        (folder / f"t{i:03d}_jpeg").write_bytes(copy)
+    summary = run_dedup([folder], tmp_path / "out", **FAST)
+    check = summary["verification"]
+    assert check["threshold"] == DEFAULT_THRESHOLD
+    assert check["threshold_source"].startswith("default: only")
+    assert f"<= {DEFAULT_THRESHOLD} (default: only" in summary["line"]
+    found = {frozenset(g["members"]) for g in groups_of(tmp_path / "out")}
+    assert found == {frozenset({f"t{i:03d}.png", f"t{i:03d}_jpeg"}) for i in range(3)}
 
 
 def test_radius_groups_around_anchors_without_chaining():
@@ -330,7 +374,7 @@ def test_paper_mode_is_radius_0_without_verification(tmp_path, tiles):
     first = run_dedup([folder], tmp_path / "trained", **FAST)
     model = tmp_path / "trained" / "autoencoder.pt"
     paper = run_dedup([folder], tmp_path / "paper", model=model, radius=0, verify=False,
-                      workers=1, progress=False)
+                      workers=1, device="cpu", progress=False)
     assert paper["verification"] == {"enabled": False}
     assert not (tmp_path / "paper" / "distances.png").exists()
     hash_model, _ = load_model(model)
@@ -342,6 +386,43 @@ def test_paper_mode_is_radius_0_without_verification(tmp_path, tiles):
             for g in set(expected.tolist()) - {-1}}
     assert {frozenset(g["members"]) for g in groups_of(tmp_path / "paper")} == want
     assert first["verification"]["enabled"]
+
+
+def test_crops_and_rotations_are_found_through_zoomed_codes_and_keypoints(tmp_path):
+    """Copies that move the whole frame (a crop, a crop + resize, a rotation): the thumbnail
+    distance alone refuses some; the geometric check accepts them, and no different photos are
+    joined."""
+    photos = natural_tiles(30, side=128)  # the later ones include look-alike night sky
+    kinds = ("crop", "crop_resize", "rotate") * 4
+    folder = near_copies(tmp_path / "src", photos, kinds, seed=1)
+    summary = run_dedup([folder], tmp_path / "out", **FAST)
+    check = summary["verification"]
+    assert check["geometric_accepted"] >= 1 and check["geometric_checked"] >= 1
+    found = {frozenset(g["members"]) for g in groups_of(tmp_path / "out")}
+    truth = {frozenset({f"t{i:03d}.png", f"t{i:03d}_{kind}"}) for i, kind in enumerate(kinds)}
+    assert found <= truth  # pure: no photo joined to another photo's copy
+    assert len(found) >= 9  # of 12
+    for name in ("rejected.png", "geometric.png"):  # the decisions near the inlier threshold
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_mirror_images_are_copies_only_when_the_policy_says_so(tmp_path, tiles):
+    """--mirrors same (training with flip augmentation): a left-right mirror image is a copy;
+    the default keeps it as a different picture."""
+    folder = write_folder(tmp_path / "src", tiles[:40])
+    for i in range(4):
+        (folder / f"t{i:03d}_mirror.png").write_bytes(demo.encode(tiles[i][:, ::-1], "PNG"))
+    default = run_dedup([folder], tmp_path / "different", **FAST)
+    assert default["settings"]["mirrors"] == "different" and default["duplicates"] == 0
+    model = tmp_path / "different" / "autoencoder.pt"
+    same = run_dedup([folder], tmp_path / "same", model=model, mirrors="same", workers=1,
+                     device="cpu", progress=False)
+    found = {frozenset(g["members"]) for g in groups_of(tmp_path / "same")}
+    assert found == {frozenset({f"t{i:03d}.png", f"t{i:03d}_mirror.png"}) for i in range(4)}
+    assert same["settings"]["mirrors"] == "same"
+    refused = CliRunner().invoke(main, ["dedup", str(folder), "--out", str(tmp_path / "x"),
+                                        "--mirrors", "same", "--no-verify"])
+    assert refused.exit_code == 1 and "--mirrors same needs --verify" in refused.output
 
 
 @pytest.mark.slow

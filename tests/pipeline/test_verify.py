@@ -8,6 +8,7 @@ import pytest
 from pipeline.decode import decode_image
 from pipeline.dedup.reuploads import KINDS, reupload
 from pipeline.dedup.verify import (
+    DEFAULT_THRESHOLD,
     calibrate,
     distances,
     features,
@@ -110,3 +111,10 @@ def test_distances_stream_in_batches_with_the_same_values(photos, monkeypatch):
     whole = pair_distances(views, framed, left, right)
     monkeypatch.setattr(verify, "VERIFY_BATCH", 7)
     assert np.allclose(pair_distances(views, framed, left, right), whole, atol=1e-5)
+
+
+def test_with_no_pairs_of_different_images_the_threshold_is_the_default_not_zero():
+    """A threshold of 0 would reject every copy but the exact ones."""
+    calibration = calibrate(np.array([0.1, 0.2, 0.3], np.float32), np.zeros(0, np.float32))
+    assert calibration.threshold == DEFAULT_THRESHOLD > 0
+    assert calibration.describe()["threshold_source"].startswith("default: only 0 pairs")

@@ -1,0 +1,78 @@
+"""The geometric check of dedup's borderline candidates: crops and rotations of a real photo fit
+one similarity transform, different photos do not."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.dedup.keypoints import (
+    BORDERLINE,
+    KEYPOINTS,
+    MIN_INLIERS,
+    RECORD,
+    accepted,
+    geometric_verdicts,
+    keypoints,
+    match,
+)
+from pipeline.dedup.reuploads import reuploaded
+from pipeline.dedup.verify import frame_views, pair_distances, verify_pairs
+from tests.conftest import natural_tiles
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[np.ndarray]:
+    return natural_tiles(24, side=128)
+
+
+def record(rgb: np.ndarray) -> np.ndarray:
+    return keypoints(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+
+
+def test_a_record_has_a_fixed_size_and_at_most_the_keypoints_asked_for(photos):
+    big = cv2.resize(photos[0], (512, 384))
+    points = record(big)
+    assert points.dtype == RECORD and 0 < points["count"] <= KEYPOINTS
+    assert max(points["height"], points["width"]) == 128  # found on the shrunk frame
+    assert record(np.zeros((40, 40, 3), np.uint8))["count"] == 0  # a flat picture: none
+
+
+def test_crops_and_rotations_fit_one_transform_and_other_photos_do_not(photos):
+    rng = np.random.default_rng(0)
+    records = [record(p) for p in photos]
+    found = []
+    for photo, original in zip(photos[:12], records, strict=False):
+        for kind in ("crop", "crop_resize", "rotate"):
+            found.append(accepted(*match(original, record(reuploaded(photo, kind, rng)))))
+    assert np.mean(found) >= 0.6  # most geometric copies (some tiles have too few corners)
+    others = [match(records[i], records[j]) for i in range(len(photos))
+              for j in range(i + 1, len(photos))]
+    assert max(inliers for inliers, _ in others) < MIN_INLIERS
+    assert not any(accepted(*m) for m in others)
+
+
+def test_a_borderline_candidate_passes_on_its_keypoints_and_is_counted(photos):
+    """The thumbnail distance of a crop is above a strict threshold; the geometric check takes
+    it, and a pair of different photos in the same band stays refused."""
+    rng = np.random.default_rng(3)
+    copies = [reuploaded(p, "crop", rng) for p in photos[:6]]
+    images = [*photos[:6], *copies]
+    views, _, framed = zip(*(frame_views(img) for img in images), strict=True)
+    views, framed = np.stack(views), np.array(framed)
+    points = np.array([record(img) for img in images], RECORD)
+    left, right = np.array([0, 1, 2, 3, 4, 5, 0]), np.array([6, 7, 8, 9, 10, 11, 1])
+    d = pair_distances(views, framed, left, right)
+    threshold = float(d[:6].min()) - 1e-3  # every copy above it: all borderline or beyond
+    plain = verify_pairs(views, framed, iter([(left, right)]), threshold)
+    assert len(plain.left) == 0
+    checked = verify_pairs(views, framed, iter([(left, right)]), threshold, points)
+    pairs = set(zip(checked.left.tolist(), checked.right.tolist(), strict=True))
+    band = (d > threshold) & (d <= BORDERLINE)
+    assert checked.geometric_checked == band.sum()
+    assert checked.geometric_accepted == len(pairs) >= 3
+    assert (0, 1) not in pairs
+    ok, inliers = geometric_verdicts(points, left, right)
+    assert (checked.accepted_near[:, 0] >= MIN_INLIERS).all()
+    assert inliers[ok].min() >= MIN_INLIERS
