@@ -7,10 +7,13 @@ long-running command catches the interrupt where it knows what it has kept, and 
 `Interrupted` with that summary; the command lines print it and exit with 128 + the signal
 number (130 for Ctrl-C, 143 for SIGTERM), as a shell does.
 
-A second signal while the first is being handled ends the process at once: a user pressing
-Ctrl-C twice means it. Worker processes ignore both signals (`ignore_in_worker`): the process
-that started them stops them, so a terminal's Ctrl-C, sent to the whole process group, does not
-fill the screen with one traceback per worker.
+A signal that arrives while a module is being imported (numpy, torch, scikit-learn load for
+seconds) is held until the import is done: an exception raised half-way through a library's
+import leaves it half-initialized, and some libraries swallow it there and fail later with an
+unrelated error. A second signal while the first is being handled ends the process at once: a
+user pressing Ctrl-C twice means it. Worker processes ignore both signals (`ignore_in_worker`):
+the process that started them stops them, so a terminal's Ctrl-C, sent to the whole process
+group, does not fill the screen with one traceback per worker.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _received: list[int] = []  # the signals received so far, in order
 _deferred = False  # inside `deferred_stop`: note the signal instead of raising
+_held = threading.Event()  # a signal waits for an import to end (see _redeliver_after_import)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -37,14 +44,43 @@ def stop_on_signals() -> None:
         signal.signal(number, _on_signal)
 
 
-def _on_signal(number: int, _frame: object) -> None:
+def _on_signal(number: int, frame: FrameType | None) -> None:
+    if _held.is_set():  # the held signal again (or another one meanwhile): raise once it may
+        if not _importing(frame):
+            _held.clear()
+            raise KeyboardInterrupt
+        return
     _received.append(number)
     if len(_received) > 1:  # a second signal: stop now, without cleaning up
         sys.stderr.write(f"\nstopped at once by a second {signal_name()}\n")
         sys.stderr.flush()
         os._exit(128 + number)
-    if not _deferred:
-        raise KeyboardInterrupt
+    if _deferred:
+        return
+    if _importing(frame):
+        _held.set()
+        threading.Thread(target=_redeliver_after_import, args=(number,), daemon=True).start()
+        return
+    raise KeyboardInterrupt
+
+
+def _importing(frame: FrameType | None) -> bool:
+    """Whether `frame` runs inside an import (a module's code or importlib's own)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _redeliver_after_import(number: int) -> None:
+    """Send the held signal again once the main thread is out of every import (handlers run
+    in the main thread; it raises there then)."""
+    main = threading.main_thread().ident
+    while _held.is_set():
+        if not _importing(sys._current_frames().get(main)):
+            os.kill(os.getpid(), number)
+        time.sleep(0.02)
 
 
 def signal_name() -> str:
