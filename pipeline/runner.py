@@ -99,7 +99,8 @@ def run_stage(
     if maxcount < 1:
         raise StageError("--maxcount must be at least 1")
     mapper = open_engine(engine, workers=workers, address=ray_address)
-    with hold_output(Path(out), command=f"pipeline {stage.name}") as out:
+    # Joined (or started) before --out is touched: a cluster that is not there costs nothing.
+    with mapper, hold_output(Path(out), command=f"pipeline {stage.name}") as out:
         try:
             return _run_held(stage, source, out, engine=mapper, maxcount=maxcount,
                              resume=resume, overwrite=overwrite, chunk_size=chunk_size,

@@ -28,8 +28,12 @@ Engine = LocalEngine | RayEngine
 
 def open_engine(name: str, *, workers: int, address: str | None = None) -> Engine:
     """The engine a stage was asked for; EngineError (before any output is touched) if it
-    cannot be had."""
+    cannot be had: Ray missing, a cluster address where nothing answers, or an address given to
+    the local engine (which would silently run here instead)."""
     if name == "local":
+        if address:
+            raise EngineError(f"--ray-address {address} is for --engine ray; add --engine ray "
+                              "to run on that cluster, or drop --ray-address")
         return LocalEngine(workers)
     if name == "ray":
         return RayEngine(workers, address)

@@ -257,3 +257,32 @@ def test_without_ray_installed_the_engine_asks_for_it(corpus, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == f"Error: {RAY_MISSING}"
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+# ---- addresses that cannot work ------------------------------------------------------------------
+
+def test_an_address_where_nothing_answers_is_one_line_before_out_is_touched(corpus, tmp_path):
+    address = f"127.0.0.1:{free_port()}"  # closed: nothing listens there
+    joined = run(script("pipeline", "shards", corpus["scraped_dir"], "--out",
+                        str(tmp_path / "shards"), "--engine", "ray", "--ray-address", address),
+                 timeout=90)  # Ray alone retries such an address for many minutes
+    assert joined.returncode == 1
+    assert joined.stderr.strip().splitlines() == [
+        f"Error: cannot join the Ray cluster at {address}: Connection refused; is a Ray head "
+        "running there (`ray start --head`)?"]
+    deduped = CliRunner().invoke(main, ["dedup", corpus["lmdb_dir"], "--out",
+                                        str(tmp_path / "dedup"), "--engine", "ray",
+                                        "--ray-address", address])
+    assert deduped.exit_code == 1 and "cannot join the Ray cluster" in deduped.output
+    assert not (tmp_path / "shards").exists() and not (tmp_path / "dedup").exists()
+
+
+@pytest.mark.parametrize("stage", ["shards", "faces", "dedup"])
+def test_a_ray_address_without_the_ray_engine_is_refused(corpus, tmp_path, stage):
+    result = CliRunner().invoke(main, [stage, corpus["lmdb_dir"], "--out", str(tmp_path / "out"),
+                                       "--ray-address", "127.0.0.1:6379"])
+    assert result.exit_code == 1
+    assert result.output.strip() == ("Error: --ray-address 127.0.0.1:6379 is for --engine ray; "
+                                      "add --engine ray to run on that cluster, or drop "
+                                      "--ray-address")
+    assert not (tmp_path / "out").exists()
