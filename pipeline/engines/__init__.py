@@ -10,11 +10,12 @@ one with `open_engine` and never needs to know which it got.
 
 from __future__ import annotations
 
+from pipeline.engines.errors import ChunkLost, EngineError
 from pipeline.engines.local import LocalEngine
-from pipeline.engines.ray_engine import EngineError, RayEngine
+from pipeline.engines.ray_engine import RayEngine
 
-__all__ = ["ENGINES", "Engine", "EngineError", "LocalEngine", "RayEngine", "engine_line",
-           "open_engine"]
+__all__ = ["ENGINES", "ChunkLost", "Engine", "EngineError", "LocalEngine", "RayEngine",
+           "engine_line", "open_engine"]
 
 ENGINES = ("local", "ray")
 ENGINE_HELP = ("Where per-chunk work runs: 'local' (this machine's process pool) or 'ray' (a Ray "

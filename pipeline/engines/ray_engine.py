@@ -20,22 +20,17 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from core.errors import UserError
-from pipeline.engines.local import IN_FLIGHT_PER_WORKER
+from pipeline.engines.errors import ChunkLost, EngineError
+from pipeline.engines.local import IN_FLIGHT_PER_WORKER, MAX_RETRIES
 
 T = TypeVar("T")
 
 RAY_MISSING = "--engine ray needs Ray: pip install 'dcgan-pipeline[ray]'"
-MAX_RETRIES = 3  # re-runs of a chunk whose worker process died
 # Read by Ray when it is imported: "0" makes a Ray started here use and listen on 127.0.0.1 only
 # (Ray otherwise swaps 127.0.0.1 for the machine's address and listens on every interface).
 RAY_LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 CONNECT_TIMEOUT_S = 30.0  # how long a --ray-address may take to answer before the run gives up
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-class EngineError(UserError):
-    """The engine cannot be used as asked (Ray missing, cluster unreachable); for the user."""
 
 
 class RayEngine:
@@ -116,20 +111,33 @@ class RayEngine:
                                                   retry_exceptions=False)
             job = [ray.put((fn, params))]  # in a list, so tasks get the reference, not a copy
             window = IN_FLIGHT_PER_WORKER * max(1, self._info["cpus"])
-            pending: deque = deque()
+            pending: deque = deque()  # (chunk number, chunk, task)
             try:
-                for chunk in chunks:
-                    pending.append(task.remote(job, chunk))
+                for index, chunk in enumerate(chunks):
+                    pending.append((index, chunk, task.remote(job, chunk)))
                     if len(pending) >= window:
-                        yield ray.get(pending.popleft())
+                        yield _result(pending.popleft())
                 while pending:
-                    yield ray.get(pending.popleft())
+                    yield _result(pending.popleft())
             finally:
-                for ref in pending:  # the run stopped early: leave nothing running
+                for _index, _chunk, ref in pending:  # the run stopped early: leave nothing running
                     ray.cancel(ref)
 
     def describe(self) -> dict:
         return dict(self._info)
+
+
+def _result(task: tuple[int, list, Any]) -> Any:
+    """A task's result; a chunk whose worker died on every retry is ChunkLost, not Ray's
+    traceback."""
+    import ray
+    from ray.exceptions import NodeDiedError, OutOfMemoryError, WorkerCrashedError
+
+    index, chunk, ref = task
+    try:
+        return ray.get(ref)
+    except (WorkerCrashedError, OutOfMemoryError, NodeDiedError):
+        raise ChunkLost(index, chunk, MAX_RETRIES + 1) from None
 
 
 def _host_port(address: str | None) -> tuple[str, int] | None:
