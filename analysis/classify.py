@@ -57,7 +57,7 @@ CHUNK = 2048  # rows per SGD step batch and per standardization read
 DEFAULT_VALIDATION = 10_000  # the paper's SVHN validation split (capped at a fifth of the data)
 FEATURE_DTYPE = np.float16
 METHODS = ("trained_D", "random_D", "pixels")
-LABEL_HINT = "make labelled shards with `pipeline shards --label-from parent`"
+LABEL_HINT = "make labelled shards with `pipeline shards --label-from folder`"
 
 Featurize = Callable[[torch.Tensor], torch.Tensor]
 

@@ -108,10 +108,11 @@ def class_names(source: Source, label_from: str) -> tuple[tuple[str, ...], str |
     return tuple(sorted(folders)), warning
 
 
-def _write_labels(out: Path, classes: tuple[str, ...]) -> dict:
-    """OUT/labels.json (written before summary.json marks the output finished)."""
+def _write_labels(out: Path, classes: tuple[str, ...], warning: str | None) -> dict:
+    """OUT/labels.json (written before summary.json marks the output finished); what the
+    summary says of the classes."""
     write_json_atomic(out / LABELS_NAME, list(classes))
-    return {"classes": len(classes)}
+    return {"classes": len(classes), **({"label_warning": warning} if warning else {})}
 
 
 def read_exclude(path: str | os.PathLike) -> frozenset[str]:
@@ -186,7 +187,8 @@ def make_shards(
     stage = Stage("shards", shard_chunk, params, settings, KEPT,
                   extra_outputs=(LABELS_NAME,) if label_from else (),
                   index_info={"image_size": size, "format": fmt},
-                  summarize=functools.partial(_write_labels, classes=classes) if label_from
+                  summarize=functools.partial(_write_labels, classes=classes,
+                                                       warning=label_warning) if label_from
                   else None)
     summary = run_stage(stage, source, Path(out), workers=workers or default_workers(),
                         engine=engine, ray_address=ray_address,
@@ -194,6 +196,5 @@ def make_shards(
     if unmatched:
         summary["line"] += f"; {unmatched} of {len(listed)} --exclude keys matched no input"
     if label_warning:
-        summary["label_warning"] = label_warning
         summary["line"] += f"; warning: {label_warning}"
     return summary

@@ -1,4 +1,4 @@
-"""`pipeline shards --label-from parent`: class labels from the one-folder-per-class layout."""
+"""`pipeline shards --label-from folder|parent`: class labels from class folders."""
 
 from __future__ import annotations
 
