@@ -41,6 +41,7 @@ Z_FILE = "z.npy"
 BOXES_FILE = "boxes.json"
 SAMPLES_FOLDER = "samples"
 MAX_BODY = 1 << 20  # bytes; a full save of 150 samples with a few boxes each is ~50 KB
+MAX_NAME = 255  # longest file name a file system takes
 SCHEMA = '{"samples": [{"index": 0, "boxes": [[x0, y0, x1, y1]]}]}'
 
 
@@ -327,6 +328,8 @@ class PageHandler(BaseHTTPRequestHandler):
             raise RequestError(HTTPStatus.NOT_FOUND, f"no such page: {path}")
 
     def _send_sample(self, name: str) -> None:
+        if "\0" in name or len(name) > MAX_NAME:  # no file has such a name; asking the OS fails
+            raise RequestError(HTTPStatus.NOT_FOUND, f"no such sample: {name[:40]!r}")
         folder = (self.server.annotation.folder / SAMPLES_FOLDER).resolve()
         file = (folder / name).resolve()
         if not file.is_relative_to(folder):
@@ -356,7 +359,7 @@ class PageHandler(BaseHTTPRequestHandler):
             raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                                "refused: changes must be sent as application/json")
         length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):  # "²" is a digit to str.isdigit
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "refused: no Content-Length")
         if int(length) > MAX_BODY:  # refused unread
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -365,6 +368,8 @@ class PageHandler(BaseHTTPRequestHandler):
             return json.loads(self.rfile.read(int(length)))
         except (ValueError, UnicodeDecodeError) as err:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"not JSON ({err})") from None
+        except RecursionError:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "refused: JSON nested too deep") from None
 
     def _send(self, status: HTTPStatus, obj: object) -> None:
         self._send_bytes(status, json.dumps(obj).encode("utf-8"), "application/json")

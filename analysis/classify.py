@@ -57,7 +57,7 @@ CHUNK = 2048  # rows per SGD step batch and per standardization read
 DEFAULT_VALIDATION = 10_000  # the paper's SVHN validation split (capped at a fifth of the data)
 FEATURE_DTYPE = np.float16
 METHODS = ("trained_D", "random_D", "pixels")
-LABEL_HINT = "make labelled shards with `pipeline shards --label-from parent`"
+LABEL_HINT = "make labelled shards with `pipeline shards --label-from folder`"
 
 Featurize = Callable[[torch.Tensor], torch.Tensor]
 
@@ -117,9 +117,26 @@ def split_rows(labels: np.ndarray, validation: int, per_class: int | None,
                seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, validation rows) of the training shards, both sorted: `validation` random
     images held out, then `per_class` random images of each class from the rest (all without
-    `per_class`): the paper's SVHN protocol (10,000 validation, 100 labels per class)."""
+    `per_class`): the paper's SVHN protocol (10,000 validation, 100 labels per class).
+
+    The held-out images are stratified: each class gives its share, and keeps at least one image
+    for training, so a small class never vanishes into validation. A class with fewer than 2
+    images cannot be both learnt and checked: refused."""
+    classes, counts = np.unique(labels, return_counts=True)
+    if validation and counts.min() < 2:
+        raise AnalysisError(f"class {classes[counts.argmin()]} has {counts.min()} training image;"
+                            " every class needs 2 or more (one to learn from, one to validate "
+                            "--C auto), or pass --C")
     order = np.random.default_rng(seed).permutation(len(labels))
-    held, rest = order[:validation], order[validation:]
+    rank = np.empty(len(labels))  # each row's place within its class, in the random order
+    for c, count in zip(classes, counts, strict=True):
+        rows = order[labels[order] == c]
+        rank[rows] = (np.arange(count) + 0.5) / count
+        rank[rows[-1]] = np.inf  # the last of each class stays for training
+    stratified = np.argsort(rank, kind="stable")
+    held = stratified[:min(validation, len(labels) - len(classes))]
+    rest = np.setdiff1d(order, held, assume_unique=True)
+    rest = order[np.isin(order, rest)]  # in the random order, for `per_class`
     if per_class is not None:
         rest = np.concatenate([rest[labels[rest] == c][:per_class] for c in np.unique(labels)])
     return np.sort(rest), np.sort(held)
@@ -133,8 +150,10 @@ def check_labels(train: np.ndarray, test: np.ndarray, names: dict[int, str]) -> 
                             f": a classifier needs two or more; {LABEL_HINT}")
     unseen = np.setdiff1d(np.unique(test), classes)
     if len(unseen):
-        raise AnalysisError(f"test class {_name(unseen[0], names)} does not occur in the "
-                            f"training images; train and test shards must share their classes")
+        raise AnalysisError(f"test class {_name(unseen[0], names)} has "
+                            f"{int((test == unseen[0]).sum())} test images and 0 training images "
+                            "(after the validation split); train and test shards must share "
+                            "their classes")
     return classes
 
 

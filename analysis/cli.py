@@ -206,7 +206,7 @@ def _c_value(_ctx, _param, value: str) -> float | str:
 @main.command()
 @ckpt_option
 @click.option("--train", "train_shards", required=True,
-              help="Labelled shards the SVM learns from (`pipeline shards --label-from parent`).")
+              help="Labelled shards the SVM learns from (`pipeline shards --label-from folder`).")
 @click.option("--test", "test_shards", required=True,
               help="Labelled shards it is tested on, with the same classes.")
 @out_dir_option

@@ -24,7 +24,7 @@ from analysis.data import AnalysisError, image_batches, load_run
 from analysis.hooks import captured_outputs, guided_rectifiers, layer_module
 from core.devices import resolve_device
 from core.files import write_json_atomic, write_png_atomic
-from core.outputs import own_output
+from core.outputs import check_output, own_output
 from core.pixels import to_uint8
 from core.sheets import contact_sheet
 from gan.models import Discriminator
@@ -123,6 +123,8 @@ def guided_backprop(
     """Write trained_filters.png, random_filters.png, top_images.png, the side-by-side
     guided_backprop.png (random left, trained right, as paper Fig. 5) and report.json (last: a
     finished analysis) into `out`."""
+    check_output(out, command="analysis guided-backprop", overwrite=overwrite,
+                 finished="report.json")
     device = resolve_device(device)
     _G, D, config = load_run(ckpt, device)
     D.eval()

@@ -31,7 +31,7 @@ from analysis.data import AnalysisError, load_run
 from analysis.hooks import captured_outputs, layer_module, zeroed_channels
 from core.devices import resolve_device
 from core.files import write_json_atomic, write_npy_atomic, write_png_atomic
-from core.outputs import own_output
+from core.outputs import check_output, own_output
 from core.pixels import to_uint8
 from core.sheets import contact_sheet
 from gan.models import Generator
@@ -204,6 +204,8 @@ def remove_windows(
     """Fit the window classifier on annotated samples, drop the maps it weighs positively, and
     write comparison.png (top: original, bottom: dropped), window_mask.npy/.json and
     report.json (last: a finished analysis) into `out`. Returns the report."""
+    check_output(out, command="analysis remove-windows", overwrite=overwrite,
+                 finished="report.json")
     device = resolve_device(device)
     G, _D, config = load_run(ckpt, device)
     annotations = load_boxes(boxes)

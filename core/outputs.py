@@ -22,6 +22,7 @@ a crashed run never leaves a stale lock behind.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -36,6 +37,8 @@ from core.files import write_json_atomic
 
 LOCK_NAME = ".lock"
 OWNER_NAME = ".owner.json"
+# The files this module makes in an output folder: bookkeeping, never data (sources skip them).
+MARKER_NAMES = frozenset({LOCK_NAME, OWNER_NAME})
 
 
 class OutputError(UserError):
@@ -46,17 +49,13 @@ class OutputError(UserError):
 def hold_output(out: Path, *, command: str) -> Iterator[Path]:
     """Hold the exclusive lock on `out` (created if missing) while the block runs; yields `out`
     as a Path. A folder already held by another process is an OutputError naming the holder
-    (its command, pid, host and start time)."""
+    (its command, pid, host and start time). A folder `command` may not use is refused before
+    anything is created in it, the lock included."""
     out = make_folder(out)
+    check_may_use(out, command=command)
     fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputError(
-                f"{out} is in use by {_describe_holder(fd)}; wait for it to end or choose "
-                "another --out"
-            ) from None
+        _lock(fd, out)
         _write_holder(fd, {"command": command, "pid": os.getpid(), "host": socket.gethostname(),
                            "started": time.strftime("%Y-%m-%d %H:%M:%S")})
         try:
@@ -97,6 +96,33 @@ def claim_output(out: Path, *, command: str, overwrite: bool,
     and refuse a finished run (`out/finished` exists) unless `overwrite`. Returns `out` as a
     Path. Call it while holding the folder (`hold_output`)."""
     out = make_folder(out)
+    if check_output(out, command=command, overwrite=overwrite, finished=finished) is None:
+        write_json_atomic(out / OWNER_NAME, {"command": command})
+    return out
+
+
+def check_output(out: Path, *, command: str, overwrite: bool,
+                 finished: str = "summary.json") -> str | None:
+    """What `claim_output` will refuse, found without touching anything: a command that works
+    a while before it writes calls this first, so a wrong --out costs nothing. Returns the
+    folder's owner (None when it is new or empty)."""
+    out = Path(out)
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise OutputError(f"{out} exists and is not a folder; choose another --out")
+    owner = check_may_use(out, command=command)
+    if (out / finished).exists() and not overwrite:
+        raise OutputError(
+            f"{out} already holds a finished run ({finished}); "
+            "pass --overwrite to replace it, or choose another --out"
+        )
+    return owner
+
+
+def check_may_use(out: Path, *, command: str) -> str | None:
+    """Refuse `out` unless it is empty (a lock left by an earlier attempt aside) or owned by
+    `command`; returns its owner (None for an empty folder). Reads only."""
     owner = read_owner(out)
     if owner is None:
         found = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
@@ -104,16 +130,10 @@ def claim_output(out: Path, *, command: str, overwrite: bool,
             more = f" and {len(found) - 1} more" if len(found) > 1 else ""
             raise OutputError(f"{out} is not empty ({found[0]}{more}) and was not written by "
                               f"`{command}`; choose an empty or new --out")
-        write_json_atomic(out / OWNER_NAME, {"command": command})
     elif owner != command:
         raise OutputError(f"{out} holds the output of `{owner}` ({OWNER_NAME}), not of "
                           f"`{command}`; choose another --out")
-    if (out / finished).exists() and not overwrite:
-        raise OutputError(
-            f"{out} already holds a finished run ({finished}); "
-            "pass --overwrite to replace it, or choose another --out"
-        )
-    return out
+    return owner
 
 
 def read_owner(out: Path) -> str | None:
@@ -125,6 +145,21 @@ def read_owner(out: Path) -> str | None:
         return None
     except (ValueError, KeyError, TypeError):
         raise OutputError(f"{Path(out) / OWNER_NAME} is damaged; choose another --out") from None
+
+
+def _lock(fd: int, out: Path) -> None:
+    """The exclusive lock on `out`'s lock file; held by another process, or a file system that
+    has no locks (some network and FUSE mounts), is an OutputError."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OutputError(f"{out} is in use by {_describe_holder(fd)}; wait for it to end or "
+                          "choose another --out") from None
+    except OSError as err:
+        if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        raise OutputError(f"{out}: its file system cannot lock files ({err.strerror}), so two "
+                          "runs could write it at once; choose an --out on a local disk") from None
 
 
 def _write_holder(fd: int, holder: dict) -> None:

@@ -114,6 +114,23 @@ class TrainConfig:
                             "with)")
 
 
+def kept_on_resume(config: TrainConfig, state: dict) -> str | None:
+    """One line naming the settings given to a resumed run that the checkpoint keeps (a value
+    other than both the default and the stored one; a default cannot be told from a value
+    given), or None."""
+    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+                for f in dataclasses.fields(TrainConfig) if f.name not in ("data", "out")}
+    stored = state["config"]
+    kept = [name for name in defaults if name not in RESUMABLE and name in stored
+            and getattr(config, name) not in (stored[name], defaults[name])]
+    if not kept:
+        return None
+    given = ", ".join(f"--{name.replace('_', '-')} {getattr(config, name)}" for name in kept)
+    stays = ", ".join(f"{stored[name]}" for name in kept)
+    return (f"--resume continues the checkpoint's run as it began: {given} not used (it keeps "
+            f"{stays}); start a new run (another --out) to change them")
+
+
 def resumed_config(config: TrainConfig, state: dict) -> TrainConfig:
     """The checkpoint's settings, except those a resumed run may change."""
     stored = dict(state["config"])

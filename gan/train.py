@@ -38,7 +38,7 @@ from tqdm import tqdm
 from core.files import write_json_atomic
 from core.signals import Interrupted, deferred_stop, signal_name, stop_requested
 from gan.checkpoint import rng_state, save_checkpoint
-from gan.config import TrainConfig, resumed_config
+from gan.config import TrainConfig, kept_on_resume, resumed_config
 from gan.data import (
     CachedBatches,
     DataError,
@@ -284,9 +284,12 @@ def train(data: str | os.PathLike, out: str | os.PathLike, **options) -> dict:
     config = TrainConfig(data=str(data), out=str(out), **options)
     out = Path(out)
     checkpoint = resume_from(config, out)
+    unused = kept_on_resume(config, checkpoint) if checkpoint is not None else None
     if checkpoint is not None:
         config = resumed_config(config, checkpoint)
     rt = start_runtime(config.device)  # a bad --device is refused before the data is read
+    if unused and rt.is_main:
+        print(f"note: {unused}", file=sys.stderr)
     try:
         urls, counts = open_shards(config.data)  # reads only: bad shards leave no run folder
         check_image_size(urls, config.image_size)

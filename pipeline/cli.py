@@ -159,9 +159,10 @@ def download(lists, out, url_col, concurrency, per_host, retries, retry_wait, co
               help="File of keys to leave out, one per line (e.g. dedup's duplicates.txt).")
 @max_pixels_option
 @max_bytes_option
-@click.option("--label-from", type=click.Choice(["parent"]), default=None,
-              help="Label every sample with its class: the name of the folder the image sits "
-                   "in (SRC/<class>/<image>). Writes a .cls member (the class index) and "
+@click.option("--label-from", type=click.Choice(["folder", "parent"]), default=None,
+              help="Label every sample with its class: 'folder', the first folder under SRC "
+                   "(SRC/<class>/.../<image>, as torchvision's ImageFolder); 'parent', the "
+                   "folder the image sits in. Writes a .cls member (the class index) and "
                    "\"label\" in each .json, and OUT/labels.json, the sorted class names.")
 @workers_option
 @engine_options

@@ -40,7 +40,7 @@ from core.samples import is_image, split_member
 from core.sheets import contact_sheet
 from core.signals import Interrupted, signal_name
 from pipeline.decode import decode_shard_image
-from pipeline.engines import Engine, engine_line, open_engine
+from pipeline.engines import ChunkLost, Engine, engine_line, open_engine
 from pipeline.engines.local import chunked
 from pipeline.manifest import (
     MANIFEST_NAME,
@@ -104,7 +104,8 @@ def run_stage(
         raise StageError("--maxcount must be at least 1")
     mapper = open_engine(engine, workers=workers, address=ray_address) \
         if isinstance(engine, str) else engine
-    with hold_output(Path(out), command=f"pipeline {stage.name}") as out:
+    # Joined (or started) before --out is touched: a cluster that is not there costs nothing.
+    with mapper, hold_output(Path(out), command=f"pipeline {stage.name}") as out:
         try:
             return _run_held(stage, source, out, engine=mapper, maxcount=maxcount,
                              resume=resume, overwrite=overwrite, chunk_size=chunk_size,
@@ -152,8 +153,10 @@ def _run_held(stage: Stage, source: Source, out: Path, *, engine: Engine, maxcou
         manifest.close()
         raise Interrupted(
             f"{stage.name}: stopped by {signal_name()} after {records_done} of {total} inputs; "
-            f"{len(shards)} finished shard(s) in {out} hold the first {kept}: rerun with "
-            "--resume to continue from there") from None
+            f"{_kept(out, shards, kept)}") from None
+    except ChunkLost as err:
+        manifest.close()
+        raise StageError(f"{stage.name}: {err}; {_kept(out, shards, kept)}") from None
     finally:
         bar.close()
     last = sink.close_shard()
@@ -176,6 +179,12 @@ def _run_held(stage: Stage, source: Source, out: Path, *, engine: Engine, maxcou
     if total == 0:
         summary["line"] += "; warning: nothing was found in the source"
     return summary
+
+
+def _kept(out: Path, shards: list[dict], kept: int) -> str:
+    """What a stopped run leaves, and how to continue it."""
+    return (f"{len(shards)} finished shard(s) in {out} hold the first {kept}: rerun with "
+            "--resume to continue from there")
 
 
 def _prepare_output(stage: Stage, out: Path, inputs: dict, *, resume: bool,

@@ -4,8 +4,10 @@ input every training run reads.
 The per-chunk worker is pure (records in, outcomes out); `make_shards` is the Python entry point
 the CLI calls with the same defaults.
 
-With `label_from="parent"` each sample also carries its class (the usual one-folder-per-class
-layout, as CIFAR-10 or SVHN unpacked into `SRC/<class>/<image>`): a `.cls` member holding the
+With `label_from="folder"` each sample also carries its class (the usual one-folder-per-class
+layout, as CIFAR-10 or Tiny-ImageNet unpacked into `SRC/<class>/.../<image>`: the first folder
+under SRC, as torchvision's ImageFolder reads it; `"parent"` takes the folder the image sits
+in instead): a `.cls` member holding the
 class index as ASCII text (the WebDataset convention), `"label"` (the index) and `"class"` (the
 folder name) in its `.json`, and `OUT/labels.json` lists the class names, sorted, so index i is
 `labels[i]`.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -29,7 +32,7 @@ from pipeline.sinks import Sample
 from pipeline.sources import DEFAULT_MAX_BYTES, Record, Source, open_sources
 from pipeline.statuses import EXCLUDED, KEPT, RecordError
 
-LABEL_SOURCES = ("parent",)
+LABEL_SOURCES = ("folder", "parent")
 LABELS_NAME = "labels.json"
 
 
@@ -40,6 +43,7 @@ class ShardParams:
     max_pixels: int = DEFAULT_MAX_PIXELS
     exclude: frozenset[str] = frozenset()
     classes: tuple[str, ...] = ()  # sorted class names when samples are labelled
+    label_from: str = "folder"  # which folder names the class (`record_label`)
 
 
 def shard_chunk(records: list[Record], params: ShardParams) -> list[Outcome]:
@@ -60,7 +64,7 @@ def _shard_one(rec: Record, params: ShardParams) -> Outcome:
     meta = {**rec.meta, "stage": "shards", "size": params.size, "decoded_hw": [height, width]}
     members = {}
     if params.classes:
-        name = parent_label(rec)
+        name = record_label(rec, params.label_from)
         label = params.classes.index(name)
         meta.update({"label": label, "class": name})
         members["cls"] = str(label).encode("ascii")
@@ -68,29 +72,47 @@ def _shard_one(rec: Record, params: ShardParams) -> Outcome:
     return Outcome(rec.key, KEPT, samples=[sample])
 
 
-def parent_label(rec: Record) -> str:
-    """The name of the folder the image sits in, within its source ("cat" for `cat/1.jpg`;
-    empty for an image at the top of the source)."""
-    return PurePosixPath(rec.meta.get("source_key", rec.key)).parent.name
+def record_label(rec: Record, label_from: str) -> str:
+    """The class of an image from its path within its source: `folder`, the first folder under
+    the source ("cat" for `cat/images/1.jpg`, as torchvision's ImageFolder reads it); `parent`,
+    the folder it sits in ("images" there). Empty for an image at the top of the source."""
+    path = PurePosixPath(rec.meta.get("source_key", rec.key))
+    if label_from == "folder":
+        return path.parts[0] if len(path.parts) > 1 else ""
+    return path.parent.name
 
 
-def class_names(source: Source) -> tuple[str, ...]:
-    """The sorted class names of a one-folder-per-class source; every image must be in one, or
-    its class would silently be the source folder's own name."""
-    names = set()
+def class_names(source: Source, label_from: str) -> tuple[tuple[str, ...], str | None]:
+    """The sorted class names of a one-folder-per-class source, and a warning when they look
+    wrong: a single class, or one name shared by folders at different paths (`parent` on
+    `nest/cat/2020` and `nest/dog/2020`). Every image must be in a class folder, or its class
+    would silently be the source folder's own name."""
+    folders: dict[str, set[str]] = {}
     for rec in source:
-        name = parent_label(rec)
+        name = record_label(rec, label_from)
         if not name:
-            raise StageError(f"--label-from parent: {rec.key} is not inside a class folder; "
-                             "lay the source out as SRC/<class>/<image>")
-        names.add(name)
-    return tuple(sorted(names))
+            raise StageError(f"--label-from {label_from}: {rec.key} is not inside a class "
+                             "folder; lay the source out as SRC/<class>/<image>")
+        folders.setdefault(name, set()).add(str(PurePosixPath(rec.meta.get("source_key",
+                                                                           rec.key)).parent))
+    shared = sorted(name for name, paths in folders.items() if len(paths) > 1)
+    warning = None
+    if len(folders) == 1:
+        warning = (f"--label-from {label_from}: every image has the same class "
+                   f"{next(iter(folders))!r}; is SRC the folder that holds the class folders?")
+    elif shared and label_from == "parent":
+        paths = sorted(folders[shared[0]])
+        warning = (f"--label-from parent: class {shared[0]!r} is the folder name of "
+                   f"{len(paths)} folders at different paths ({paths[0]}, {paths[1]}); "
+                   "--label-from folder labels by the first folder under SRC")
+    return tuple(sorted(folders)), warning
 
 
-def _write_labels(out: Path, classes: tuple[str, ...]) -> dict:
-    """OUT/labels.json (written before summary.json marks the output finished)."""
+def _write_labels(out: Path, classes: tuple[str, ...], warning: str | None) -> dict:
+    """OUT/labels.json (written before summary.json marks the output finished); what the
+    summary says of the classes."""
     write_json_atomic(out / LABELS_NAME, list(classes))
-    return {"classes": len(classes)}
+    return {"classes": len(classes), **({"label_warning": warning} if warning else {})}
 
 
 def read_exclude(path: str | os.PathLike) -> frozenset[str]:
@@ -153,9 +175,11 @@ def make_shards(
     source = open_sources(list(sources), max_bytes=max_bytes, skip=Path(out))
     listed = read_exclude(exclude) if exclude else frozenset()
     excluded, unmatched = match_exclude(listed, source, exclude) if exclude else (listed, 0)
-    classes = class_names(source) if label_from else ()
+    classes, label_warning = class_names(source, label_from) if label_from else ((), None)
+    if label_warning:
+        print(f"warning: {label_warning}", file=sys.stderr)
     params = ShardParams(size=size, fmt=fmt, max_pixels=max_pixels, exclude=excluded,
-                         classes=classes)
+                         classes=classes, label_from=label_from or "folder")
     settings = {"sources": [str(s) for s in sources], "size": size, "format": fmt,
                 "maxcount": maxcount, "max_pixels": max_pixels, "max_bytes": max_bytes,
                 "exclude": str(exclude) if exclude else None, "excluded_keys": len(listed),
@@ -163,11 +187,14 @@ def make_shards(
     stage = Stage("shards", shard_chunk, params, settings, KEPT,
                   extra_outputs=(LABELS_NAME,) if label_from else (),
                   index_info={"image_size": size, "format": fmt},
-                  summarize=functools.partial(_write_labels, classes=classes) if label_from
+                  summarize=functools.partial(_write_labels, classes=classes,
+                                                       warning=label_warning) if label_from
                   else None)
     summary = run_stage(stage, source, Path(out), workers=workers or default_workers(),
                         engine=engine, ray_address=ray_address,
                         maxcount=maxcount, resume=resume, overwrite=overwrite, progress=progress)
     if unmatched:
         summary["line"] += f"; {unmatched} of {len(listed)} --exclude keys matched no input"
+    if label_warning:
+        summary["line"] += f"; warning: {label_warning}"
     return summary

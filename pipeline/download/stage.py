@@ -99,6 +99,12 @@ class FetchEngine:
         self.settings = settings
         self.window = max(2, math.ceil(ROWS_AHEAD_PER_SLOT * settings.concurrency / chunk_rows))
 
+    def __enter__(self) -> FetchEngine:  # the loop lives for one `map` (nothing to join first)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
     def map(self, fn: Callable[[list, Fetcher], Any], params: FetchSettings,
             chunks: Iterable[list]) -> Iterator[list[Outcome]]:
         loop = asyncio.new_event_loop()

@@ -10,11 +10,12 @@ one with `open_engine` and never needs to know which it got.
 
 from __future__ import annotations
 
+from pipeline.engines.errors import ChunkLost, EngineError
 from pipeline.engines.local import LocalEngine
-from pipeline.engines.ray_engine import EngineError, RayEngine
+from pipeline.engines.ray_engine import RayEngine
 
-__all__ = ["ENGINES", "Engine", "EngineError", "LocalEngine", "RayEngine", "engine_line",
-           "open_engine"]
+__all__ = ["ENGINES", "ChunkLost", "Engine", "EngineError", "LocalEngine", "RayEngine",
+           "engine_line", "open_engine"]
 
 ENGINES = ("local", "ray")
 ENGINE_HELP = ("Where per-chunk work runs: 'local' (this machine's process pool) or 'ray' (a Ray "
@@ -28,8 +29,12 @@ Engine = LocalEngine | RayEngine
 
 def open_engine(name: str, *, workers: int, address: str | None = None) -> Engine:
     """The engine a stage was asked for; EngineError (before any output is touched) if it
-    cannot be had."""
+    cannot be had: Ray missing, a cluster address where nothing answers, or an address given to
+    the local engine (which would silently run here instead)."""
     if name == "local":
+        if address:
+            raise EngineError(f"--ray-address {address} is for --engine ray; add --engine ray "
+                              "to run on that cluster, or drop --ray-address")
         return LocalEngine(workers)
     if name == "ray":
         return RayEngine(workers, address)

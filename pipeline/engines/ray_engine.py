@@ -15,24 +15,22 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from core.errors import UserError
-from pipeline.engines.local import IN_FLIGHT_PER_WORKER
+from pipeline.engines.errors import ChunkLost, EngineError
+from pipeline.engines.local import IN_FLIGHT_PER_WORKER, MAX_RETRIES
 
 T = TypeVar("T")
 
 RAY_MISSING = "--engine ray needs Ray: pip install 'dcgan-pipeline[ray]'"
-MAX_RETRIES = 3  # re-runs of a chunk whose worker process died
 # Read by Ray when it is imported: "0" makes a Ray started here use and listen on 127.0.0.1 only
 # (Ray otherwise swaps 127.0.0.1 for the machine's address and listens on every interface).
 RAY_LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-class EngineError(UserError):
-    """The engine cannot be used as asked (Ray missing, cluster unreachable); for the user."""
+CONNECT_TIMEOUT_S = 30.0  # how long a --ray-address may take to answer before the run gives up
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class RayEngine:
@@ -50,9 +48,13 @@ class RayEngine:
     def __init__(self, workers: int, address: str | None = None):
         self.workers = workers
         self.address = address or os.environ.get("RAY_ADDRESS") or None
+        host_port = _host_port(self.address)
         if self.address is None:  # a private Ray for this run: nothing outside may reach it
             os.environ.setdefault(RAY_LOOPBACK_ONLY, "0")
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # and it reports nothing
+        elif host_port and host_port[0] in LOOPBACK_HOSTS:
+            # a head on this machine: dial it on 127.0.0.1, not on the machine's own address
+            os.environ.setdefault(RAY_LOOPBACK_ONLY, "0")
         try:
             import ray  # noqa: F401
         except ImportError:
@@ -60,6 +62,8 @@ class RayEngine:
         self._depth = 0  # nested `with`s: only the outermost starts and stops the session
         self._owned = False  # this engine started the session, so it ends it
         self._info: dict = {"name": self.name, "nodes": 0, "cpus": 0}
+        if host_port:
+            _check_answers(self.address, *host_port)
 
     def __enter__(self) -> RayEngine:
         import ray
@@ -107,20 +111,55 @@ class RayEngine:
                                                   retry_exceptions=False)
             job = [ray.put((fn, params))]  # in a list, so tasks get the reference, not a copy
             window = IN_FLIGHT_PER_WORKER * max(1, self._info["cpus"])
-            pending: deque = deque()
+            pending: deque = deque()  # (chunk number, chunk, task)
             try:
-                for chunk in chunks:
-                    pending.append(task.remote(job, chunk))
+                for index, chunk in enumerate(chunks):
+                    pending.append((index, chunk, task.remote(job, chunk)))
                     if len(pending) >= window:
-                        yield ray.get(pending.popleft())
+                        yield _result(pending.popleft())
                 while pending:
-                    yield ray.get(pending.popleft())
+                    yield _result(pending.popleft())
             finally:
-                for ref in pending:  # the run stopped early: leave nothing running
+                for _index, _chunk, ref in pending:  # the run stopped early: leave nothing running
                     ray.cancel(ref)
 
     def describe(self) -> dict:
         return dict(self._info)
+
+
+def _result(task: tuple[int, list, Any]) -> Any:
+    """A task's result; a chunk whose worker died on every retry is ChunkLost, not Ray's
+    traceback."""
+    import ray
+    from ray.exceptions import NodeDiedError, OutOfMemoryError, WorkerCrashedError
+
+    index, chunk, ref = task
+    try:
+        return ray.get(ref)
+    except (WorkerCrashedError, OutOfMemoryError, NodeDiedError):
+        raise ChunkLost(index, chunk, MAX_RETRIES + 1) from None
+
+
+def _host_port(address: str | None) -> tuple[str, int] | None:
+    """(host, port) of a cluster address ("10.0.0.1:6379", "ray://head:10001"); None for no
+    address or one Ray looks up itself ("auto")."""
+    host, sep, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _check_answers(address: str, host: str, port: int) -> None:
+    """Refuse, in one line and within CONNECT_TIMEOUT_S, a cluster address where nothing
+    answers: Ray itself would retry for many minutes before saying so."""
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        why = (f"no answer within {CONNECT_TIMEOUT_S:g} s" if isinstance(err, TimeoutError)
+               else err.strerror or str(err))
+        raise EngineError(f"cannot join the Ray cluster at {address}: {why}; is a Ray head "
+                          "running there (`ray start --head`)?") from None
 
 
 # Per Ray worker process: the (fn, params) of the current job, fetched from the object store once.

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from core.samples import safe_key
+from core.samples import is_image, safe_key
 from pipeline.sources.folders import FolderSource, ListSource
 from pipeline.sources.lmdb_source import LmdbSource
 from pipeline.sources.records import DEFAULT_MAX_BYTES, Record, SourceError, input_fingerprint
@@ -52,8 +52,8 @@ Source = FolderSource | LmdbSource | ShardSource | ListSource | MultiSource
 SOURCE_KINDS = (
     "a folder of images (recursive, any extension: files are sniffed by content), an LSUN LMDB "
     "folder (holding data.mdb, or its parent), WebDataset shards (a .tar, a glob, a "
-    "{000000..000009} brace pattern, or a stage output folder with index.json), or a .txt file "
-    "listing image paths"
+    "{000000..000009} brace pattern, a stage output folder with index.json, or a folder of .tar "
+    "files), or a .txt file listing image paths"
 )
 SOURCES_HELP = f"SRC is any mix of: {SOURCE_KINDS}."
 EXPECTED = f"expected {SOURCE_KINDS}"
@@ -119,7 +119,24 @@ def _open_folder(path: Path, max_bytes: int, skip: Path | None) -> Source:
         shards = read_index(path)
         return ShardSource([str(path / s["name"]) for s in shards], [s["samples"] for s in shards],
                            max_bytes)
+    tars = _shard_files(path)
+    if tars:
+        return ShardSource(tars, max_bytes=max_bytes)
     return FolderSource(path, max_bytes, skip)
+
+
+def _shard_files(path: Path) -> list[str]:
+    """The .tar files of a folder of shards without index.json (img2dataset's layout, and many
+    tools': shards beside .parquet or _stats.json sidecars); none when the folder also holds
+    images or subfolders, which makes it a folder of images that happens to hold a .tar."""
+    tars = []
+    for entry in sorted(path.iterdir()):
+        extension = entry.name.rpartition(".")[2].lower()
+        if entry.is_dir() or is_image(extension):
+            return []
+        if extension == "tar" and _is_tar(entry):
+            tars.append(str(entry))
+    return tars
 
 
 def _is_pattern(spec: str) -> bool:

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.outputs import MARKER_NAMES
 from pipeline.sources.records import (
     DEFAULT_MAX_BYTES,
     Record,
@@ -32,7 +33,8 @@ def _is_folder(entry: os.DirEntry) -> bool:
 
 class FolderSource:
     """Every file under a folder, recursively, in sorted order; content decides later. Listed
-    once per run (see the module doc); `skip` is a folder never read (the run's own --out)."""
+    once per run (see the module doc); `skip` is a folder never read (the run's own --out), and
+    an output folder's bookkeeping files (core.outputs.MARKER_NAMES) are never inputs."""
 
     kind = "folder"
 
@@ -61,7 +63,8 @@ class FolderSource:
             yield prefix, f"folder not listed: {err.strerror}"
             return
         folders = [e for e in entries if _is_folder(e)]
-        yield from ((prefix + e.name, None) for e in entries if not _is_folder(e))
+        yield from ((prefix + e.name, None) for e in entries
+                    if not _is_folder(e) and e.name not in MARKER_NAMES)
         for entry in folders:
             if not entry.is_symlink() and os.path.realpath(entry.path) != self.skip:
                 yield from self._walk(entry.path, prefix + entry.name + "/")

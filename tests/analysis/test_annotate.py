@@ -405,3 +405,21 @@ def test_boxes_drawn_in_the_browser_feed_remove_windows(ckpt, tmp_path):
     report = json.loads((tmp_path / "removed" / "report.json").read_text())
     assert report["annotated_samples"] == 1 and report["positive_cells"] == 16
 
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "body", "status"), [
+    ("GET", "/samples/%00", {}, b"", 404),
+    ("GET", "/samples/" + "a" * 5000, {}, b"", 404),
+    ("POST", "/api/samples", {"Content-Length": "200000"}, b"[" * 200_000, 400),
+    ("POST", "/api/samples", {"Content-Length": "²"}, b"", 411),
+])
+def test_hostile_requests_are_json_errors_without_a_traceback(server, capfd, method, path,
+                                                               headers, body, status):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    connection.putrequest(method, path)
+    for name, value in {"Content-Type": "application/json", **headers}.items():
+        connection.putheader(name, value)
+    connection.endheaders(body or None)
+    response = connection.getresponse()
+    assert response.status == status and "error" in json.loads(response.read())
+    assert "Traceback" not in capfd.readouterr().err

@@ -14,7 +14,16 @@ from sklearn.datasets import load_digits
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from analysis.classify import classify, disc_features, disc_layers, feature_dim, fit_svm, predict
+from analysis.classify import (
+    AnalysisError,
+    classify,
+    disc_features,
+    disc_layers,
+    feature_dim,
+    fit_svm,
+    predict,
+    split_rows,
+)
 from analysis.cli import main as cli
 from gan.models import Discriminator
 from gan.train import train
@@ -171,7 +180,18 @@ def test_test_class_missing_from_training_is_one_line(textures, tmp_path):
     two = labelled_shards(tmp_path, "two", photos=("brick.png", "grass.png"), per_class=10)
     three = labelled_shards(tmp_path, "three", photos=("brick.png", "grass.png", "gravel.png"),
                             per_class=5, seed=1)
-    assert "test class 2 (gravel) does not occur" in _refused(textures, two, three, tmp_path)
+    assert ("test class 2 (gravel) has 5 test images and 0 training images"
+            in _refused(textures, two, three, tmp_path))
+
+
+def test_the_validation_split_is_stratified_and_keeps_every_class_for_training():
+    labels = np.array([0] * 60 + [1] * 2 + [2] * 18)
+    for seed in range(20):  # a plain random split loses class 1 to validation in some seeds
+        train_rows, val_rows = split_rows(labels, 20, None, seed)
+        assert np.bincount(labels[val_rows], minlength=3).tolist() == [15, 1, 4]
+        assert np.bincount(labels[train_rows]).tolist() == [45, 1, 14]
+    with pytest.raises(AnalysisError, match="class 1 has 1 training image; every class needs 2"):
+        split_rows(np.array([0, 0, 0, 1]), 1, None, 0)
 
 
 def test_classes_named_differently_in_train_and_test_are_one_line(textures, tmp_path):

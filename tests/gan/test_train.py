@@ -299,3 +299,15 @@ def test_streaming_with_more_workers_than_shards_says_how_to_fix_it(training_sha
     assert warning == ["warning: 1 shards for 1 rank(s) x 2 loader worker(s): 1 worker(s) idle; "
                        "remake the shards with `pipeline shards --maxcount 8` (or use fewer "
                        "--workers)"]
+
+
+def test_resume_names_the_settings_the_checkpoint_keeps(training_shards, tmp_path, capfd):
+    shards = training_shards(shards=1, per_shard=32)
+    run = tmp_path / "run"
+    train(shards, run, **TINY, steps=1, sample_every=100, ckpt_every=100)
+    capfd.readouterr()
+    changed = {**TINY, "batch_size": 4, "lr": 1e-3}
+    train(shards, run, **changed, steps=2, sample_every=100, ckpt_every=100, resume=True)
+    assert ("note: --resume continues the checkpoint's run as it began: --batch-size 4, --lr "
+            "0.001 not used (it keeps 8, 0.0002); start a new run (another --out) to change "
+            "them") in capfd.readouterr().err.splitlines()

@@ -30,7 +30,7 @@ from pipeline.cli import main
 from pipeline.dedup import dedup as run_dedup
 from pipeline.engines.ray_engine import RAY_LOOPBACK_ONLY, RAY_MISSING
 from pipeline.faces import detect_faces
-from pipeline.runner import Stage, run_stage
+from pipeline.runner import Stage, StageError, run_stage
 from pipeline.shards import ShardParams, make_shards, shard_chunk
 from pipeline.sources import Record, open_sources
 from pipeline.statuses import KEPT
@@ -122,6 +122,62 @@ def watched_stage(starts: Path) -> Stage:
                  KEPT, index_info={"image_size": 64, "format": "png"})
 
 
+@dataclass(frozen=True)
+class Deadly:
+    """`shard_chunk`'s params plus the key of the input whose chunk kills its worker."""
+
+    params: ShardParams
+    key: str
+
+
+def deadly_shard_chunk(records: list[Record], job: Deadly) -> list:
+    """`shard_chunk`, but the process running the chunk holding `job.key` dies (SIGKILL), every
+    time: an input that always runs its worker out of memory."""
+    if any(rec.key == job.key for rec in records):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return shard_chunk(records, job.params)
+
+
+def run_deadly_stage(corpus, out: Path, engine: str) -> str:
+    """A shards run in which the second chunk always kills its worker; its one-line error."""
+    source = open_sources([corpus["scraped_dir"]])
+    key = [rec.key for rec in source][40]  # in the second chunk of 32
+    stage = Stage("shards", deadly_shard_chunk, Deadly(ShardParams(), key), {"size": 64}, KEPT,
+                  index_info={"image_size": 64, "format": "png"})
+    with pytest.raises(StageError) as refused:
+        run_stage(stage, source, out, workers=2, engine=engine, maxcount=10, progress=False)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"shards: chunk 1 (first input {[rec.key for rec in source][32]!r})"
+                              ": its worker process died each of the 4 times it ran")
+    assert message.endswith(f"2 finished shard(s) in {out} hold the first 26: rerun with "
+                            "--resume to continue from there")  # the first 20 samples
+    return message
+
+
+def test_a_killed_local_worker_is_retried_on_a_fresh_pool(corpus, tmp_path):
+    source = [corpus["scraped_dir"]]
+    make_shards(source, tmp_path / "plain", maxcount=10, workers=2, progress=False)
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_first_worker, args=(starts, killed, stop))
+    killer.start()
+    try:
+        run_stage(watched_stage(starts), open_sources(source), tmp_path / "local", workers=2,
+                  engine="local", maxcount=10, progress=False)
+    finally:
+        stop.set()
+        killer.join()
+    assert len(killed) == 1
+    assert outputs(tmp_path / "local") == outputs(tmp_path / "plain")
+
+
+def test_a_chunk_that_always_kills_its_local_worker_is_one_line(corpus, tmp_path):
+    run_deadly_stage(corpus, tmp_path / "out", "local")
+
+
 # ---- one Ray started in this process -------------------------------------------------------------
 
 @pytest.fixture(scope="class")
@@ -194,6 +250,9 @@ class TestLocalRay:
         assert any(killed[0] in pids and len(pids) == 2 for pids in runs.values())
         assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
 
+    def test_a_chunk_that_always_kills_its_worker_is_one_line(self, corpus, tmp_path):
+        run_deadly_stage(corpus, tmp_path / "out", "ray")
+
 
 # ---- a real head node, joined by address ---------------------------------------------------------
 
@@ -257,3 +316,32 @@ def test_without_ray_installed_the_engine_asks_for_it(corpus, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == f"Error: {RAY_MISSING}"
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+# ---- addresses that cannot work ------------------------------------------------------------------
+
+def test_an_address_where_nothing_answers_is_one_line_before_out_is_touched(corpus, tmp_path):
+    address = f"127.0.0.1:{free_port()}"  # closed: nothing listens there
+    joined = run(script("pipeline", "shards", corpus["scraped_dir"], "--out",
+                        str(tmp_path / "shards"), "--engine", "ray", "--ray-address", address),
+                 timeout=90)  # Ray alone retries such an address for many minutes
+    assert joined.returncode == 1
+    assert joined.stderr.strip().splitlines() == [
+        f"Error: cannot join the Ray cluster at {address}: Connection refused; is a Ray head "
+        "running there (`ray start --head`)?"]
+    deduped = CliRunner().invoke(main, ["dedup", corpus["lmdb_dir"], "--out",
+                                        str(tmp_path / "dedup"), "--engine", "ray",
+                                        "--ray-address", address])
+    assert deduped.exit_code == 1 and "cannot join the Ray cluster" in deduped.output
+    assert not (tmp_path / "shards").exists() and not (tmp_path / "dedup").exists()
+
+
+@pytest.mark.parametrize("stage", ["shards", "faces", "dedup"])
+def test_a_ray_address_without_the_ray_engine_is_refused(corpus, tmp_path, stage):
+    result = CliRunner().invoke(main, [stage, corpus["lmdb_dir"], "--out", str(tmp_path / "out"),
+                                       "--ray-address", "127.0.0.1:6379"])
+    assert result.exit_code == 1
+    assert result.output.strip() == ("Error: --ray-address 127.0.0.1:6379 is for --engine ray; "
+                                      "add --engine ray to run on that cluster, or drop "
+                                      "--ray-address")
+    assert not (tmp_path / "out").exists()

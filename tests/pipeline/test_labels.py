@@ -1,4 +1,4 @@
-"""`pipeline shards --label-from parent`: class labels from the one-folder-per-class layout."""
+"""`pipeline shards --label-from folder|parent`: class labels from class folders."""
 
 from __future__ import annotations
 
@@ -79,3 +79,49 @@ def test_cli_writes_labels(class_folders, tmp_path):
                                       "--label-from", "parent"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "labels.json").read_text()) == sorted(CLASSES)
+
+
+def nested(root: Path, paths: list[str]) -> Path:
+    """Photos at `paths` (relative) under `root`."""
+    img = demo.photo("chelsea.png")
+    for i, path in enumerate(paths):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(demo.encode(img[i * 30:i * 30 + 100, :100], "PNG"))
+    return root
+
+
+def test_label_from_folder_takes_the_first_folder_under_the_source(tmp_path):
+    """Tiny-ImageNet's layout: SRC/<class>/images/<image>; `parent` would call every class
+    'images'."""
+    src = nested(tmp_path / "tiny", ["cat/images/1.png", "cat/images/2.png", "dog/images/3.png"])
+    result = CliRunner().invoke(cli, ["shards", str(src), "--out", str(tmp_path / "out"),
+                                      "--size", "16", "--workers", "1", "--label-from", "folder",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "labels.json").read_text()) == ["cat", "dog"]
+    assert [json.loads(s["json"])["class"] for s in samples(tmp_path / "out")] == [
+        "cat", "cat", "dog"]
+    assert "warning" not in result.output
+
+
+@pytest.mark.parametrize(("label_from", "paths", "warning"), [
+    ("parent", ["cat/images/1.png", "dog/images/2.png"],
+     "--label-from parent: every image has the same class 'images'"),
+    ("parent", ["nest/cat/2020/1.png", "nest/dog/2020/2.png", "nest/dog/2021/3.png"],
+     "--label-from parent: class '2020' is the folder name of 2 folders at different paths "
+     "(nest/cat/2020, nest/dog/2020)"),
+    ("folder", ["nest/cat/1.png", "nest/dog/2.png"],
+     "--label-from folder: every image has the same class 'nest'"),
+])
+def test_a_suspicious_labelling_is_a_warning_and_in_the_summary(tmp_path, label_from, paths,
+                                                                 warning):
+    src = nested(tmp_path / "src", paths)
+    result = CliRunner().invoke(cli, ["shards", str(src), "--out", str(tmp_path / "out"),
+                                      "--size", "16", "--workers", "1", "--label-from",
+                                      label_from, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert any(line.startswith(f"warning: {warning}") for line in lines)  # said at the start
+    assert any(line.startswith("shards: ") and f"; warning: {warning}" in line for line in lines)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["label_warning"].startswith(warning)

@@ -319,3 +319,20 @@ def test_safe_key_is_always_a_valid_webdataset_key(key):
     assert all(part not in ("", "..") for part in safe.split("/"))
     assert safe == safe_key(key)  # deterministic: reruns and resumes agree
     assert safe.isascii()
+
+
+def test_a_folder_of_tar_files_without_an_index_is_read_as_shards(tiles, tmp_path):
+    """img2dataset's layout: NNNNN.tar with .parquet and _stats.json beside it, no index.json."""
+    from gan.data import open_shards
+    from tests.conftest import write_photos
+
+    folder = tmp_path / "img2dataset"
+    shards = write_image_shards(folder, tiles[:5], per_shard=2)
+    (folder / "index.json").unlink()
+    (folder / "00000.parquet").write_bytes(b"PAR1")
+    (folder / "00000_stats.json").write_text("{}")
+    source = open_source(folder)
+    assert source.kind == "shards" and source.urls == [str(folder / s["name"]) for s in shards]
+    assert open_shards(folder) == (source.urls, [2, 2, 1])  # what `gan train --data` reads
+    write_photos(folder, ["photo.png"], tiles)  # with an image beside them: a folder of files
+    assert open_source(folder).kind == "folder"
