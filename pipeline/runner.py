@@ -127,7 +127,8 @@ def _run_held(stage: Stage, source: Source, out: Path, *, engine: Engine, maxcou
     manifest = Manifest(out / MANIFEST_NAME, state["manifest_offset"], state["counts"])
     shards: list[dict] = state["shards"]
     sink = ShardSink(out, stage.name, start_shard=len(shards), taken=shard_keys(out, shards))
-    records_done = kept = state["records_done"]  # kept: the records of finished shards
+    records_done = kept = state["records_done"]  # kept: the records of checkpointed shards
+    kept_shards = len(shards)
     sheet_size = SHEET_SIZE if stage.contact_sheet else 0
     preview = _first_images(out, shards, sheet_size)
 
@@ -146,33 +147,34 @@ def _run_held(stage: Stage, source: Source, out: Path, *, engine: Engine, maxcou
                 if sink.count >= maxcount:
                     shards.append(sink.close_shard())
                     _checkpoint(stage, out, inputs, records_done, manifest, shards)
-                    kept = records_done
+                    kept, kept_shards = records_done, len(shards)
             bar.update(len(outcomes))
             bar.set_postfix({stage.main_status: manifest.counts[stage.main_status]}, refresh=False)
+        last = sink.close_shard()
+        if last is not None:
+            shards.append(last)
+        manifest.close()
+
+        seconds = time.perf_counter() - started
+        write_index(out, shards, stage=stage.name, **stage.index_info)
+        if preview:
+            write_png_atomic(out / SHEET_NAME,
+                             contact_sheet([decode_shard_image(b) for b in preview]))
+        summary = _summary(stage, manifest, shards, seconds, total, state, inputs)
+        if stage.summarize is not None:
+            summary.update(stage.summarize(out))
+        summary["engine"] = engine.describe()
+        write_json_atomic(out / SUMMARY_NAME, summary)
     except KeyboardInterrupt:
         manifest.close()
         raise Interrupted(
             f"{stage.name}: stopped by {signal_name()} after {records_done} of {total} inputs; "
-            f"{_kept(out, shards, kept)}") from None
+            f"{_kept(out, kept_shards, kept)}") from None
     except ChunkLost as err:
         manifest.close()
-        raise StageError(f"{stage.name}: {err}; {_kept(out, shards, kept)}") from None
+        raise StageError(f"{stage.name}: {err}; {_kept(out, kept_shards, kept)}") from None
     finally:
         bar.close()
-    last = sink.close_shard()
-    if last is not None:
-        shards.append(last)
-    manifest.close()
-
-    seconds = time.perf_counter() - started
-    write_index(out, shards, stage=stage.name, **stage.index_info)
-    if preview:
-        write_png_atomic(out / SHEET_NAME, contact_sheet([decode_shard_image(b) for b in preview]))
-    summary = _summary(stage, manifest, shards, seconds, total, state, inputs)
-    if stage.summarize is not None:
-        summary.update(stage.summarize(out))
-    summary["engine"] = engine.describe()
-    write_json_atomic(out / SUMMARY_NAME, summary)
     (out / PROGRESS_NAME).unlink(missing_ok=True)
     summary["line"] = summary_line(stage.name, summary["counts"], stage.main_status,
                                    seconds, str(out)) + f" ({engine_line(summary['engine'])})"
@@ -181,9 +183,9 @@ def _run_held(stage: Stage, source: Source, out: Path, *, engine: Engine, maxcou
     return summary
 
 
-def _kept(out: Path, shards: list[dict], kept: int) -> str:
-    """What a stopped run leaves, and how to continue it."""
-    return (f"{len(shards)} finished shard(s) in {out} hold the first {kept}: rerun with "
+def _kept(out: Path, shards: int, kept: int) -> str:
+    """What a stopped run leaves (the shards of its last checkpoint), and how to continue it."""
+    return (f"{shards} finished shard(s) in {out} hold the first {kept}: rerun with "
             "--resume to continue from there")
 
 

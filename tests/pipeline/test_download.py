@@ -213,9 +213,9 @@ def test_shards_are_identical_for_any_concurrency(images, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
 def test_a_stopped_run_resumes_to_the_same_shards(crops, tmp_path, stop):
-    with serving(crops, delay=0.2) as server:  # ~2 s a run: time to stop it midway
-        (tmp_path / "list.txt").write_text(
-            "".join(server.url(f"/img/{name}") + "\n" for name in crops))
+    paths = [f"/img/{name}?copy={k}" for k in range(3) for name in crops]  # 60 distinct rows
+    with serving(crops, delay=0.2) as server:  # ~6 s a run: time to stop it midway
+        (tmp_path / "list.txt").write_text("".join(server.url(path) + "\n" for path in paths))
         args = ["download", str(tmp_path / "list.txt"), "--maxcount", "4", "--concurrency", "2",
                 "--no-progress"]
         stopped = tmp_path / "stopped"
@@ -229,15 +229,15 @@ def test_a_stopped_run_resumes_to_the_same_shards(crops, tmp_path, stop):
         if stop == signal.SIGTERM:
             assert "stopped by SIGTERM" in message and "--resume" in message
         kept = json.loads((stopped / "progress.json").read_text())["records_done"]
-        assert 4 <= kept < len(crops)  # the checkpoint may trail the second shard's rename
+        assert 4 <= kept < len(paths)  # the checkpoint may trail the second shard's rename
         finished = run(script("pipeline", *args, "--out", str(stopped), "--resume"), timeout=60)
         assert finished.returncode == 0, finished.stderr
-        for name in list(crops)[:kept]:  # the rows of finished shards were not fetched again
-            assert server.hits[f"/img/{name}"] == 1
+        for path in paths[:kept]:  # the rows of finished shards were not fetched again
+            assert server.hits[path] == 1
         download([tmp_path / "list.txt"], tmp_path / "whole", maxcount=4, progress=False,
                  settings=FetchSettings(concurrency=2))
     assert shard_bytes(stopped) == shard_bytes(tmp_path / "whole")
-    assert [m["key"] for m in manifest(stopped)] == [f"{i:09d}" for i in range(len(crops))]
+    assert [m["key"] for m in manifest(stopped)] == [f"{i:09d}" for i in range(len(paths))]
     assert {m["status"] for m in manifest(stopped)} == {"ok"}
 
 
