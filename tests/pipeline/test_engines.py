@@ -155,21 +155,27 @@ def run_deadly_stage(corpus, out: Path, engine: str) -> str:
     return message
 
 
-def test_a_killed_local_worker_is_retried_on_a_fresh_pool(corpus, tmp_path):
-    source = [corpus["scraped_dir"]]
-    make_shards(source, tmp_path / "plain", maxcount=10, workers=2, progress=False)
-    starts = tmp_path / "starts"
+def run_killing_first_worker(source: list, out: Path, starts: Path, engine: str) -> list[int]:
+    """A watched shards run into `out` on `engine` while the first task's process is killed;
+    returns the pids killed."""
     starts.mkdir()
     killed: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(target=kill_first_worker, args=(starts, killed, stop))
     killer.start()
     try:
-        run_stage(watched_stage(starts), open_sources(source), tmp_path / "local", workers=2,
-                  engine="local", maxcount=10, progress=False)
+        run_stage(watched_stage(starts), open_sources(source), out, workers=2, engine=engine,
+                  maxcount=10, progress=False)
     finally:
         stop.set()
         killer.join()
+    return killed
+
+
+def test_a_killed_local_worker_is_retried_on_a_fresh_pool(corpus, tmp_path):
+    source = [corpus["scraped_dir"]]
+    make_shards(source, tmp_path / "plain", maxcount=10, workers=2, progress=False)
+    killed = run_killing_first_worker(source, tmp_path / "local", tmp_path / "starts", "local")
     assert len(killed) == 1
     assert outputs(tmp_path / "local") == outputs(tmp_path / "plain")
 
@@ -232,17 +238,7 @@ class TestLocalRay:
         source = [corpus["scraped_dir"]]
         make_shards(source, tmp_path / "local", maxcount=10, workers=2, progress=False)
         starts = tmp_path / "starts"
-        starts.mkdir()
-        killed: list[int] = []
-        stop = threading.Event()
-        killer = threading.Thread(target=kill_first_worker, args=(starts, killed, stop))
-        killer.start()
-        try:
-            run_stage(watched_stage(starts), open_sources(source), tmp_path / "ray", workers=2,
-                      engine="ray", maxcount=10, progress=False)
-        finally:
-            stop.set()
-            killer.join()
+        killed = run_killing_first_worker(source, tmp_path / "ray", starts, "ray")
         assert len(killed) == 1
         runs = {}  # first key of each chunk -> the processes that ran it
         for marker in starts.glob("task-*"):
