@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from core.cli import (
     device_option,
@@ -115,8 +116,9 @@ DEFAULTS = TrainConfig.__dataclass_fields__  # --help shows the Python API's def
 @extractor_options("metrics-")
 @restart_options
 @progress_option
+@click.pass_context
 @user_errors
-def train(data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch, width, prior,
+def train(ctx, data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch, width, prior,
           workers, cache, device, seed, sample_every, ckpt_every, log_every, bn, compile_,
           precision, metrics_every, metrics_real, metrics_n, metrics_inception,
           metrics_features, resume, overwrite, progress):
@@ -140,9 +142,17 @@ def train(data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch,
         precision=precision, metrics_every=metrics_every, metrics_real=metrics_real,
         metrics_n=metrics_n, metrics_inception=_plain(metrics_inception),
         metrics_features=_plain(metrics_features), resume=resume, overwrite=overwrite,
-        progress=progress)
+        progress=progress, given=given_options(ctx))
     if summary.get("line"):
         click.echo(summary["line"])
+
+
+def given_options(ctx: click.Context) -> list[str]:
+    """The settings (TrainConfig's names) of the options given on the command line, a default
+    value given explicitly among them: a resumed run names those its checkpoint keeps, which a
+    comparison with the defaults would miss for a default given explicitly."""
+    return [param.name.rstrip("_") for param in ctx.command.params
+            if ctx.get_parameter_source(param.name) not in (None, ParameterSource.DEFAULT)]
 
 
 def _plain(path: Path | None) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from core.errors import UserError
@@ -114,21 +115,20 @@ class TrainConfig:
                             "with)")
 
 
-def kept_on_resume(config: TrainConfig, state: dict) -> str | None:
-    """One line naming the settings given to a resumed run that the checkpoint keeps (a value
-    other than both the default and the stored one; a default cannot be told from a value
-    given), or None."""
-    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
-                for f in dataclasses.fields(TrainConfig) if f.name not in ("data", "out")}
+def kept_on_resume(config: TrainConfig, state: dict, given: Collection[str]) -> str | None:
+    """One line naming the settings `given` to a resumed run (the options the caller chose,
+    a default among them when it was chosen explicitly) whose value differs from the one the
+    checkpoint keeps, or None."""
     stored = state["config"]
-    kept = [name for name in defaults if name not in RESUMABLE and name in stored
-            and getattr(config, name) not in (stored[name], defaults[name])]
+    kept = [f.name for f in dataclasses.fields(TrainConfig)
+            if f.name in given and f.name not in (*RESUMABLE, "data", "out")
+            and f.name in stored and getattr(config, f.name) != stored[f.name]]
     if not kept:
         return None
-    given = ", ".join(f"--{name.replace('_', '-')} {getattr(config, name)}" for name in kept)
+    given_values = ", ".join(f"--{name.replace('_', '-')} {getattr(config, name)}" for name in kept)
     stays = ", ".join(f"{stored[name]}" for name in kept)
-    return (f"--resume continues the checkpoint's run as it began: {given} not used (it keeps "
-            f"{stays}); start a new run (another --out) to change them")
+    return (f"--resume continues the checkpoint's run as it began: {given_values} not used (it "
+            f"keeps {stays}); start a new run (another --out) to change them")
 
 
 def resumed_config(config: TrainConfig, state: dict) -> TrainConfig:

@@ -225,3 +225,23 @@ def test_a_stop_signal_saves_the_step_and_resume_continues_exactly(
     for part in ("G", "D"):
         for key, value in whole[part].items():
             assert torch.equal(value, split[part][key]), (part, key)
+
+
+def test_resume_names_a_default_given_explicitly_that_the_checkpoint_keeps(
+        training_shards, tmp_path: Path) -> None:
+    """The checkpoint trained with --batch-size 8 and --lr 0.001; the resumed command gives the
+    defaults 128 and 0.0002 explicitly, which are not used: said in one line."""
+    shards = training_shards(shards=1, per_shard=16)
+    run = tmp_path / "run"
+    train(shards, run, **{**TINY, "lr": 1e-3}, steps=1, sample_every=100)
+    tiny = ["--image-size", 32, "--nz", 16, "--width", 32, "--arch", "compact", "--workers", 0,
+            "--device", "cpu", "--no-progress", "--sample-every", 100]
+    result = invoke("train", "--data", shards, "--out", run, *tiny, "--steps", 2, "--resume",
+                    "--batch-size", 128, "--lr", 2e-4, "--seed", 0)
+    assert result.exit_code == 0, result.output
+    assert ("note: --resume continues the checkpoint's run as it began: --batch-size 128, --lr "
+            "0.0002 not used (it keeps 8, 0.001); start a new run (another --out) to change "
+            "them") in result.output.splitlines()
+    result = invoke("train", "--data", shards, "--out", run, *tiny, "--steps", 3, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "note:" not in result.output  # the defaults left unsaid are not named
