@@ -20,6 +20,11 @@ ARCHS = ("paper", "compact")
 IMAGE_SIZES = (32, 64, 128)
 # Channels of the 4x4 maps (G's first block, D's last conv) when --width is not given.
 DEFAULT_WIDTH = {"paper": 1024, "compact": 512}
+# The least --width any image size takes: channels halve per doubling from 4x4 (check_shape).
+MIN_WIDTH = 2 ** (int(math.log2(min(IMAGE_SIZES) // 4)) - 1)
+# Images a drawing command generates as one batch (a figure is one batch, gan/sample.py): ~2 GB
+# of activations for the paper's G at 64x64, and more tiles than a person can pick from.
+MAX_IMAGES = 2048
 PRIORS = ("uniform", "normal")  # z ~ U(-1, 1) (the paper) or N(0, 1) (reimplementations)
 CACHES = ("none", "ram", "gpu")
 PRECISIONS = ("auto", "bf16", "fp32")  # auto = bf16 autocast on CUDA, fp32 on CPU
