@@ -39,8 +39,7 @@ class FiniteFloatRange(click.FloatRange):
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
-            self.fail(f"{value} is not a finite number in the range {self._describe_range()}.",
-                      param, ctx)
+            self.fail(f"{value} is not a finite number.", param, ctx)
         return number
 
 
