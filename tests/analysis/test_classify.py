@@ -229,3 +229,21 @@ def test_classes_named_differently_in_train_and_test_are_one_line(textures, tmp_
     bc = labelled_shards(tmp_path, "bc", photos=("grass.png", "gravel.png"), per_class=5)
     assert "test class 'gravel' has 0 training images and 5 test images" in _refused(
         textures, ab, bc, tmp_path)
+
+
+def test_classes_whose_names_a_tar_key_would_merge_stay_apart_through_resharding(textures,
+                                                                                  tmp_path):
+    """Folders `a.b`, `a_b` and `ünïcødé` (tar keys `a_b`, `a_b`, `_n_c_d_`) -> labelled shards
+    -> shards re-made from those: classify sees the three classes by their exact names."""
+    src = write_texture_folders(tmp_path / "src", ("brick.png", "grass.png", "gravel.png"), 12,
+                                (0.0, 1.0), 0)
+    for old, new in (("brick", "a.b"), ("grass", "a_b"), ("gravel", "ünïcødé")):
+        (src / old).rename(src / new)
+    make_shards([src], tmp_path / "first", size=32, workers=1, label_from="folder",
+                progress=False)
+    make_shards([tmp_path / "first"], tmp_path / "again", size=32, workers=1,
+                label_from="folder", progress=False)
+    report = classify(textures["ckpt"], tmp_path / "again", tmp_path / "again",
+                      tmp_path / "out", C=0.01, baselines=False, device="cpu", progress=False)
+    assert report["classes"] == ["a.b", "a_b", "ünïcødé"]
+    assert report["counts"]["train_per_class"] == {"a.b": 12, "a_b": 12, "ünïcødé": 12}
