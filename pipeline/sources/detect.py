@@ -95,13 +95,13 @@ def open_sources(specs: list[str | os.PathLike], *, max_bytes: int = DEFAULT_MAX
     sources = [open_source(s, max_bytes=max_bytes, skip=skip, labels=labels) for s in specs]
     if len(sources) == 1:
         return sources[0]
-    labels: list[str] = []
+    prefixes: list[str] = []
     for spec in specs:
-        label = safe_key(Path(str(spec).rstrip("/")).name or "source")
-        while label in labels:
-            label += "_"
-        labels.append(label)
-    return MultiSource(sources, labels)
+        prefix = safe_key(Path(str(spec).rstrip("/")).name or "source")
+        while prefix in prefixes:
+            prefix += "_"
+        prefixes.append(prefix)
+    return MultiSource(sources, prefixes)
 
 
 def _open_folder(path: Path, max_bytes: int, skip: Path | None, labels: bool) -> Source:
