@@ -8,6 +8,7 @@ never a traceback.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -192,15 +193,15 @@ def memorization(ckpt, train_shards, holdout, out, n, space, k, cells, min_gen, 
 
 
 def _c_value(_ctx, _param, value: str) -> float | str:
-    """--C: "auto" or a positive number."""
+    """--C: "auto" or a finite number > 0 (what its help says)."""
     if value == "auto":
         return value
     try:
         c = float(value)
     except ValueError:
         c = float("nan")
-    if not c > 0:
-        raise click.BadParameter(f"{value!r} is neither 'auto' nor a positive number")
+    if not (math.isfinite(c) and c > 0):
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a finite number > 0")
     return c
 
 
@@ -218,8 +219,8 @@ def _c_value(_ctx, _param, value: str) -> float | str:
               help="Training images held out to choose C (--C auto). Default: 10,000 (the "
                    "paper's) or a fifth of the training images, whichever is fewer.")
 @click.option("--C", "c", default="auto", show_default=True, callback=_c_value,
-              help="SVM regularization (larger = weaker); auto: the best of 1e-4 ... 1 on the "
-                   "validation images.")
+              help="SVM regularization, a number > 0 (larger = weaker), or auto: the best of "
+                   "1e-4 ... 1 on the validation images.")
 @click.option("--layers", default="all", show_default=True,
               help="D's conv layers whose 4x4-max-pooled maps are the features: all, or names "
                    "by output side, e.g. 16x16,8x8 or last.")

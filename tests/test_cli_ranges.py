@@ -153,3 +153,11 @@ def test_every_seed_takes_what_numpy_torch_and_scikit_learn_take():
     torch.Generator().manual_seed(MAX_SEED)
     with pytest.raises(ValueError):
         check_random_state(MAX_SEED + 1)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "x"])
+def test_classify_c_is_auto_or_a_finite_number_above_zero_as_its_help_says(value):
+    assert "a number > 0" in help_words("analysis", ("classify",))
+    result = invoke("analysis", "classify", "--C", value)
+    assert result.exit_code == 2
+    assert "Invalid value for '--C'" in result.output and "finite number > 0" in result.output
