@@ -112,6 +112,17 @@ def class_names(source: Source, label_from: str) -> tuple[tuple[str, ...], str |
     return tuple(sorted(folders)), warning
 
 
+def _labels_left_behind(sources: list[str | os.PathLike]) -> str | None:
+    """A warning when a source is labelled shards (a labels.json beside them) and the run keeps
+    no labels: re-sharding without --label-from would drop the classes without a word."""
+    for spec in map(str, sources):
+        folder = spec if os.path.isdir(spec) else os.path.dirname(spec)
+        if os.path.isfile(os.path.join(folder, LABELS_NAME)):
+            return (f"{spec} holds labelled shards ({LABELS_NAME}) but the output is unlabelled; "
+                    "add --label-from folder to keep each sample's class")
+    return None
+
+
 def _write_labels(out: Path, classes: tuple[str, ...], warning: str | None) -> dict:
     """OUT/labels.json (written before summary.json marks the output finished); what the
     summary says of the classes."""
@@ -180,7 +191,8 @@ def make_shards(
                           labels=label_from is not None)
     listed = read_exclude(exclude) if exclude else frozenset()
     excluded, unmatched = match_exclude(listed, source, exclude) if exclude else (listed, 0)
-    classes, label_warning = class_names(source, label_from) if label_from else ((), None)
+    classes, label_warning = (class_names(source, label_from) if label_from
+                              else ((), _labels_left_behind(sources)))
     if label_warning:
         print(f"warning: {label_warning}", file=sys.stderr)
     params = ShardParams(size=size, fmt=fmt, max_pixels=max_pixels, exclude=excluded,

@@ -189,3 +189,15 @@ def test_a_cls_index_is_named_by_the_labels_json_beside_the_shards(tmp_path):
     classes, got = labelled(tmp_path / "out")
     assert classes == ["x.y", "ü"]
     assert [(c, name) for _, c, name in got] == [(1, "ü"), (0, "x.y"), (1, "ü")]
+
+
+def test_resharding_labelled_shards_without_label_from_warns(class_folders, tmp_path):
+    """Labelled shards re-made without --label-from lose their classes: said, not silent."""
+    shards_cli(class_folders, "--out", tmp_path / "first", "--label-from", "parent")
+    result = CliRunner().invoke(cli, ["shards", str(tmp_path / "first"), "--out",
+                                      str(tmp_path / "again"), "--size", "16", "--workers", "1",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "holds labelled shards (labels.json) but the output is unlabelled" in result.output
+    assert "--label-from folder" in result.output
+    assert not (tmp_path / "again" / "labels.json").exists()
