@@ -189,10 +189,11 @@ def prepare_samples(
     the folder until it is closed."""
     _check_size(n, z)
     G, _D, config = load_run(ckpt, resolve_device(device))
+    given = None if z is None else (Path(z), _read_z(Path(z), config["nz"]))
     with ExitStack() as held:
         # Never "finished": reopening the folder resumes it.
         out = held.enter_context(own_output(Path(out), command=COMMAND, overwrite=True))
-        latent = _latent(out / Z_FILE, z, n, seed, config)
+        latent = _latent(out / Z_FILE, given, n, seed, config)
         size = config["image_size"]
         recorded, boxes = read_boxes(out / BOXES_FILE, len(latent), size)
         drawn, warnings = _drawing(recorded, ckpt, bn, bool(boxes), len(latent), out)
@@ -238,11 +239,11 @@ def draw_samples(generator: nn.Module, latent: np.ndarray, drawn: DrawnWith, fol
             bar.update(len(images))
 
 
-def _latent(saved: Path, given: Path | None, n: int | None, seed: int | None,
-            config: dict) -> np.ndarray:
+def _latent(saved: Path, given: tuple[Path, np.ndarray] | None, n: int | None,
+            seed: int | None, config: dict) -> np.ndarray:
     """The annotation's z: the folder's own when it has one (reopening must show the samples
-    already boxed, so a --z, --n or --seed that would change them is refused), else --z, else
-    drawn."""
+    already boxed, so a --z, --n or --seed that would change them is refused), else --z (its
+    path and z's, read before the folder is touched), else drawn."""
     nz = config["nz"]
 
     def drawn(count: int) -> np.ndarray:
@@ -255,8 +256,8 @@ def _latent(saved: Path, given: Path | None, n: int | None, seed: int | None,
         z = _read_z(saved, nz)
         resume = f"{saved.parent} holds an annotation of {len(z)} samples; reopening it keeps " \
                  f"its {Z_FILE}"
-        if given is not None and not np.array_equal(_read_z(given, nz), z):
-            raise AnalysisError(f"--z {given} differs from {saved}: {resume} (drop --z, or "
+        if given is not None and not np.array_equal(given[1], z):
+            raise AnalysisError(f"--z {given[0]} differs from {saved}: {resume} (drop --z, or "
                                 "choose another --out)")
         if n is not None and n != len(z):
             raise AnalysisError(f"--n {n}: {resume} (drop --n, or choose another --out)")
@@ -265,9 +266,9 @@ def _latent(saved: Path, given: Path | None, n: int | None, seed: int | None,
                                 "--seed, or choose another --out)")
         return z
     if given is not None:
-        z = _read_z(given, nz)
+        z = given[1]
         if n is not None and n != len(z):
-            raise AnalysisError(f"--n {n}: --z {given} holds {len(z)} z's")
+            raise AnalysisError(f"--n {n}: --z {given[0]} holds {len(z)} z's")
         if seed is not None:
             raise AnalysisError("--seed draws new z's; it cannot be combined with --z")
     else:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.errors import UserError
+from gan.cli_options import BN_MODES
 
 if TYPE_CHECKING:
     import torch
@@ -67,7 +68,8 @@ class DrawnWith:
         fields = {"ckpt": str, "ckpt_sha256": str, "bn": str, "batch_size": int}
         if not isinstance(value, dict) or set(value) != set(fields) or not all(
                 isinstance(value[k], t) and not isinstance(value[k], bool)
-                for k, t in fields.items()) or value["batch_size"] < 1:
+                for k, t in fields.items()) or value["batch_size"] < 1 \
+                or value["bn"] not in BN_MODES:
             raise UserError(f'{where}: "{RECORD_KEY}" must be {{"ckpt": path, "ckpt_sha256": '
                             'hex, "bn": "batch" or "running", "batch_size": n >= 1}; fix or '
                             "remove it")

@@ -437,6 +437,10 @@ def test_a_damaged_boxes_file_is_a_one_line_error(ckpt, tmp_path):
     (folder / "boxes.json").write_text('{"z": "z.npy", "samples": [{"index": 9, "boxes": []}]}')
     result = CliRunner().invoke(main, ["annotate", "--ckpt", str(ckpt), "--out", str(folder)])
     _one_line_error(result, "boxes.json", "cannot resume", "sample 9")
+    spec = {"z": "z.npy", "drawn_with": {**_drawn_with(ckpt), "bn": "weird"}, "samples": []}
+    (folder / "boxes.json").write_text(json.dumps(spec))
+    result = CliRunner().invoke(main, ["annotate", "--ckpt", str(ckpt), "--out", str(folder)])
+    _one_line_error(result, "boxes.json", '"drawn_with" must be', "fix or remove it")
 
 
 def test_a_folder_being_annotated_cannot_be_opened_twice(ckpt, server):
@@ -465,8 +469,9 @@ def annotate_command(ckpt: Path, out: Path, *options: str,
     without the progress bar, which precedes the URL line); yields the process and the URL it
     printed, and leaves no process behind."""
     with started(script("analysis", "annotate", "--ckpt", str(ckpt), "--out", str(out),
-                        "--device", "cpu", "--no-progress", *options), sigint_ignored=sigint_ignored,
-                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+                        "--device", "cpu", "--no-progress", *options),
+                 sigint_ignored=sigint_ignored, stdout=subprocess.PIPE,
+                 stderr=subprocess.STDOUT, text=True) as process:
         line = read_line(process, timeout=120, what="the URL line")
         assert "http://127.0.0.1:" in line, line
         yield process, line.split(" at ")[1].split()[0]
