@@ -7,8 +7,8 @@ records all four in boxes.json as `drawn_with`. Reopening the annotation, and `r
 reading its boxes, compare that record with the checkpoint and `--bn` they are given and refuse
 a mismatch, since redrawn with another G the saved boxes would sit over other images.
 
-Plain values and the standard library only: the command line reads MAX_SAMPLES without
-importing torch.
+No torch at import (it is imported where a checkpoint is hashed or G is run): the command line
+reads MAX_SAMPLES while it parses, before torch is loaded.
 """
 
 from __future__ import annotations

@@ -184,13 +184,13 @@ def generate_all(G: Generator, z: torch.Tensor, bn: str = "batch",
 
 
 def generate_pair(
-    G: Generator, z: torch.Tensor, module: nn.Module, mask: np.ndarray, bn: str = "batch",
-    batch_size: int | None = None,
+    G: Generator, z: torch.Tensor, module: nn.Module, mask: np.ndarray, bn: str = "batch"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Samples from the same z without and with the masked feature maps zeroed."""
-    original = generate_all(G, z, bn, batch_size)
+    """Samples from the same z (as one batch) without and with the masked feature maps
+    zeroed."""
+    original = generate_all(G, z, bn)
     with zeroed_channels(module, mask):
-        dropped = generate_all(G, z, bn, batch_size)
+        dropped = generate_all(G, z, bn)
     return original, dropped
 
 
