@@ -1,6 +1,8 @@
 """Drawing the boxes `analysis remove-windows` reads, in a browser (`analysis annotate`).
 
-The paper's authors drew window boxes on 150 generated bedrooms. Here G is sampled once, the
+The paper's authors drew window boxes on 150 generated bedrooms. Here G is sampled once, in
+batches written to disk as they are drawn (analysis.drawing: memory stays flat in the number of
+samples, and how they were drawn is recorded so that reopening draws the same images), the
 samples are written as PNGs beside their `z.npy`, and one page (annotate.html, shipped in this
 package, with nothing loaded from elsewhere) is served to draw boxes over them. The server checks
 every change the page sends and saves it at once as `boxes.json`, in the schema remove-windows
@@ -26,14 +28,23 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm import tqdm
 
 from analysis.data import AnalysisError, load_run
+from analysis.drawing import (
+    MAX_SAMPLES,
+    RECORD_KEY,
+    DrawnWith,
+    check_sample_count,
+    drawn_batches,
+)
 from analysis.windows import WindowBox
 from core.devices import resolve_device
 from core.files import write_json_atomic, write_npy_atomic, write_png_atomic
 from core.outputs import own_output
 from core.pixels import to_uint8
-from gan.sample import generate, load_z, sample_z
+from gan.sample import load_z, sample_z
 
 COMMAND = "analysis annotate"
 DEFAULT_SAMPLES = 150  # the paper annotated 150 generated bedrooms
@@ -85,31 +96,44 @@ def _inside(box: object, size: int) -> bool:
     return 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size  # also false for NaN
 
 
-def read_boxes(path: Path, count: int, size: int) -> dict[int, list[WindowBox]]:
-    """The boxes saved so far in an annotation's boxes.json ({} when there is none yet)."""
+def read_boxes(path: Path, count: int, size: int) -> tuple[DrawnWith | None,
+                                                            dict[int, list[WindowBox]]]:
+    """How the samples of an annotation's boxes.json were drawn (None when it does not say:
+    there is none yet, or it is from before annotate recorded it) and the boxes saved so far."""
     if not path.exists():
-        return {}
+        return None, {}
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(spec, dict) or spec.get("z") != Z_FILE:
             raise ValueError(f'expected {{"z": "{Z_FILE}", "samples": [...]}}')
-        return checked_samples(spec.get("samples"), count, size)
+        boxes = checked_samples(spec.get("samples"), count, size)
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         raise AnalysisError(f"{path}: cannot resume from it ({err}); fix or remove it") from None
+    if RECORD_KEY not in spec:
+        return None, boxes
+    return DrawnWith.from_json(spec[RECORD_KEY], str(path)), boxes
+
+
+def boxes_spec(drawn: DrawnWith, boxes: dict[int, list[WindowBox]]) -> dict:
+    """boxes.json: the z file, how its samples were drawn, every seen sample by index."""
+    return {"z": Z_FILE, RECORD_KEY: drawn.as_json(),
+            "samples": [{"index": i, "boxes": [list(b) for b in boxes[i]]} for i in sorted(boxes)]}
 
 
 class Annotation:
     """The boxes of one annotation folder: every sample the person has seen, with its boxes
-    (none = a negative), saved as boxes.json after each change. The folder stays held (no
-    second command may write it) until `close()`."""
+    (none = a negative), saved as boxes.json after each change with how the samples were
+    drawn. The folder stays held (no second command may write it) until `close()`.
+    `warnings` are for the person (e.g. an old annotation that does not say how its samples
+    were drawn)."""
 
     def __init__(self, folder: Path, count: int, size: int, boxes: dict[int, list[WindowBox]],
-                 held: ExitStack):
+                 drawn: DrawnWith, held: ExitStack, warnings: list[str] | None = None):
         self.folder, self.count, self.size, self.boxes = folder, count, size, boxes
+        self.drawn, self.warnings = drawn, warnings or []
         self.path = folder / BOXES_FILE
         self._lock = threading.RLock()
         self._held = held
-        self._save()
 
     def close(self) -> None:
         """Release the folder (other commands may use it again)."""
@@ -132,7 +156,8 @@ class Annotation:
             return self.summary()
 
     def _save(self) -> None:
-        write_json_atomic(self.path, {"z": Z_FILE, "samples": self.as_samples()})
+        with self._lock:
+            write_json_atomic(self.path, boxes_spec(self.drawn, self.boxes))
 
     def summary(self) -> dict:
         """Samples seen, samples with boxes, boxes."""
@@ -144,8 +169,7 @@ class Annotation:
     def as_samples(self) -> list[dict]:
         """The samples list of boxes.json: every seen sample, by index."""
         with self._lock:
-            return [{"index": i, "boxes": [list(b) for b in self.boxes[i]]}
-                    for i in sorted(self.boxes)]
+            return boxes_spec(self.drawn, self.boxes)["samples"]
 
 
 def prepare_samples(
@@ -154,31 +178,72 @@ def prepare_samples(
     n: int | None = None,
     z: str | os.PathLike | None = None,
     seed: int | None = None,
-    bn: str = "batch",
+    bn: str | None = None,
     device: str | torch.device = "auto",
+    progress: bool = True,
 ) -> Annotation:
-    """Write out/z.npy (drawn with `seed`, or copied from `z`; an existing one is kept) and
-    out/samples/NNNNNN.png, and open out/boxes.json (created, or resumed). The returned
-    annotation holds the folder until it is closed."""
+    """Write out/z.npy (drawn with `seed`, or copied from `z`; an existing one is kept),
+    out/boxes.json (created, or resumed) and out/samples/NNNNNN.png, drawn in batches with the
+    BatchNorm mode `bn` (default: "batch", or the annotation's own). Reopening with another
+    checkpoint or `bn` than the annotation records is refused. The returned annotation holds
+    the folder until it is closed."""
+    _check_size(n, z)
     G, _D, config = load_run(ckpt, resolve_device(device))
+    given = None if z is None else (Path(z), _read_z(Path(z), config["nz"]))
     with ExitStack() as held:
         # Never "finished": reopening the folder resumes it.
         out = held.enter_context(own_output(Path(out), command=COMMAND, overwrite=True))
-        latent = _latent(out / Z_FILE, z, n, seed, config)
-        samples = out / SAMPLES_FOLDER
-        samples.mkdir(exist_ok=True)
-        for index, image in enumerate(to_uint8(generate(G, torch.from_numpy(latent), bn))):
-            write_png_atomic(samples / sample_name(index), image)
+        latent = _latent(out / Z_FILE, given, n, seed, config)
         size = config["image_size"]
-        boxes = read_boxes(out / BOXES_FILE, len(latent), size)
-        return Annotation(out, len(latent), size, boxes, held.pop_all())
+        recorded, boxes = read_boxes(out / BOXES_FILE, len(latent), size)
+        drawn, warnings = _drawing(recorded, ckpt, bn, bool(boxes), len(latent), out)
+        # The record before the samples: a run stopped while drawing resumes against it.
+        write_json_atomic(out / BOXES_FILE, boxes_spec(drawn, boxes))
+        draw_samples(G, latent, drawn, out / SAMPLES_FOLDER, progress)
+        return Annotation(out, len(latent), size, boxes, drawn, held.pop_all(), warnings)
 
 
-def _latent(saved: Path, given: Path | None, n: int | None, seed: int | None,
-            config: dict) -> np.ndarray:
+def _drawing(recorded: DrawnWith | None, ckpt: str | os.PathLike, bn: str | None,
+             boxed: bool, count: int, folder: Path) -> tuple[DrawnWith, list[str]]:
+    """How to draw the samples: as `recorded` (a `ckpt` or `bn` that would draw others is
+    refused), else anew. An annotation from before the record, with samples seen, is taken to
+    be drawn with `ckpt` and `bn` as one batch (as annotate drew then), with a warning."""
+    if recorded is not None:
+        now = DrawnWith.of(ckpt, bn or recorded.bn, recorded.batch_size)
+        differences = recorded.differences(now)
+        if differences:
+            raise AnalysisError(f"{folder} holds an annotation whose samples were drawn "
+                                f"otherwise: {'; '.join(differences)}; redrawn, its boxes would "
+                                f"sit over other images (pass {recorded.describe()}, or choose "
+                                "another --out)")
+        return recorded, []
+    if not boxed:  # nothing seen yet: nothing to keep in place
+        return DrawnWith.of(ckpt, bn or "batch"), []
+    now = DrawnWith.of(ckpt, bn or "batch", batch_size=count)
+    return now, [f"{folder / BOXES_FILE} does not record how its samples were drawn (annotated "
+                 f"before annotate recorded it): taken to be {now.describe()} (recorded from now "
+                 "on); if they were others, its boxes now sit over other images"]
+
+
+def draw_samples(generator: nn.Module, latent: np.ndarray, drawn: DrawnWith, folder: Path,
+                 progress: bool = True) -> None:
+    """folder/NNNNNN.png for every z, drawn as `drawn` says; each batch is written (every PNG
+    atomically) and freed before the next is drawn."""
+    folder.mkdir(exist_ok=True)
+    with tqdm(total=len(latent), desc="draw samples", unit="sample", disable=not progress,
+              leave=False) as bar:
+        for start, images in drawn_batches(generator, torch.from_numpy(latent), drawn.bn,
+                                           drawn.batch_size):
+            for offset, image in enumerate(to_uint8(images)):
+                write_png_atomic(folder / sample_name(start + offset), image)
+            bar.update(len(images))
+
+
+def _latent(saved: Path, given: tuple[Path, np.ndarray] | None, n: int | None,
+            seed: int | None, config: dict) -> np.ndarray:
     """The annotation's z: the folder's own when it has one (reopening must show the samples
-    already boxed, so a --z, --n or --seed that would change them is refused), else --z, else
-    drawn."""
+    already boxed, so a --z, --n or --seed that would change them is refused), else --z (its
+    path and z's, read before the folder is touched), else drawn."""
     nz = config["nz"]
 
     def drawn(count: int) -> np.ndarray:
@@ -186,11 +251,13 @@ def _latent(saved: Path, given: Path | None, n: int | None, seed: int | None,
         return sample_z(count, nz, config["prior"], rng).numpy()
 
     if saved.exists():
+        _check_rows(saved, "its boxes.json still works with remove-windows; annotate another "
+                           "--out")
         z = _read_z(saved, nz)
         resume = f"{saved.parent} holds an annotation of {len(z)} samples; reopening it keeps " \
                  f"its {Z_FILE}"
-        if given is not None and not np.array_equal(_read_z(given, nz), z):
-            raise AnalysisError(f"--z {given} differs from {saved}: {resume} (drop --z, or "
+        if given is not None and not np.array_equal(given[1], z):
+            raise AnalysisError(f"--z {given[0]} differs from {saved}: {resume} (drop --z, or "
                                 "choose another --out)")
         if n is not None and n != len(z):
             raise AnalysisError(f"--n {n}: {resume} (drop --n, or choose another --out)")
@@ -199,9 +266,9 @@ def _latent(saved: Path, given: Path | None, n: int | None, seed: int | None,
                                 "--seed, or choose another --out)")
         return z
     if given is not None:
-        z = _read_z(given, nz)
+        z = given[1]
         if n is not None and n != len(z):
-            raise AnalysisError(f"--n {n}: --z {given} holds {len(z)} z's")
+            raise AnalysisError(f"--n {n}: --z {given[0]} holds {len(z)} z's")
         if seed is not None:
             raise AnalysisError("--seed draws new z's; it cannot be combined with --z")
     else:
@@ -210,8 +277,27 @@ def _latent(saved: Path, given: Path | None, n: int | None, seed: int | None,
     return z
 
 
+def _check_size(n: int | None, z: Path | None) -> None:
+    """Refuse more samples than a person can box, before anything is loaded or created."""
+    if n is not None:
+        check_sample_count(n, f"--n {n}")
+    if z is not None:
+        _check_rows(z, "pass fewer", option="--z ")
+
+
 def _read_z(path: Path, nz: int) -> np.ndarray:
     return load_z(path, nz).numpy()
+
+
+def _check_rows(path: Path, advice: str, option: str = "") -> None:
+    """Refuse a z file of more rows than an annotation may have, from its header alone (nothing
+    allocated); what is not a .npy array is left to load_z, which says why."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return
+    if isinstance(array, np.ndarray) and array.ndim and len(array) > MAX_SAMPLES:
+        check_sample_count(len(array), f"{option}{path} holds {len(array)} z's", advice)
 
 
 class AnnotationServer(ThreadingHTTPServer):
@@ -271,16 +357,19 @@ def annotate(
     n: int | None = None,
     z: str | os.PathLike | None = None,
     seed: int | None = None,
-    bn: str = "batch",
+    bn: str | None = None,
     port: int = 0,
     scale: int = 4,
     label: str = "window",
     device: str | torch.device = "auto",
+    progress: bool = True,
 ) -> AnnotationServer:
     """Sample G (or use `z`) into `out` and serve the annotation page; returns the running
     server (`.url`, `.done`, `.stop()`), e.g. for a notebook. New folders get `n` samples
-    (default 150) drawn with `seed` (default 0); an existing annotation resumes."""
-    annotation = prepare_samples(ckpt, out, n=n, z=z, seed=seed, bn=bn, device=device)
+    (default 150, at most analysis.drawing.MAX_SAMPLES) drawn with `seed` (default 0) and `bn`
+    (default "batch"); an existing annotation resumes, on its own z's, checkpoint and `bn`."""
+    annotation = prepare_samples(ckpt, out, n=n, z=z, seed=seed, bn=bn, device=device,
+                                 progress=progress)
     return serve(annotation, port=port, scale=scale, label=label)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from analysis.drawing import BATCH_SIZE, MAX_SAMPLES, check_sample_count
 from core.cli import (
     SEED,
     device_option,
@@ -22,7 +23,8 @@ from core.cli import (
     run,
     user_errors,
 )
-from gan.cli_options import bn_option, ckpt_option
+from core.errors import UserError
+from gan.cli_options import BN_MODES, bn_option, ckpt_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,7 +50,8 @@ def main() -> None:
                    "there are positive cells.")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed for the negatives and the held-out split.")
-@bn_option("With 'batch', the BatchNorm after the dropped layer renormalizes.")
+@bn_option("With 'batch', the BatchNorm after the dropped layer renormalizes. A boxes file "
+           "from `analysis annotate` drawn with another --bn (or --ckpt) is refused.")
 @click.option("--show", type=click.IntRange(min=1), default=16, show_default=True,
               help="Samples in comparison.png (the first ones of z).")
 @device_option
@@ -66,24 +69,43 @@ def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show, device, p
 
     r = run(ckpt, boxes, out, layer=layer, negatives=negatives, seed=seed, bn=bn, show=show,
             device=device, progress=progress, overwrite=overwrite)
+    for warning in r["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"dropped {r['dropped']} of {r['channels']} maps at {r['layer']} "
                f"(held-out accuracy {r['heldout_accuracy']:.3f}, AUC {r['heldout_auc']:.3f}, "
                f"BatchNorm {bn} statistics); comparison in {out / 'comparison.png'}")
+
+
+def _sample_count(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
+    """--n in the range --help gives, refused in one line before anything is drawn."""
+    if value is not None:
+        try:
+            check_sample_count(value, f"--n {value}")
+        except UserError as err:
+            raise click.ClickException(str(err)) from None
+    return value
 
 
 @main.command()
 @ckpt_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Annotation folder, new or empty (then created) or an earlier annotation "
-                   "(then resumed, on its own z.npy): z.npy, samples/, boxes.json.")
-@click.option("--n", type=click.IntRange(min=1), default=None,
-              help="Samples to draw for a new annotation.  [default: 150]")
+                   "(then resumed, on its own z.npy, checkpoint and --bn): z.npy, samples/, "
+                   "boxes.json.")
+@click.option("--n", type=int, default=None, callback=_sample_count,
+              help=f"Samples to draw for a new annotation, 1 to {MAX_SAMPLES} (each is boxed "
+                   "by hand).  [default: 150]")
 @click.option("--z", "z_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Annotate these z's (e.g. from `gan sample --save-z`) instead of drawing new "
                    "ones; copied to OUT/z.npy.")
 @click.option("--seed", type=SEED, default=None,
               help="Seed of the z's drawn for a new annotation.  [default: 0]")
-@bn_option("Use the same mode for remove-windows.")
+@click.option("--bn", type=click.Choice(BN_MODES), default=None,
+              help="BatchNorm statistics when sampling G: 'batch' = statistics of the batch "
+                   f"being drawn (the authors' Theano code; z's are drawn {BATCH_SIZE} at a "
+                   "time, in order), 'running' = running averages from training (PyTorch "
+                   "eval()). Use the same mode for remove-windows.  [default: batch; when "
+                   "reopening: the annotation's own]")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="Port on 127.0.0.1 (0 = a free one).")
 @click.option("--scale", type=click.IntRange(1, 32), default=4, show_default=True,
@@ -91,16 +113,19 @@ def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show, device, p
 @click.option("--label", default="window", show_default=True,
               help="What to box (the page's instructions).")
 @device_option
+@progress_option
 @user_errors
-def annotate(ckpt, out, n, z_path, seed, bn, port, scale, label, device):
+def annotate(ckpt, out, n, z_path, seed, bn, port, scale, label, device, progress):
     """Draw the boxes remove-windows reads, in a browser: samples G, serves a page on
     127.0.0.1 and saves every change to OUT/boxes.json at once. Runs until the page's Done
     button or Ctrl-C; reopening OUT resumes."""
     from analysis.annotate import annotate as start
 
     server = start(ckpt, out, n=n, z=z_path, seed=seed, bn=bn, port=port, scale=scale,
-                   label=label, device=device)
+                   label=label, device=device, progress=progress)
     a = server.annotation
+    for warning in a.warnings:
+        click.echo(f"warning: {warning}", err=True)
     try:  # from here on, Ctrl-C or SIGTERM is the ordinary way to finish
         resumed = a.summary()
         click.echo(f"annotating {a.count} samples at {server.url} (boxes saved to {a.path} as "

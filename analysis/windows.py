@@ -9,7 +9,9 @@ then vanished or turned into other objects while the rest of the scene stayed.
 Here a spatial cell of the chosen layer is positive when the centre of the pixel block it maps to
 lies inside a box, and "dropped" means the map is zeroed at every location. Whether G samples with
 batch statistics (the authors' Theano code; the next BatchNorm renormalizes after the drop) or
-running statistics (PyTorch eval) is a parameter and is recorded in the report.
+running statistics (PyTorch eval) is a parameter and is recorded in the report. The boxes are
+only meaningful on the images they were drawn over: a boxes file from `analysis annotate` says
+how its samples were drawn (analysis.drawing), and another checkpoint or `--bn` is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from analysis.data import AnalysisError, load_run
+from analysis.drawing import RECORD_KEY, DrawnWith, drawn_batches
 from analysis.hooks import captured_outputs, layer_module, zeroed_channels
 from core.devices import resolve_device
 from core.files import write_json_atomic, write_npy_atomic, write_png_atomic
@@ -35,18 +38,19 @@ from core.outputs import check_output, own_output
 from core.pixels import to_uint8
 from core.sheets import contact_sheet
 from gan.models import Generator
-from gan.sample import generate
 
 WindowBox = tuple[float, float, float, float]  # x0, y0, x1, y1 in output-image pixels
 
 
 @dataclass
 class Annotations:
-    """The z that produced the annotated samples and, per listed sample, its boxes (x0, y0, x1,
-    y1 in output-image pixels)."""
+    """The z that produced the annotated samples, how they were drawn (None when the file does
+    not say, e.g. written by hand) and, per listed sample, its boxes (x0, y0, x1, y1 in
+    output-image pixels)."""
 
     z: torch.Tensor
     boxes: dict[int, list[WindowBox]]
+    drawn_with: DrawnWith | None = None
 
 
 def load_boxes(path: str | os.PathLike) -> Annotations:
@@ -77,7 +81,8 @@ def load_boxes(path: str | os.PathLike) -> Annotations:
     boxes = {_sample_index(s, len(z), path): _sample_boxes(s, path) for s in spec["samples"]}
     if not any(boxes.values()):
         raise AnalysisError(f"{path}: no boxes: annotate at least one object in one sample")
-    return Annotations(torch.from_numpy(z.astype(np.float32)), boxes)
+    drawn = DrawnWith.from_json(spec[RECORD_KEY], str(path)) if RECORD_KEY in spec else None
+    return Annotations(torch.from_numpy(z.astype(np.float32)), boxes, drawn)
 
 
 def _sample_index(sample: object, n: int, path: Path) -> int:
@@ -171,14 +176,40 @@ def default_layer(G: Generator) -> str:
     return names[1] if len(names) > 1 else names[0]
 
 
+def generate_all(G: Generator, z: torch.Tensor, bn: str = "batch",
+                 batch_size: int | None = None) -> torch.Tensor:
+    """G(z) drawn in consecutive batches of `batch_size` (None: one batch), as annotate drew
+    the samples, so that with batch statistics every sample is the image that was boxed."""
+    return torch.cat([images for _, images in drawn_batches(G, z, bn, batch_size)])
+
+
 def generate_pair(
     G: Generator, z: torch.Tensor, module: nn.Module, mask: np.ndarray, bn: str = "batch"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Samples from the same z without and with the masked feature maps zeroed."""
-    original = generate(G, z, bn=bn)
+    """Samples from the same z (as one batch) without and with the masked feature maps
+    zeroed."""
+    original = generate_all(G, z, bn)
     with zeroed_channels(module, mask):
-        dropped = generate(G, z, bn=bn)
+        dropped = generate_all(G, z, bn)
     return original, dropped
+
+
+def drawing_of(annotations: Annotations, now: DrawnWith,
+               boxes: str | os.PathLike) -> tuple[int | None, list[str]]:
+    """The batch size the boxed samples were drawn in, and warnings: a boxes file that records
+    another checkpoint or `bn` than `now` is refused; one that records none is taken to be
+    drawn as `now` in one batch (as `gan sample` draws), with a warning."""
+    recorded = annotations.drawn_with
+    if recorded is None:
+        return None, [f"{boxes} does not record how its samples were drawn (written by hand, or "
+                      f"by annotate before it recorded it): taken to be {now.describe()}, as one "
+                      "batch"]
+    differences = recorded.differences(now)
+    if differences:
+        raise AnalysisError(f"{boxes}: the boxes were drawn over other samples: "
+                            f"{'; '.join(differences)} (pass {recorded.describe()}, or annotate "
+                            "again with these)")
+    return recorded.batch_size, []
 
 
 BN_NOTES = {
@@ -212,18 +243,21 @@ def remove_windows(
     if annotations.z.shape[1] != config["nz"]:
         raise AnalysisError(f"{boxes}: z has {annotations.z.shape[1]} dimensions, the "
                             f"checkpoint's G takes {config['nz']}")
+    now = DrawnWith.of(ckpt, bn)
+    batch_size, warnings = drawing_of(annotations, now, boxes)
     name, module = layer_module(G, layer or default_layer(G))
     with tqdm(total=3, desc="remove windows", unit="step", disable=not progress,
               leave=False) as bar:
         with captured_outputs(module) as features:
-            original = generate(G, annotations.z, bn=bn)
+            original = generate_all(G, annotations.z, bn, batch_size)
         bar.update()
-        x, y = cell_dataset(features[0], annotations.boxes, config["image_size"], negatives,
-                            seed)
+        x, y = cell_dataset(torch.cat(features), annotations.boxes, config["image_size"],
+                            negatives, seed)
         classifier, metrics = fit_window_classifier(x, y, seed)
         mask = classifier.coef_[0] > 0
         bar.update()
-        _, dropped = generate_pair(G, annotations.z, module, mask, bn)
+        with zeroed_channels(module, mask):
+            dropped = generate_all(G, annotations.z, bn, batch_size)
         bar.update()
 
     with own_output(out, command="analysis remove-windows", overwrite=overwrite,
@@ -247,9 +281,12 @@ def remove_windows(
             **metrics,
             "batchnorm": bn,
             "batchnorm_note": BN_NOTES[bn],
+            "ckpt_sha256": now.ckpt_sha256,
+            "batch_size": batch_size or len(original),
             "samples": len(original),
             "mean_abs_change": float((original - dropped).abs().mean()),
             "device": str(device),
+            "warnings": warnings,
         }
         write_json_atomic(out / "report.json", report)
     return report

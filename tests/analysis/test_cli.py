@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from analysis.cli import main
+from analysis.drawing import DrawnWith
 from gan.checkpoint import save_checkpoint
 from gan.models import Discriminator, Generator
 from gan.sample import sample_z
@@ -287,3 +288,48 @@ def test_an_analysis_never_writes_into_someone_elses_folder(files, tmp_path, com
     args = [a.format(**files) for a in COMMANDS[command]] + ["--ckpt", files["ckpt"]]
     _one_line_error(_run(*args, "--out", tmp_path, "--overwrite"), "not empty", "theirs.txt")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".lock") == ["theirs.txt"]
+
+
+def _recorded_boxes(files, tmp_path, **drawn: object) -> object:
+    """The fixture's boxes file as annotate writes it: with how its samples were drawn."""
+    spec = json.loads(files["boxes"].read_text())
+    spec["drawn_with"] = {**DrawnWith.of(files["ckpt"], "batch").as_json(), **drawn}
+    np.save(tmp_path / "z.npy", np.load(files["root"] / "z.npy"))
+    (tmp_path / "boxes.json").write_text(json.dumps(spec))
+    return tmp_path / "boxes.json"
+
+
+def test_boxes_drawn_with_another_checkpoint_or_bn_are_refused(files, tmp_path):
+    boxes = _recorded_boxes(files, tmp_path)
+    other = tmp_path / "other.pt"
+    torch.manual_seed(1)
+    save_checkpoint(other, {"config": CONFIG, "G": Generator(32, 100, 32, "compact").state_dict(),
+                            "D": Discriminator(32, 32, "compact").state_dict()})
+    args = ["remove-windows", "--boxes", boxes, "--out", tmp_path / "out"]
+    _one_line_error(_run(*args, "--ckpt", other), f"--ckpt {other}", "is not the checkpoint",
+                    f"pass --ckpt {files['ckpt']} and --bn batch", "or annotate again")
+    _one_line_error(_run(*args, "--ckpt", files["ckpt"], "--bn", "running"), "--bn running",
+                    "drawn with --bn batch")
+    assert not (tmp_path / "out").exists()
+
+    result = _run(*args, "--ckpt", files["ckpt"], "--no-progress")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["warnings"] == [] and report["batch_size"] == 256
+    assert report["ckpt_sha256"] == DrawnWith.of(files["ckpt"], "batch").ckpt_sha256
+
+
+def test_a_damaged_record_of_how_the_samples_were_drawn_is_a_one_line_error(files, tmp_path):
+    boxes = _recorded_boxes(files, tmp_path, batch_size="256")
+    result = _run("remove-windows", "--ckpt", files["ckpt"], "--boxes", boxes, "--out",
+                  tmp_path / "out")
+    _one_line_error(result, str(boxes), '"drawn_with" must be', "fix or remove it")
+
+
+def test_boxes_that_do_not_say_how_they_were_drawn_are_used_with_a_warning(files, tmp_path):
+    result = _run("remove-windows", "--ckpt", files["ckpt"], "--boxes", files["boxes"],
+                  "--out", tmp_path, "--no-progress")
+    assert result.exit_code == 0, result.output
+    warning = f"warning: {files['boxes']} does not record how its samples were drawn"
+    assert result.output.startswith(warning) and result.output.count("\n") == 2
+    assert "does not record" in json.loads((tmp_path / "report.json").read_text())["warnings"][0]
