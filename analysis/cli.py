@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from analysis.drawing import BATCH_SIZE, MAX_SAMPLES, check_sample_count
+from analysis.drawing import BATCH_SIZE, MAX_SAMPLES
 from core.cli import (
     SEED,
     device_option,
@@ -23,7 +23,6 @@ from core.cli import (
     run,
     user_errors,
 )
-from core.errors import UserError
 from gan.cli_options import BN_MODES, bn_option, ckpt_option
 
 
@@ -76,25 +75,15 @@ def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show, device, p
                f"BatchNorm {bn} statistics); comparison in {out / 'comparison.png'}")
 
 
-def _sample_count(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
-    """--n in the range --help gives, refused in one line before anything is drawn."""
-    if value is not None:
-        try:
-            check_sample_count(value, f"--n {value}")
-        except UserError as err:
-            raise click.ClickException(str(err)) from None
-    return value
-
-
 @main.command()
 @ckpt_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Annotation folder, new or empty (then created) or an earlier annotation "
                    "(then resumed, on its own z.npy, checkpoint and --bn): z.npy, samples/, "
                    "boxes.json.")
-@click.option("--n", type=int, default=None, callback=_sample_count,
-              help=f"Samples to draw for a new annotation, 1 to {MAX_SAMPLES} (each is boxed "
-                   "by hand).  [default: 150]")
+@click.option("--n", type=click.IntRange(1, MAX_SAMPLES), default=None,
+              help="Samples to draw for a new annotation (each is boxed by hand).  "
+                   "[default: 150]")
 @click.option("--z", "z_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Annotate these z's (e.g. from `gan sample --save-z`) instead of drawing new "
                    "ones; copied to OUT/z.npy.")

@@ -312,12 +312,15 @@ def test_an_annotation_from_before_the_record_reopens_with_a_warning(ckpt, tmp_p
 def test_more_samples_than_a_person_can_box_are_refused_before_anything_is_made(ckpt,
                                                                                tmp_path):
     help_text = " ".join(CliRunner().invoke(main, ["annotate", "--help"]).output.split())
-    assert f"Samples to draw for a new annotation, 1 to {MAX_SAMPLES}" in help_text
+    assert "--n INTEGER RANGE Samples to draw for a new annotation" in help_text
+    assert f"[1<=x<={MAX_SAMPLES}]" in help_text
     folder = tmp_path / "ann"
     base = ["annotate", "--ckpt", str(ckpt), "--out", str(folder), "--device", "cpu"]
     for n in (MAX_SAMPLES + 1, 100_000, 0):
-        _one_line_error(CliRunner().invoke(main, base + ["--n", str(n)]), f"--n {n}",
-                        f"1 to {MAX_SAMPLES} samples")
+        result = CliRunner().invoke(main, base + ["--n", str(n)])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert f"Invalid value for '--n': {n} is not in the range 1<=x<={MAX_SAMPLES}" in \
+            result.output
     many = tmp_path / "many.npy"
     np.save(many, np.zeros((MAX_SAMPLES + 1, 100), np.float32))
     _one_line_error(CliRunner().invoke(main, base + ["--z", str(many)]),
