@@ -1,0 +1,131 @@
+"""`pipeline download --engine ray`: download workers on a real Ray (started here, on 127.0.0.1
+only) against the real test server: the same shards as the local engine for any number of
+workers, the politeness limits held by the cluster as a whole, a killed worker retried."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipeline.download import FetchSettings, download
+from tests.pipeline.http_server import serving
+from tests.pipeline.test_download import FAST, manifest, photos, shard_bytes
+from tests.pipeline.test_engines import RAY_ENV
+from tests.processes import wait_for
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray")
+
+# One row of each kind the Ray workers must give the same status and bytes for as the local
+# engine (the fault statuses themselves are tested in test_download.py).
+PATHS = ["/img/astronaut", "/missing/a", "/redirect/2/coffee", "/flaky/chelsea",
+         "/mislabelled/grace.png", "/gzip/grace_hopper", "/html/b", "/noai/coffee"]
+ROWS = 160  # five chunks of 32: every one of four workers gets one
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, bytes]:
+    return photos()
+
+
+@pytest.fixture(scope="module")
+def four_cpu_ray():
+    """A Ray of 4 CPUs in this process, which the download's Ray engine joins."""
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": RAY_ENV["PYTHONPATH"]}})
+    yield
+    ray.shutdown()
+
+
+def write_list(server, folder, paths) -> os.PathLike:
+    lines = [server.url(path) + f"?copy={i}" for i, path in enumerate(paths)]
+    (folder / "list.txt").write_text("\n".join(lines) + "\n")
+    return folder / "list.txt"
+
+
+def fresh_count(server) -> None:
+    """Start counting simultaneous connections anew, once the last run's are all closed."""
+    wait_for(lambda: server.open_connections == 0, timeout=10, what="idle server")
+    server.max_connections = 0
+
+
+def assert_same_download(local, other) -> None:
+    assert shard_bytes(other) == shard_bytes(local)
+    assert (other / "index.json").read_text() == (local / "index.json").read_text()
+    assert [(m["key"], m["status"]) for m in manifest(other)] == \
+        [(m["key"], m["status"]) for m in manifest(local)]
+
+
+@pytest.mark.usefixtures("four_cpu_ray")
+def test_ray_workers_give_the_local_shards_and_hold_per_host_together(images, tmp_path):
+    settings = FetchSettings(concurrency=8, per_host=4, **FAST)
+    paths = [PATHS[i % len(PATHS)] for i in range(ROWS)]
+    with serving(images, delay=0.02) as server:
+        listed = write_list(server, tmp_path, paths)
+        summaries, most = {}, {}
+        for name, engine, workers in (("local", "local", None), ("ray4", "ray", 4),
+                                      ("ray2", "ray", 2)):
+            fresh_count(server)
+            summaries[name] = download([listed], tmp_path / name, settings=settings,
+                                       engine=engine, workers=workers, maxcount=25,
+                                       progress=False)
+            most[name] = server.max_connections
+    for name in ("ray4", "ray2"):
+        assert_same_download(tmp_path / "local", tmp_path / name)
+        assert summaries[name]["counts"] == summaries["local"]["counts"]
+        assert summaries[name]["engine"]["workers"] == int(name[-1])
+    assert summaries["local"]["counts"]["ok"] == 100 and len(shard_bytes(tmp_path / "local")) == 4
+    assert sum(summaries["ray4"]["counts"].values()) == ROWS
+    # each of 4 workers holds one of the host's 4 slots: more than one connection at a time
+    # means several workers fetched at once, and never more than --per-host in all
+    assert all(1 <= n <= 4 for n in most.values()), most
+    assert most["ray4"] >= 2, most
+
+
+def client_process(port: int) -> int:
+    """The pid of the process (not this one) holding the TCP connection from local `port`:
+    the socket's inode from /proc/net/tcp, then the process with that socket open."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    inodes = {row[9] for row in rows if row[1].endswith(f":{port:04X}")}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        except OSError:  # ended meanwhile, or not ours
+            continue
+        if any(f"socket:[{inode}]" in links for inode in inodes):
+            return int(pid)
+    raise AssertionError(f"no process holds the connection from port {port}")
+
+
+@pytest.mark.usefixtures("four_cpu_ray")
+def test_a_killed_download_worker_is_retried_and_the_shards_are_unchanged(images, tmp_path):
+    settings = FetchSettings(concurrency=4, per_host=4, **FAST)
+    paths = ["/hold/astronaut"] + [PATHS[i % len(PATHS)] for i in range(1, 64)]
+    with serving(images) as server:
+        listed = write_list(server, tmp_path, paths)
+        killed: list[int] = []
+
+        def kill_the_held_worker() -> None:  # the process whose request /hold/ keeps waiting
+            wait_for(lambda: server.held, timeout=60, what="the held request")
+            pid = client_process(server.held[0])
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+        killer = threading.Thread(target=kill_the_held_worker)
+        killer.start()
+        try:
+            summary = download([listed], tmp_path / "ray", settings=settings, engine="ray",
+                               workers=2, maxcount=10, progress=False)
+        finally:
+            killer.join()
+        download([listed], tmp_path / "local", settings=settings, maxcount=10, progress=False)
+    assert len(killed) == 1
+    assert server.hits["/hold/astronaut?copy=0"] == 3  # held, fetched again on Ray, then locally
+    assert summary["counts"]["ok"] > 0
+    assert_same_download(tmp_path / "local", tmp_path / "ray")
