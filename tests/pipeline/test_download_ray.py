@@ -1,11 +1,14 @@
 """`pipeline download --engine ray`: download workers on a real Ray (started here, on 127.0.0.1
 only) against the real test server: the same shards as the local engine for any number of
-workers, the politeness limits held by the cluster as a whole, a killed worker retried."""
+workers, the politeness limits held by the cluster as a whole, a killed worker retried, a
+killed run resumed."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import threading
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from pipeline.download import FetchSettings, download
 from tests.pipeline.http_server import serving
 from tests.pipeline.test_download import FAST, manifest, photos, shard_bytes
 from tests.pipeline.test_engines import RAY_ENV
-from tests.processes import wait_for
+from tests.processes import script, started, wait_for
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -129,3 +132,29 @@ def test_a_killed_download_worker_is_retried_and_the_shards_are_unchanged(images
     assert server.hits["/hold/astronaut?copy=0"] == 3  # held, fetched again on Ray, then locally
     assert summary["counts"]["ok"] > 0
     assert_same_download(tmp_path / "local", tmp_path / "ray")
+
+
+@pytest.mark.usefixtures("four_cpu_ray")
+def test_a_killed_local_run_resumes_on_ray_to_the_same_shards(images, tmp_path):
+    paths = [f"/img/{name}" for name in ("astronaut", "coffee", "chelsea", "grace_hopper")] * 10
+    with serving(images, delay=0.2) as server:  # ~4 s: time to stop the run midway
+        listed = write_list(server, tmp_path, paths)
+        stopped = tmp_path / "stopped"
+        with started(script("pipeline", "download", str(listed), "--out", str(stopped),
+                            "--maxcount", "4", "--concurrency", "2", "--no-progress"),
+                     stderr=subprocess.DEVNULL) as process:
+            wait_for(lambda: (stopped / "download-000001.tar").exists(), timeout=60,
+                     what="the second shard")
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        server.delay = 0  # the rest at full speed
+        kept = json.loads((stopped / "progress.json").read_text())["records_done"]
+        assert 4 <= kept < len(paths)
+        settings = FetchSettings(concurrency=2)
+        summary = download([listed], stopped, settings=settings, engine="ray", workers=2,
+                           maxcount=4, resume=True, progress=False)
+        assert summary["resumed_from_record"] == kept
+        assert all(server.hits[f"{path}?copy={i}"] == 1 for i, path in enumerate(paths[:kept]))
+        download([listed], tmp_path / "whole", settings=settings, maxcount=4, progress=False)
+    assert_same_download(tmp_path / "whole", stopped)
+    assert {m["status"] for m in manifest(stopped)} == {"ok"}
