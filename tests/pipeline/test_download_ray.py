@@ -10,11 +10,15 @@ import os
 import signal
 import subprocess
 import threading
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from pipeline.download import FetchSettings, download
+from pipeline.download.lists import UrlListSource
+from pipeline.download.stage import download_chunk, open_fetch_engine
+from pipeline.runner import Stage, StageError, run_stage
 from tests.pipeline.http_server import serving
 from tests.pipeline.test_download import FAST, manifest, photos, shard_bytes
 from tests.pipeline.test_engines import RAY_ENV
@@ -158,3 +162,30 @@ def test_a_killed_local_run_resumes_on_ray_to_the_same_shards(images, tmp_path):
         download([listed], tmp_path / "whole", settings=settings, maxcount=4, progress=False)
     assert_same_download(tmp_path / "whole", stopped)
     assert {m["status"] for m in manifest(stopped)} == {"ok"}
+
+
+async def deadly_download_chunk(records: list, fetcher, *, key: str) -> list:
+    """`download_chunk`, but the process running the chunk holding `key` dies (SIGKILL),
+    every time."""
+    if any(rec.key == key for rec in records):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await download_chunk(records, fetcher)
+
+
+@pytest.mark.usefixtures("four_cpu_ray")
+def test_a_chunk_that_always_kills_its_download_worker_is_one_line(images, tmp_path):
+    settings = FetchSettings(concurrency=2, per_host=2, **FAST)
+    with serving(images) as server:
+        listed = write_list(server, tmp_path, ["/img/coffee"] * 64)
+        stage = Stage("download", partial(deadly_download_chunk, key="000000040"), settings,
+                      {}, "ok", index_info={"format": "original"}, contact_sheet=False)
+        with pytest.raises(StageError) as refused:
+            run_stage(stage, UrlListSource([listed]), tmp_path / "out", workers=1,
+                      engine=open_fetch_engine("ray", settings, 2, None), maxcount=10,
+                      chunk_size=32, progress=False)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("download: chunk 1 (first input '000000032'): its worker process "
+                              "died each of the 4 times it ran")
+    assert message.endswith(f"3 finished shard(s) in {tmp_path / 'out'} hold the first 30: "
+                            "rerun with --resume to continue from there")
