@@ -18,6 +18,7 @@ import pytest
 from pipeline.download import FetchSettings, download
 from pipeline.download.lists import UrlListSource
 from pipeline.download.stage import download_chunk, open_fetch_engine
+from pipeline.engines import EngineError
 from pipeline.runner import Stage, StageError, run_stage
 from tests.pipeline.http_server import serving
 from tests.pipeline.test_download import FAST, manifest, photos, shard_bytes
@@ -32,6 +33,8 @@ ray = pytest.importorskip("ray")
 PATHS = ["/img/astronaut", "/missing/a", "/redirect/2/coffee", "/flaky/chelsea",
          "/mislabelled/grace.png", "/gzip/grace_hopper", "/html/b", "/noai/coffee"]
 ROWS = 160  # five chunks of 32: every one of four workers gets one
+# FAST's quick retries, with timeouts no busy machine reaches (no row here is slow on purpose)
+QUICK = {**FAST, "read_timeout": 10.0, "total_timeout": 30.0}
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +64,15 @@ def fresh_count(server) -> None:
 
 
 def assert_same_download(local, other) -> None:
+    assert [(m["key"], m["status"], m.get("reason")) for m in manifest(other)] == \
+        [(m["key"], m["status"], m.get("reason")) for m in manifest(local)]
     assert shard_bytes(other) == shard_bytes(local)
     assert (other / "index.json").read_text() == (local / "index.json").read_text()
-    assert [(m["key"], m["status"]) for m in manifest(other)] == \
-        [(m["key"], m["status"]) for m in manifest(local)]
 
 
 @pytest.mark.usefixtures("four_cpu_ray")
 def test_ray_workers_give_the_local_shards_and_hold_per_host_together(images, tmp_path):
-    settings = FetchSettings(concurrency=8, per_host=4, **FAST)
+    settings = FetchSettings(concurrency=8, per_host=4, **QUICK)
     paths = [PATHS[i % len(PATHS)] for i in range(ROWS)]
     with serving(images, delay=0.02) as server:
         listed = write_list(server, tmp_path, paths)
@@ -112,7 +115,7 @@ def client_process(port: int) -> int:
 
 @pytest.mark.usefixtures("four_cpu_ray")
 def test_a_killed_download_worker_is_retried_and_the_shards_are_unchanged(images, tmp_path):
-    settings = FetchSettings(concurrency=4, per_host=4, **FAST)
+    settings = FetchSettings(concurrency=4, per_host=4, **QUICK)
     paths = ["/hold/astronaut"] + [PATHS[i % len(PATHS)] for i in range(1, 64)]
     with serving(images) as server:
         listed = write_list(server, tmp_path, paths)
@@ -174,7 +177,7 @@ async def deadly_download_chunk(records: list, fetcher, *, key: str) -> list:
 
 @pytest.mark.usefixtures("four_cpu_ray")
 def test_a_chunk_that_always_kills_its_download_worker_is_one_line(images, tmp_path):
-    settings = FetchSettings(concurrency=2, per_host=2, **FAST)
+    settings = FetchSettings(concurrency=2, per_host=2, **QUICK)
     with serving(images) as server:
         listed = write_list(server, tmp_path, ["/img/coffee"] * 64)
         stage = Stage("download", partial(deadly_download_chunk, key="000000040"), settings,
@@ -189,3 +192,15 @@ def test_a_chunk_that_always_kills_its_download_worker_is_one_line(images, tmp_p
                               "died each of the 4 times it ran")
     assert message.endswith(f"3 finished shard(s) in {tmp_path / 'out'} hold the first 30: "
                             "rerun with --resume to continue from there")
+
+
+@pytest.mark.usefixtures("four_cpu_ray")
+def test_more_workers_than_the_cluster_has_cpus_is_refused_before_out_is_touched(tmp_path):
+    (tmp_path / "list.txt").write_text("http://127.0.0.1:9/x.jpg\n")
+    with pytest.raises(EngineError) as refused:
+        download([tmp_path / "list.txt"], tmp_path / "out", engine="ray", workers=5,
+                 progress=False)
+    assert str(refused.value) == ("--workers 5 is more than the Ray cluster's 4 CPUs: each "
+                                  "download worker takes one; give --workers 4 at most")
+    assert not (tmp_path / "out").exists()
+    assert ray.is_initialized()  # the cluster this process joined is left running
