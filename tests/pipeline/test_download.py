@@ -305,6 +305,8 @@ def test_every_list_format_gives_rows_with_their_columns(tmp_path):
     (["--engine", "ray", "--workers", "5", "--per-host", "4"],
      "--workers 5 is more than --per-host 4 or --concurrency 64 allow"),
     (["--ray-address", "127.0.0.1:6379"], "--ray-address 127.0.0.1:6379 is for --engine ray"),
+    (["--engine", "ray", "--ray-address", "127.0.0.1:9"],  # nothing listens on port 9
+     "cannot join the Ray cluster at 127.0.0.1:9: Connection refused"),
 ])
 def test_user_errors_end_in_one_line(tmp_path, args, message):
     (tmp_path / "list.csv").write_text("url,name\nhttp://127.0.0.1:9/x.jpg,x\n")
