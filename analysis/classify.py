@@ -143,33 +143,52 @@ def split_rows(labels: np.ndarray, validation: int, per_class: int | None,
 
 
 def check_labels(train: np.ndarray, test: np.ndarray, names: dict[int, str]) -> np.ndarray:
-    """The classes to learn (sorted), or the reason the test cannot be run."""
+    """The classes to learn (sorted), or the reason the test cannot be run: fewer than two
+    classes, or a class on one side only, named with how many images each side has (a test
+    class never learnt cannot be scored; a class never tested would show a per-class accuracy
+    of 0 it never earned)."""
     classes = np.unique(train)
     if len(classes) < 2:
         raise AnalysisError(f"the training images hold one class only ({_name(classes[0], names)})"
                             f": a classifier needs two or more; {LABEL_HINT}")
-    unseen = np.setdiff1d(np.unique(test), classes)
-    if len(unseen):
-        raise AnalysisError(f"test class {_name(unseen[0], names)} has "
-                            f"{int((test == unseen[0]).sum())} test images and 0 training images "
-                            "(after the validation split); train and test shards must share "
-                            "their classes")
+    tested = np.unique(test)
+    one_side = [("test", c) for c in np.setdiff1d(tested, classes)] + [
+        ("training", c) for c in np.setdiff1d(classes, tested)]
+    if one_side:
+        side, label = one_side[0]
+        raise AnalysisError(f"{side} class {_name(label, names)} has "
+                            f"{int((train == label).sum())} training images and "
+                            f"{int((test == label).sum())} test images; the training and test "
+                            "shards must hold the same classes")
     return classes
 
 
-def same_classes(train: dict[int, str], test: dict[int, str]) -> dict[int, str]:
-    """The class names of both sets; an index that names different classes in them (shards made
-    from folders with different class lists) would silently score nonsense, so it is an error."""
+def match_classes(y_train: np.ndarray, train: dict[int, str], y_test: np.ndarray,
+                  test: dict[int, str]) -> tuple[dict[int, str], np.ndarray]:
+    """The class names of both sets, and the test labels as training indices. When both sets
+    name every class they hold, classes are matched by name: an index is only a place in one
+    set's sorted class list (test shards made without one class number the later ones
+    differently). A test class the training set lacks gets an index of its own, for
+    `check_labels` to name. Otherwise by index, and an index that names different classes in
+    the two sets would silently score nonsense: an error."""
+    if set(y_train.tolist()) <= train.keys() and set(y_test.tolist()) <= test.keys():
+        index = {name: label for label, name in train.items()}
+        for name in sorted(set(test.values()) - index.keys()):
+            index[name] = max(index.values()) + 1
+        mapping = np.zeros(max(test) + 1, np.int64)
+        for label, name in test.items():
+            mapping[label] = index[name]
+        return {label: name for name, label in index.items()}, mapping[y_test]
     for label in sorted(train.keys() & test.keys()):
         if train[label] != test[label]:
             raise AnalysisError(f"class {label} is {train[label]!r} in the training shards but "
-                                f"{test[label]!r} in the test shards; make both from folders "
-                                "with the same class subfolders")
-    return {**test, **train}
+                                f"{test[label]!r} in the test shards; {LABEL_HINT} for both")
+    return {**test, **train}, y_test
 
 
 def _name(label: int, names: dict[int, str]) -> str:
-    return f"{label} ({names[label]})" if label in names else str(label)
+    """A class as the user knows it: its name, or its index when the shards name none."""
+    return repr(names[label]) if label in names else str(label)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,14 +391,14 @@ def classify(
     check_image_size(test, size)
     train_urls, labels, names = read_labels(train)
     test_urls, y_test, test_names = read_labels(test)
-    names = same_classes(names, test_names)
+    names, y_test = match_classes(labels, names, y_test, test_names)
+    classes = check_labels(labels, y_test, names)  # the split keeps every class for training
     if validation is None:
         validation = min(DEFAULT_VALIDATION, len(labels) // 5) if C == "auto" else 0
     if C == "auto" and not 0 < validation < len(labels):
         raise AnalysisError(f"--validation {validation}: --C auto needs between 1 and "
                             f"{len(labels) - 1} of the {len(labels)} training images held out")
     train_rows, val_rows = split_rows(labels, validation, labels_per_class, seed)
-    classes = check_labels(labels[train_rows], y_test, names)
     rows = np.union1d(train_rows, val_rows)
     data = {
         "train_urls": train_urls, "test_urls": test_urls, "size": size, "rows": rows,

@@ -8,11 +8,13 @@ never a traceback.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
 
 from core.cli import (
+    SEED,
     device_option,
     out_dir_option,
     overwrite_option,
@@ -44,7 +46,7 @@ def main() -> None:
 @click.option("--negatives", type=click.IntRange(min=1), default=None,
               help="Random cells outside the boxes used as negatives. Default: as many as "
                    "there are positive cells.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed for the negatives and the held-out split.")
 @bn_option("With 'batch', the BatchNorm after the dropped layer renormalizes.")
 @click.option("--show", type=click.IntRange(min=1), default=16, show_default=True,
@@ -79,7 +81,7 @@ def remove_windows(ckpt, boxes, out, layer, negatives, seed, bn, show, device, p
 @click.option("--z", "z_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Annotate these z's (e.g. from `gan sample --save-z`) instead of drawing new "
                    "ones; copied to OUT/z.npy.")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=SEED, default=None,
               help="Seed of the z's drawn for a new annotation.  [default: 0]")
 @bn_option("Use the same mode for remove-windows.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
@@ -128,7 +130,7 @@ def annotate(ckpt, out, n, z_path, seed, bn, port, scale, label, device):
               help="Images per feature, by maximal response.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Scan only the first N images (default: all).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of the randomly initialized baseline D.")
 @device_option
 @progress_option
@@ -168,7 +170,7 @@ def guided_backprop(ckpt, data, out, layer, features, top, limit, seed, device, 
               help="flat: exact, one streaming pass; ivf: inverted-file candidates with exact "
                    "re-ranking (two passes), for millions of training images.")
 @bn_option()
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed for the generated z and the k-means cells.")
 @device_option
 @progress_option
@@ -191,15 +193,15 @@ def memorization(ckpt, train_shards, holdout, out, n, space, k, cells, min_gen, 
 
 
 def _c_value(_ctx, _param, value: str) -> float | str:
-    """--C: "auto" or a positive number."""
+    """--C: "auto" or a finite number > 0 (what its help says)."""
     if value == "auto":
         return value
     try:
         c = float(value)
     except ValueError:
         c = float("nan")
-    if not c > 0:
-        raise click.BadParameter(f"{value!r} is neither 'auto' nor a positive number")
+    if not (math.isfinite(c) and c > 0):
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a finite number > 0")
     return c
 
 
@@ -217,14 +219,14 @@ def _c_value(_ctx, _param, value: str) -> float | str:
               help="Training images held out to choose C (--C auto). Default: 10,000 (the "
                    "paper's) or a fifth of the training images, whichever is fewer.")
 @click.option("--C", "c", default="auto", show_default=True, callback=_c_value,
-              help="SVM regularization (larger = weaker); auto: the best of 1e-4 ... 1 on the "
-                   "validation images.")
+              help="SVM regularization, a number > 0 (larger = weaker), or auto: the best of "
+                   "1e-4 ... 1 on the validation images.")
 @click.option("--layers", default="all", show_default=True,
               help="D's conv layers whose 4x4-max-pooled maps are the features: all, or names "
                    "by output side, e.g. 16x16,8x8 or last.")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also fit the same SVM on raw pixels and on a freshly initialized D.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of the splits, the random D and the SVM's SGD.")
 @device_option
 @progress_option

@@ -7,12 +7,15 @@ where a file was expected, permission denied): both are facts about the user's r
 machine. Anything else is a bug and keeps its traceback.
 
 An option defined here has one spelling, one default and one help text in every command that
-takes it, so `--device`, `--out`, `--overwrite` or `--progress` never mean two things.
+takes it, so `--device`, `--out`, `--overwrite` or `--progress` never mean two things. The same
+goes for the value types every command shares: a seed (`SEED`) and a range of real numbers
+(`FiniteFloatRange`), so the range `--help` shows is the one enforced.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +25,23 @@ import click
 
 from core.errors import UserError
 from core.signals import exit_code, signal_name, stop_on_signals
+
+# Every seed a command takes: the seeds numpy's and scikit-learn's generators accept (a negative
+# or larger one would end in their traceback instead of a usage error).
+MAX_SEED = 2**32 - 1
+SEED = click.IntRange(0, MAX_SEED)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange that also refuses nan and infinity: nan compares false with both
+    ends, so click's own lets it through whatever range `--help` shows."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return number
+
 
 DEVICE_HELP = "'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ..."
 FILE_REFUSALS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)

@@ -11,8 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from core.cli import (
+    SEED,
+    FiniteFloatRange,
     device_option,
     out_dir_option,
     progress_option,
@@ -25,6 +28,8 @@ from gan.config import (
     ARCHS,
     CACHES,
     IMAGE_SIZES,
+    MAX_IMAGES,
+    MIN_WIDTH,
     PRECISION_HELP,
     PRECISIONS,
     PRIORS,
@@ -60,9 +65,10 @@ DEFAULTS = TrainConfig.__dataclass_fields__  # --help shows the Python API's def
               help="Passes over the shards (default: 1 when --steps is not given).")
 @click.option("--steps", type=click.IntRange(min=1),
               help="Total optimizer steps (with --resume: the total, counting the steps done).")
-@click.option("--lr", type=float, default=DEFAULTS["lr"].default, show_default=True,
-              help="Adam learning rate (paper).")
-@click.option("--beta1", type=float, default=DEFAULTS["beta1"].default, show_default=True,
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True),
+              default=DEFAULTS["lr"].default, show_default=True, help="Adam learning rate (paper).")
+@click.option("--beta1", type=FiniteFloatRange(0, 1, max_open=True),
+              default=DEFAULTS["beta1"].default, show_default=True,
               help="Adam beta1 (paper; beta2 0.999).")
 @click.option("--nz", type=click.IntRange(min=1), default=100, show_default=True,
               help="Dimension of z.")
@@ -71,9 +77,10 @@ DEFAULTS = TrainConfig.__dataclass_fields__  # --help shows the Python API's def
                    "stride-2 kernels, D ends in a linear layer; 18.9M/17.2M params, ~15 GFLOP "
                    "per training image at 64x64). 'compact': the common PyTorch version (4x4 "
                    "kernels, 512 maps at 4x4; 3.6M/2.8M params, ~2.5 GFLOP).")
-@click.option("--width", type=click.IntRange(min=2),
-              help="Feature maps at 4x4 in G and D, halved at each doubling "
-                   "(default: 1024 for paper, 512 for compact).")
+@click.option("--width", type=click.IntRange(min=MIN_WIDTH),
+              help="Feature maps at 4x4 in G and D, halved at each doubling, so a multiple of "
+                   "4, 8 or 16 for 32, 64 or 128 pixel images (default: 1024 for paper, 512 "
+                   "for compact).")
 @click.option("--prior", type=click.Choice(PRIORS), default="uniform", show_default=True,
               help="z prior: 'uniform' in [-1, 1] (paper) or 'normal' (reimplementations).")
 @click.option("--workers", type=click.IntRange(min=0),
@@ -87,7 +94,7 @@ DEFAULTS = TrainConfig.__dataclass_fields__  # --help shows the Python API's def
                    "rank's share; refused up front when it does not fit). Caches shuffle by "
                    "index per epoch.")
 @device_option
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--sample-every", type=click.IntRange(min=1),
               default=DEFAULTS["sample_every"].default, show_default=True,
               help="Steps between sample grids (the same 64 z all run).")
@@ -115,8 +122,9 @@ DEFAULTS = TrainConfig.__dataclass_fields__  # --help shows the Python API's def
 @extractor_options("metrics-")
 @restart_options
 @progress_option
+@click.pass_context
 @user_errors
-def train(data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch, width, prior,
+def train(ctx, data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch, width, prior,
           workers, cache, device, seed, sample_every, ckpt_every, log_every, bn, compile_,
           precision, metrics_every, metrics_real, metrics_n, metrics_inception,
           metrics_features, resume, overwrite, progress):
@@ -140,9 +148,17 @@ def train(data, out, image_size, batch_size, epochs, steps, lr, beta1, nz, arch,
         precision=precision, metrics_every=metrics_every, metrics_real=metrics_real,
         metrics_n=metrics_n, metrics_inception=_plain(metrics_inception),
         metrics_features=_plain(metrics_features), resume=resume, overwrite=overwrite,
-        progress=progress)
+        progress=progress, given=given_options(ctx))
     if summary.get("line"):
         click.echo(summary["line"])
+
+
+def given_options(ctx: click.Context) -> list[str]:
+    """The settings (TrainConfig's names) of the options given on the command line, a default
+    value given explicitly among them: a resumed run names those its checkpoint keeps, which a
+    comparison with the defaults would miss for a default given explicitly."""
+    return [param.name.rstrip("_") for param in ctx.command.params
+            if ctx.get_parameter_source(param.name) not in (None, ParameterSource.DEFAULT)]
 
 
 def _plain(path: Path | None) -> str | None:
@@ -152,9 +168,9 @@ def _plain(path: Path | None) -> str | None:
 
 @main.command(short_help="A numbered grid of samples (and their z).")
 @ckpt_option
-@click.option("--n", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Samples to draw.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--n", type=click.IntRange(1, MAX_IMAGES), default=64, show_default=True,
+              help="Samples to draw (one batch).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @png_out_option("samples.png")
 @click.option("--save-z", type=click.Path(dir_okay=False, path_type=Path),
               help="Also save the z's as a .npy (row i = sample i) for `gan arithmetic`.")
@@ -168,9 +184,8 @@ def sample(ckpt, n, seed, out, save_z, nrow, bn, device):
 
     from core.files import write_npy_atomic
     from gan.checkpoint import load_models
-    from gan.sample import check_figure_size, generate, sample_z, save_grid
+    from gan.sample import generate, sample_z, save_grid
 
-    check_figure_size(n, f"--n {n}")
     G, _, config = load_models(ckpt, device)
     z = sample_z(n, config["nz"], config["prior"], torch.Generator().manual_seed(seed))
     save_grid(generate(G, z, bn), out, nrow=nrow, numbered=True)
@@ -181,11 +196,12 @@ def sample(ckpt, n, seed, out, save_z, nrow, bn, device):
 
 @main.command(name="interpolate", short_help="Latent walks between random points (Fig 4).")
 @ckpt_option
-@click.option("--points", type=click.IntRange(min=2), default=9, show_default=True,
-              help="Random points in Z chained together (one row per consecutive pair).")
-@click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True,
+@click.option("--points", type=click.IntRange(2, MAX_IMAGES // 2 + 1), default=9,
+              show_default=True, help="Random points in Z chained together (one row per "
+              f"consecutive pair); (points - 1) x steps images, at most {MAX_IMAGES:,}.")
+@click.option("--steps", type=click.IntRange(2, MAX_IMAGES), default=10, show_default=True,
               help="Images per row, both ends included.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--slerp", is_flag=True, help="Spherical instead of linear interpolation.")
 @png_out_option("walk.png")
 @bn_option()
@@ -217,9 +233,9 @@ def index_list(ctx, param, value: str) -> list[int]:
 @click.option("--a", required=True, callback=index_list, help="Exemplars of A, e.g. 3,17,42.")
 @click.option("--b", required=True, callback=index_list, help="Exemplars of B (subtracted).")
 @click.option("--c", required=True, callback=index_list, help="Exemplars of C (added).")
-@click.option("--noise", type=float, default=0.25, show_default=True,
+@click.option("--noise", type=FiniteFloatRange(min=0), default=0.25, show_default=True,
               help="Uniform noise added to Y for the extra samples (paper: +-0.25).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @png_out_option("arithmetic.png")
 @bn_option()
 @device_option
@@ -257,7 +273,7 @@ def arithmetic_cmd(ckpt, z_path, a, b, c, noise, seed, out, bn, device):
               callback=metric_list, help="Which scores: fid, kid, pr (precision/recall, k=3).")
 @out_dir_option
 @extractor_options()
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of G's z's (and of the KID subsets, and of which --fake images).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True,
               help="Images per batch through G and the extractor.")

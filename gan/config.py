@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from core.errors import UserError
@@ -19,6 +20,11 @@ ARCHS = ("paper", "compact")
 IMAGE_SIZES = (32, 64, 128)
 # Channels of the 4x4 maps (G's first block, D's last conv) when --width is not given.
 DEFAULT_WIDTH = {"paper": 1024, "compact": 512}
+# The least --width any image size takes: channels halve per doubling from 4x4 (check_shape).
+MIN_WIDTH = 2 ** (int(math.log2(min(IMAGE_SIZES) // 4)) - 1)
+# Images a drawing command generates as one batch (a figure is one batch, gan/sample.py): ~2 GB
+# of activations for the paper's G at 64x64, and more tiles than a person can pick from.
+MAX_IMAGES = 2048
 PRIORS = ("uniform", "normal")  # z ~ U(-1, 1) (the paper) or N(0, 1) (reimplementations)
 CACHES = ("none", "ram", "gpu")
 PRECISIONS = ("auto", "bf16", "fp32")  # auto = bf16 autocast on CUDA, fp32 on CPU
@@ -114,21 +120,20 @@ class TrainConfig:
                             "with)")
 
 
-def kept_on_resume(config: TrainConfig, state: dict) -> str | None:
-    """One line naming the settings given to a resumed run that the checkpoint keeps (a value
-    other than both the default and the stored one; a default cannot be told from a value
-    given), or None."""
-    defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
-                for f in dataclasses.fields(TrainConfig) if f.name not in ("data", "out")}
+def kept_on_resume(config: TrainConfig, state: dict, given: Collection[str]) -> str | None:
+    """One line naming the settings `given` to a resumed run (the options the caller chose,
+    a default among them when it was chosen explicitly) whose value differs from the one the
+    checkpoint keeps, or None."""
     stored = state["config"]
-    kept = [name for name in defaults if name not in RESUMABLE and name in stored
-            and getattr(config, name) not in (stored[name], defaults[name])]
+    kept = [f.name for f in dataclasses.fields(TrainConfig)
+            if f.name in given and f.name not in (*RESUMABLE, "data", "out")
+            and f.name in stored and getattr(config, f.name) != stored[f.name]]
     if not kept:
         return None
-    given = ", ".join(f"--{name.replace('_', '-')} {getattr(config, name)}" for name in kept)
+    given_values = ", ".join(f"--{name.replace('_', '-')} {getattr(config, name)}" for name in kept)
     stays = ", ".join(f"{stored[name]}" for name in kept)
-    return (f"--resume continues the checkpoint's run as it began: {given} not used (it keeps "
-            f"{stays}); start a new run (another --out) to change them")
+    return (f"--resume continues the checkpoint's run as it began: {given_values} not used (it "
+            f"keeps {stays}); start a new run (another --out) to change them")
 
 
 def resumed_config(config: TrainConfig, state: dict) -> TrainConfig:

@@ -23,12 +23,9 @@ from core.files import write_png_atomic
 from core.pixels import to_uint8
 from core.sheets import contact_sheet
 from gan.cli_options import BN_MODES
-from gan.config import PRIORS
+from gan.config import MAX_IMAGES, PRIORS
 
 ARITHMETIC_SAMPLES = 8  # noisy samples of Y in the Fig. 7 sheet, as in the paper
-# Images a drawing command generates as one batch (a figure is one batch, see above): ~2 GB of
-# activations for the paper's G at 64x64, and more tiles than a person can pick from.
-MAX_IMAGES = 2048
 
 
 def sample_z(

@@ -28,7 +28,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,16 +275,20 @@ def finish(st: TrainState, run: Run, last: dict) -> dict:
 # The run
 
 
-def train(data: str | os.PathLike, out: str | os.PathLike, **options) -> dict:
+def train(data: str | os.PathLike, out: str | os.PathLike, *,
+          given: Collection[str] | None = None, **options) -> dict:
     """Train a DCGAN on the shards in `data`, writing the run to `out`.
 
-    Options are TrainConfig's fields with the same defaults as `gan train`. Returns the summary
-    (also `out/summary.json`; the CLI prints its one line).
+    Options are TrainConfig's fields with the same defaults as `gan train`. `given` names the
+    options the user chose (default: every option passed; the CLI passes those not left at
+    their default): a resumed run names those the checkpoint keeps. Returns the summary (also
+    `out/summary.json`; the CLI prints its one line).
     """
     config = TrainConfig(data=str(data), out=str(out), **options)
     out = Path(out)
     checkpoint = resume_from(config, out)
-    unused = kept_on_resume(config, checkpoint) if checkpoint is not None else None
+    unused = None if checkpoint is None else kept_on_resume(
+        config, checkpoint, options if given is None else given)
     if checkpoint is not None:
         config = resumed_config(config, checkpoint)
     rt = start_runtime(config.device)  # a bad --device is refused before the data is read

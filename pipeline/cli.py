@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 
 from core.cli import (
+    SEED,
+    FiniteFloatRange,
     device_option,
     overwrite_option,
     progress_option,
@@ -98,14 +100,14 @@ def main() -> None:
               help="Requests in flight (and open connections) to one host at most.")
 @click.option("--retries", type=click.IntRange(0, 10), default=3, show_default=True,
               help="Extra tries after a 429, a 5xx, a reset or a body cut short.")
-@click.option("--retry-wait", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+@click.option("--retry-wait", type=FiniteFloatRange(0, 60), default=1.0, show_default=True,
               help="Seconds before the first retry, doubled each time, +-50% jitter (a "
                    "server's Retry-After, up to 120 s, wins).")
-@click.option("--connect-timeout", type=click.FloatRange(0, 600, min_open=True), default=10.0,
+@click.option("--connect-timeout", type=FiniteFloatRange(0, 600, min_open=True), default=10.0,
               show_default=True, help="Seconds to open a connection.")
-@click.option("--read-timeout", type=click.FloatRange(0, 600, min_open=True), default=20.0,
+@click.option("--read-timeout", type=FiniteFloatRange(0, 600, min_open=True), default=20.0,
               show_default=True, help="Longest silence in seconds while waiting for data.")
-@click.option("--timeout", "total_timeout", type=click.FloatRange(0, 3600, min_open=True),
+@click.option("--timeout", "total_timeout", type=FiniteFloatRange(0, 3600, min_open=True),
               default=60.0, show_default=True, help="Seconds for one whole request.")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=32 * 2**20, show_default=True,
               help="Stop reading a body past this many bytes (decompressed) and record the "
@@ -196,7 +198,7 @@ def shards(src, out, size, fmt, maxcount, exclude, max_pixels, max_bytes, label_
               help="Keep faces whose box is at least this many pixels in the original photo. "
                    "Faces down to --search-below of it are searched for too, so that photos "
                    "with only smaller faces are recorded as faces_too_small, not no_face.")
-@click.option("--margin", type=click.FloatRange(min=0), default=0.25, show_default=True,
+@click.option("--margin", type=FiniteFloatRange(min=0), default=0.25, show_default=True,
               help="Enlarge the square crop by this fraction of the box side on every side.")
 @click.option("--size", type=click.IntRange(min=8), default=64, show_default=True,
               help="Side of the square face crops written to the shards.")
@@ -207,7 +209,7 @@ def shards(src, out, size, fmt, maxcount, exclude, max_pixels, max_bytes, label_
               help="A cascade bundled with OpenCV (by name) or a cascade XML file.")
 @click.option("--yunet-onnx", type=click.Path(dir_okay=False, path_type=Path),
               help="YuNet ONNX file for --detector yunet (never downloaded).")
-@click.option("--scale-factor", type=click.FloatRange(min=1, min_open=True), default=1.1,
+@click.option("--scale-factor", type=FiniteFloatRange(min=1, min_open=True), default=1.1,
               show_default=True, help="Haar: size step between detection scales.")
 @click.option("--min-neighbors", type=click.IntRange(min=0), default=5, show_default=True,
               help="Haar: overlapping detections needed to accept a face (fewer = more "
@@ -216,7 +218,7 @@ def shards(src, out, size, fmt, maxcount, exclude, max_pixels, max_bytes, label_
               help="Shrink larger photos to this longer side for detection (crops still use "
                    "full resolution); never so far that the smallest face searched for would "
                    "drop below the detector's window.")
-@click.option("--search-below", type=click.FloatRange(min=0, min_open=True, max=1), default=0.75,
+@click.option("--search-below", type=FiniteFloatRange(min=0, min_open=True, max=1), default=0.75,
               show_default=True,
               help="Fraction of --min-size down to which faces are searched for, to report "
                    "faces_too_small; 1 skips that search (~1.5x faster detection).")
@@ -266,10 +268,10 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
 @click.option("--min-steps", type=click.IntRange(min=0), default=DEFAULT_MIN_STEPS,
               show_default=True, help="Train at least this many mini-batches (more epochs on "
                                       "a small sample): an undertrained hash collides.")
-@click.option("--noise", type=click.FloatRange(min=0), default=DEFAULT_NOISE, show_default=True,
+@click.option("--noise", type=FiniteFloatRange(min=0), default=DEFAULT_NOISE, show_default=True,
               help="Strength of the de-noising corruption (re-encode/rescale/crop/brightness "
                    "as seen at 32x32; 0 = plain autoencoder).")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=DEFAULT_DROPOUT,
+@click.option("--dropout", type=FiniteFloatRange(0, 1, max_open=True), default=DEFAULT_DROPOUT,
               show_default=True, help="Dropout on the 128 code units during training.")
 @click.option("--radius", type=click.IntRange(0, MAX_RADIUS), default=DEFAULT_RADIUS,
               show_default=True,
@@ -286,7 +288,7 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
 @click.option("--batch-size", type=click.IntRange(min=2), default=DEFAULT_BATCH_SIZE,
               show_default=True, help="Training mini-batch.")
 @device_option
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Training sample, initialization and corruption seed.")
 @max_pixels_option
 @max_bytes_option
@@ -320,7 +322,7 @@ def dedup(ctx, src, out, model, train_samples, epochs, min_steps, noise, dropout
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--copies", type=click.IntRange(min=1), default=12, show_default=True,
               help="Variants generated per base photograph.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True,
               help="Rebuild a corpus that OUT holds with other --copies or --seed (one with "
                    "the same settings is reused).")

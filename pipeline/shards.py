@@ -29,11 +29,10 @@ from pipeline.geometry import center_crop, encode_image, resize_area
 from pipeline.manifest import Outcome
 from pipeline.runner import Stage, StageError, run_stage
 from pipeline.sinks import Sample
-from pipeline.sources import DEFAULT_MAX_BYTES, Record, Source, open_sources
+from pipeline.sources import DEFAULT_MAX_BYTES, LABELS_NAME, Record, Source, open_sources
 from pipeline.statuses import EXCLUDED, KEPT, RecordError
 
 LABEL_SOURCES = ("folder", "parent")
-LABELS_NAME = "labels.json"
 
 
 @dataclass(frozen=True)
@@ -73,9 +72,13 @@ def _shard_one(rec: Record, params: ShardParams) -> Outcome:
 
 
 def record_label(rec: Record, label_from: str) -> str:
-    """The class of an image from its path within its source: `folder`, the first folder under
-    the source ("cat" for `cat/images/1.jpg`, as torchvision's ImageFolder reads it); `parent`,
-    the folder it sits in ("images" there). Empty for an image at the top of the source."""
+    """The class of an image: the one it already carries (a labelled shard's, exactly as
+    written), else from its path within its source: `folder`, the first folder under the
+    source ("cat" for `cat/images/1.jpg`, as torchvision's ImageFolder reads it); `parent`, the
+    folder it sits in ("images" there). Empty for an image at the top of the source. Never
+    through the key sanitizer: `a.b` and `a_b` are two classes."""
+    if rec.label is not None:
+        return rec.label
     path = PurePosixPath(rec.meta.get("source_key", rec.key))
     if label_from == "folder":
         return path.parts[0] if len(path.parts) > 1 else ""
@@ -93,8 +96,9 @@ def class_names(source: Source, label_from: str) -> tuple[tuple[str, ...], str |
         if not name:
             raise StageError(f"--label-from {label_from}: {rec.key} is not inside a class "
                              "folder; lay the source out as SRC/<class>/<image>")
-        folders.setdefault(name, set()).add(str(PurePosixPath(rec.meta.get("source_key",
-                                                                           rec.key)).parent))
+        paths = folders.setdefault(name, set())
+        if rec.label is None:  # a class a shard carries is no folder name
+            paths.add(str(PurePosixPath(rec.meta.get("source_key", rec.key)).parent))
     shared = sorted(name for name, paths in folders.items() if len(paths) > 1)
     warning = None
     if len(folders) == 1:
@@ -106,6 +110,17 @@ def class_names(source: Source, label_from: str) -> tuple[tuple[str, ...], str |
                    f"{len(paths)} folders at different paths ({paths[0]}, {paths[1]}); "
                    "--label-from folder labels by the first folder under SRC")
     return tuple(sorted(folders)), warning
+
+
+def _labels_left_behind(sources: list[str | os.PathLike]) -> str | None:
+    """A warning when a source is labelled shards (a labels.json beside them) and the run keeps
+    no labels: re-sharding without --label-from would drop the classes without a word."""
+    for spec in map(str, sources):
+        folder = spec if os.path.isdir(spec) else os.path.dirname(spec)
+        if os.path.isfile(os.path.join(folder, LABELS_NAME)):
+            return (f"{spec} holds labelled shards ({LABELS_NAME}) but the output is unlabelled; "
+                    "add --label-from folder to keep each sample's class")
+    return None
 
 
 def _write_labels(out: Path, classes: tuple[str, ...], warning: str | None) -> dict:
@@ -172,10 +187,12 @@ def make_shards(
         raise ValueError("size must be positive")
     if label_from not in (None, *LABEL_SOURCES):
         raise ValueError(f"label_from must be one of {LABEL_SOURCES} or None, got {label_from!r}")
-    source = open_sources(list(sources), max_bytes=max_bytes, skip=Path(out))
+    source = open_sources(list(sources), max_bytes=max_bytes, skip=Path(out),
+                          labels=label_from is not None)
     listed = read_exclude(exclude) if exclude else frozenset()
     excluded, unmatched = match_exclude(listed, source, exclude) if exclude else (listed, 0)
-    classes, label_warning = class_names(source, label_from) if label_from else ((), None)
+    classes, label_warning = (class_names(source, label_from) if label_from
+                              else ((), _labels_left_behind(sources)))
     if label_warning:
         print(f"warning: {label_warning}", file=sys.stderr)
     params = ShardParams(size=size, fmt=fmt, max_pixels=max_pixels, exclude=excluded,

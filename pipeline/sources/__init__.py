@@ -27,10 +27,10 @@ from pipeline.sources.detect import (
 from pipeline.sources.folders import FolderSource, ListSource
 from pipeline.sources.lmdb_source import LmdbSource
 from pipeline.sources.records import DEFAULT_MAX_BYTES, ReadError, Record, SourceError
-from pipeline.sources.shard_source import ShardSource, read_shards
+from pipeline.sources.shard_source import LABELS_NAME, ShardSource, read_shards
 
 __all__ = [
-    "DEFAULT_MAX_BYTES", "EXPECTED", "SOURCES_HELP", "SOURCE_KINDS", "FolderSource",
+    "DEFAULT_MAX_BYTES", "EXPECTED", "LABELS_NAME", "SOURCES_HELP", "SOURCE_KINDS", "FolderSource",
     "ListSource", "LmdbSource", "MultiSource", "ReadError", "Record", "ShardSource", "Source",
     "SourceError", "open_source", "open_sources", "read_shards",
 ]

@@ -60,13 +60,14 @@ EXPECTED = f"expected {SOURCE_KINDS}"
 
 
 def open_source(spec: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                skip: Path | None = None) -> Source:
+                skip: Path | None = None, labels: bool = False) -> Source:
     """Detect what `spec` is and return the matching source; SourceError if it is none.
     Records over `max_bytes` are `too_large`; the folder `skip` (the run's --out) is never
-    read, and a source inside it is refused."""
+    read, and a source inside it is refused. With `labels`, shards' records carry the class
+    their samples were labelled with (pipeline.sources.shard_source)."""
     spec = str(spec)
     if _is_pattern(spec):
-        return _shards_from_pattern(spec, max_bytes)
+        return _shards_from_pattern(spec, max_bytes, labels)
     path = Path(spec)
     if not path.exists():
         raise SourceError(f"{spec}: no such file or folder ({EXPECTED})")
@@ -74,36 +75,36 @@ def open_source(spec: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
         raise SourceError(f"{spec}: it is inside --out {skip}, and a run never reads its own "
                           "output; choose another --out")
     if path.is_dir():
-        return _open_folder(path, max_bytes, skip)
+        return _open_folder(path, max_bytes, skip, labels)
     if not path.is_file():  # a FIFO or device would hang or never end when sniffed
         raise SourceError(f"{spec}: not a regular file or folder ({EXPECTED})")
     if path.name == "data.mdb":
         return LmdbSource(path.parent, max_bytes)
     if _is_tar(path):
-        return ShardSource([str(path)], max_bytes=max_bytes)
+        return ShardSource([str(path)], max_bytes=max_bytes, labels=labels)
     if _is_text(path):
         return ListSource(path, max_bytes)
     raise SourceError(f"{spec}: not a recognised source ({EXPECTED})")
 
 
 def open_sources(specs: list[str | os.PathLike], *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 skip: Path | None = None) -> Source:
+                 skip: Path | None = None, labels: bool = False) -> Source:
     """One source for one spec; a key-prefixed chain for several (see `open_source`)."""
     if not specs:
         raise SourceError(f"no source given ({EXPECTED})")
-    sources = [open_source(s, max_bytes=max_bytes, skip=skip) for s in specs]
+    sources = [open_source(s, max_bytes=max_bytes, skip=skip, labels=labels) for s in specs]
     if len(sources) == 1:
         return sources[0]
-    labels: list[str] = []
+    prefixes: list[str] = []
     for spec in specs:
-        label = safe_key(Path(str(spec).rstrip("/")).name or "source")
-        while label in labels:
-            label += "_"
-        labels.append(label)
-    return MultiSource(sources, labels)
+        prefix = safe_key(Path(str(spec).rstrip("/")).name or "source")
+        while prefix in prefixes:
+            prefix += "_"
+        prefixes.append(prefix)
+    return MultiSource(sources, prefixes)
 
 
-def _open_folder(path: Path, max_bytes: int, skip: Path | None) -> Source:
+def _open_folder(path: Path, max_bytes: int, skip: Path | None, labels: bool) -> Source:
     if (path / "data.mdb").is_file():
         return LmdbSource(path, max_bytes)
     lmdb_children = sorted(p.parent for p in path.glob("*/data.mdb"))
@@ -118,10 +119,10 @@ def _open_folder(path: Path, max_bytes: int, skip: Path | None) -> Source:
 
         shards = read_index(path)
         return ShardSource([str(path / s["name"]) for s in shards], [s["samples"] for s in shards],
-                           max_bytes)
+                           max_bytes, labels)
     tars = _shard_files(path)
     if tars:
-        return ShardSource(tars, max_bytes=max_bytes)
+        return ShardSource(tars, max_bytes=max_bytes, labels=labels)
     return FolderSource(path, max_bytes, skip)
 
 
@@ -143,7 +144,7 @@ def _is_pattern(spec: str) -> bool:
     return bool(re.search(r"\{[^}]*\.\.[^}]*\}|[*?\[]", spec))
 
 
-def _shards_from_pattern(spec: str, max_bytes: int) -> ShardSource:
+def _shards_from_pattern(spec: str, max_bytes: int, labels: bool) -> ShardSource:
     import braceexpand
 
     urls: list[str] = []
@@ -155,7 +156,7 @@ def _shards_from_pattern(spec: str, max_bytes: int) -> ShardSource:
         raise SourceError(f"{spec}: the pattern matches no shard files")
     if missing:
         raise SourceError(f"{spec}: {len(missing)} shard(s) missing, first {missing[0]}")
-    return ShardSource(urls, max_bytes=max_bytes)
+    return ShardSource(urls, max_bytes=max_bytes, labels=labels)
 
 
 def _is_tar(path: Path) -> bool:

@@ -49,7 +49,9 @@ class Record:
     member, from a shard that must still have the (size, mtime in ns) `stamp` it was listed
     with (a rewritten shard's offsets point into other members); with `lmdb_key`, the value
     under that key of the LMDB folder `path`. `error` is set when the source already knows the
-    item cannot be read (a folder it could not list)."""
+    item cannot be read (a folder it could not list). `label` is the class name the item already
+    carries (a labelled shard's sample, read exactly as written: never a sanitized key), or
+    None."""
 
     key: str
     meta: dict = field(default_factory=dict)
@@ -60,6 +62,7 @@ class Record:
     span: tuple[int, int] | None = None
     stamp: tuple[int, int] | None = None
     lmdb_key: bytes | None = None
+    label: str | None = None
 
     def read(self) -> bytes:
         """The item's bytes, or ReadError: `unreadable` (vanished, not a regular file, changed,

@@ -5,10 +5,17 @@ Listing a shard reads only its tar headers, seeking from one to the next (an unc
 members are byte ranges of the file); each record points at its image member's byte range, which
 the worker reads itself. Samples, keys and which member is the image follow core.samples
 (webdataset's own rules), so a shard lists the same samples here as in any reader.
+
+With `labels`, each record also carries the class its sample was labelled with (`pipeline shards
+--label-from`): the `"class"` of its `.json`, else its `.cls` index looked up in the
+`labels.json` beside the shard. Those small members are read while listing; the class name is
+taken exactly as written, since the sample's key went through `core.samples.safe_key` and
+`a.b`, `a_b` and `ünïcødé` would not survive it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tarfile
 from collections.abc import Iterator
@@ -22,18 +29,25 @@ from pipeline.sources.records import (
     input_fingerprint,
 )
 
+LABELS_NAME = "labels.json"  # the class names of labelled shards, beside them (index i: labels[i])
+LABEL_MEMBERS = ("json", "cls")  # the members that say a sample's class
+MAX_LABEL_BYTES = 1 << 16  # a larger .json or .cls is not a label a shard stage wrote
+
 
 class ShardSource:
     """WebDataset .tar shards, in the order given (brace patterns and globs expanded). Iteration
-    reads only the tar headers; each record points at its image member's byte range."""
+    reads only the tar headers (and, with `labels`, each sample's small .json and .cls members:
+    the class it carries); each record points at its image member's byte range."""
 
     kind = "shards"
 
     def __init__(self, urls: list[str], counts: list[int] | None = None,
-                 max_bytes: int = DEFAULT_MAX_BYTES):
+                 max_bytes: int = DEFAULT_MAX_BYTES, labels: bool = False):
         self.urls = urls
         self.counts = counts
         self.max_bytes = max_bytes
+        self.labels = labels
+        self._class_lists: dict[str, list | None] = {}  # labels.json by shard folder
 
     def count(self) -> int | None:
         return sum(self.counts) if self.counts is not None else None
@@ -73,15 +87,17 @@ class ShardSource:
                     suffix = parts[1]
                     if suffix in sample:
                         raise SourceError(f"{url}: sample {key!r} has two .{suffix} members")
-                    sample[suffix] = (member, self._unseekable_bytes(tar, member, seekable,
-                                                                     suffix))
+                    sample[suffix] = (member, self._member_bytes(tar, member, seekable, suffix))
                 if key is not None:
                     yield self._record(url, stamp, key, sample)
 
-    def _unseekable_bytes(self, tar: tarfile.TarFile, member: tarfile.TarInfo, seekable: bool,
-                          suffix: str) -> bytes | None:
-        """An image member's bytes when no worker could seek to them (a compressed shard, a
-        sparse member) and they are within max_bytes; else None, the worker reads them."""
+    def _member_bytes(self, tar: tarfile.TarFile, member: tarfile.TarInfo, seekable: bool,
+                      suffix: str) -> bytes | None:
+        """A label member's bytes (with `labels`); an image member's bytes when no worker could
+        seek to them (a compressed shard, a sparse member) and they are within max_bytes; else
+        None, the worker reads them."""
+        if self.labels and suffix in LABEL_MEMBERS and member.size <= MAX_LABEL_BYTES:
+            return tar.extractfile(member).read()
         if seekable and not member.issparse():
             return None
         if not is_image(suffix) or member.size > self.max_bytes:
@@ -95,8 +111,37 @@ class ShardSource:
             return Record(key, meta, max_bytes=self.max_bytes,
                           error=f"the sample has no image member ({', '.join(sorted(sample))})")
         member, data = sample[extension]
+        label = self._carried_label(url, sample) if self.labels else None
         return Record(key, meta, data=data, path=url, max_bytes=self.max_bytes,
-                      span=(member.offset_data, member.size), stamp=stamp)
+                      span=(member.offset_data, member.size), stamp=stamp, label=label)
+
+    def _carried_label(self, url: str, sample: dict) -> str | None:
+        """The class a sample was labelled with: `"class"` in its .json, else its .cls index in
+        the labels.json beside its shard; None when it carries none."""
+        try:
+            meta = json.loads(sample.get("json", (None, None))[1] or b"{}")
+        except ValueError:
+            meta = None
+        name = meta.get("class") if isinstance(meta, dict) else None
+        if isinstance(name, str) and name:
+            return name
+        text = (sample.get("cls", (None, None))[1] or b"").decode("ascii", "replace").strip()
+        classes = self._class_list(os.path.dirname(url))
+        if text.isdigit() and classes is not None and int(text) < len(classes):
+            return classes[int(text)]
+        return None
+
+    def _class_list(self, folder: str) -> list | None:
+        """The class names of the labels.json in `folder` (read once), or None without one."""
+        if folder not in self._class_lists:
+            try:
+                with open(os.path.join(folder, LABELS_NAME), encoding="utf-8") as f:
+                    names = json.load(f)
+            except (OSError, ValueError):
+                names = None
+            valid = isinstance(names, list) and all(isinstance(n, str) and n for n in names)
+            self._class_lists[folder] = names if valid else None
+        return self._class_lists[folder]
 
 
 def _open_tar(f) -> tuple[tarfile.TarFile, bool]:

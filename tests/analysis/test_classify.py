@@ -16,11 +16,13 @@ from sklearn.svm import LinearSVC
 
 from analysis.classify import (
     AnalysisError,
+    check_labels,
     classify,
     disc_features,
     disc_layers,
     feature_dim,
     fit_svm,
+    match_classes,
     predict,
     split_rows,
 )
@@ -172,7 +174,7 @@ def test_shards_without_labels_are_one_line(textures, tiles, tmp_path):
 
 def test_one_class_only_is_one_line(textures, tmp_path):
     one = labelled_shards(tmp_path, "one", photos=("brick.png",), per_class=10)
-    assert "one class only (0 (brick))" in _refused(textures, one, one, tmp_path,
+    assert "one class only ('brick')" in _refused(textures, one, one, tmp_path,
                                                     "--C", "0.01")
 
 
@@ -180,8 +182,36 @@ def test_test_class_missing_from_training_is_one_line(textures, tmp_path):
     two = labelled_shards(tmp_path, "two", photos=("brick.png", "grass.png"), per_class=10)
     three = labelled_shards(tmp_path, "three", photos=("brick.png", "grass.png", "gravel.png"),
                             per_class=5, seed=1)
-    assert ("test class 2 (gravel) has 5 test images and 0 training images"
-            in _refused(textures, two, three, tmp_path))
+    assert ("test class 'gravel' has 0 training images and 5 test images; the training and test "
+            "shards must hold the same classes" in _refused(textures, two, three, tmp_path))
+
+
+def test_training_class_missing_from_the_test_set_is_one_line(textures, tmp_path):
+    """The test shards were made from class folders one of which held no images: the class is
+    named, with its counts, instead of advice to use the same class folders (an empty folder
+    is no class) or a per-class accuracy of 0 for a class never tested."""
+    three = labelled_shards(tmp_path, "three", photos=("brick.png", "grass.png", "gravel.png"),
+                            per_class=10)
+    two = labelled_shards(tmp_path, "two", photos=("brick.png", "gravel.png"), per_class=5,
+                          seed=1)
+    assert ("training class 'grass' has 10 training images and 0 test images; the training and "
+            "test shards must hold the same classes" in _refused(textures, three, two, tmp_path))
+
+
+def test_classes_are_matched_by_name_across_sets():
+    """An index is a place in one set's class list; the name is the class."""
+    names, y_test = match_classes(np.array([0, 1, 2]), {0: "a.b", 1: "a_b", 2: "ü"},
+                                  np.array([0, 1, 2, 1]), {0: "ü", 1: "a.b", 2: "a_b"})
+    assert names == {0: "a.b", 1: "a_b", 2: "ü"}
+    assert y_test.tolist() == [2, 0, 1, 0]
+    names, y_test = match_classes(np.array([0, 1]), {0: "a", 1: "b"}, np.array([0, 0, 1]),
+                                  {0: "a", 1: "c"})
+    with pytest.raises(AnalysisError, match="test class 'c' has 0 training images and 1 test"):
+        check_labels(np.array([0, 1]), y_test, names)
+    # shards that name no class are matched by index
+    names, y_test = match_classes(np.array([0, 1, 2]), {}, np.array([0, 1]), {})
+    with pytest.raises(AnalysisError, match="training class 2 has 1 training images and 0 test"):
+        check_labels(np.array([0, 1, 2]), y_test, names)
 
 
 def test_the_validation_split_is_stratified_and_keeps_every_class_for_training():
@@ -197,5 +227,23 @@ def test_the_validation_split_is_stratified_and_keeps_every_class_for_training()
 def test_classes_named_differently_in_train_and_test_are_one_line(textures, tmp_path):
     ab = labelled_shards(tmp_path, "ab", photos=("brick.png", "grass.png"), per_class=10)
     bc = labelled_shards(tmp_path, "bc", photos=("grass.png", "gravel.png"), per_class=5)
-    assert "class 0 is 'brick' in the training shards but 'grass'" in _refused(
+    assert "test class 'gravel' has 0 training images and 5 test images" in _refused(
         textures, ab, bc, tmp_path)
+
+
+def test_classes_whose_names_a_tar_key_would_merge_stay_apart_through_resharding(textures,
+                                                                                  tmp_path):
+    """Folders `a.b`, `a_b` and `ünïcødé` (tar keys `a_b`, `a_b`, `_n_c_d_`) -> labelled shards
+    -> shards re-made from those: classify sees the three classes by their exact names."""
+    src = write_texture_folders(tmp_path / "src", ("brick.png", "grass.png", "gravel.png"), 12,
+                                (0.0, 1.0), 0)
+    for old, new in (("brick", "a.b"), ("grass", "a_b"), ("gravel", "ünïcødé")):
+        (src / old).rename(src / new)
+    make_shards([src], tmp_path / "first", size=32, workers=1, label_from="folder",
+                progress=False)
+    make_shards([tmp_path / "first"], tmp_path / "again", size=32, workers=1,
+                label_from="folder", progress=False)
+    report = classify(textures["ckpt"], tmp_path / "again", tmp_path / "again",
+                      tmp_path / "out", C=0.01, baselines=False, device="cpu", progress=False)
+    assert report["classes"] == ["a.b", "a_b", "ünïcødé"]
+    assert report["counts"]["train_per_class"] == {"a.b": 12, "a_b": 12, "ünïcødé": 12}

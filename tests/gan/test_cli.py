@@ -51,9 +51,10 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_help_explains_the_options() -> None:
     result = invoke("train", "--help")
     assert result.exit_code == 0
-    for text in ("--cache", "--arch", "compact", "uniform", "[default: 0.0002]", "--resume",
+    words = " ".join(result.output.split())  # as wrapped for any terminal width
+    for text in ("--cache", "--arch", "compact", "uniform", "[default: 0.0002; x>0]", "--resume",
                  "--overwrite", "--no-progress"):
-        assert text in result.output
+        assert text in words
     for command in ("sample", "interpolate", "arithmetic"):
         assert "--bn" in invoke(command, "--help").output
 
@@ -130,10 +131,18 @@ def test_bad_checkpoint_or_device(checkpoint: Path, tmp_path: Path) -> None:
 
 
 def test_absurd_figure_sizes_are_refused_before_allocating(checkpoint: Path) -> None:
-    assert_user_error(invoke("sample", "--ckpt", checkpoint, "--n", 100_000_000),
-                      "--n 100000000 asks for 100000000 images in one figure")
-    assert_user_error(invoke("interpolate", "--ckpt", checkpoint, "--points", 10_000, "--steps",
-                             10_000), "at most 2048")
+    """--n's range in --help is the cap; --points and --steps each have theirs, and their
+    product is capped too."""
+    result = invoke("sample", "--ckpt", checkpoint, "--n", 2049)
+    assert result.exit_code == 2
+    assert "Invalid value for '--n': 2049 is not in the range 1<=x<=2048" in result.output
+    assert "1<=x<=2048" in invoke("sample", "--help").output
+    assert invoke("sample", "--ckpt", checkpoint, "--n", 2048, "--out",
+                  checkpoint.parent / "big.png").exit_code == 0
+    result = invoke("interpolate", "--ckpt", checkpoint, "--points", 10_000)
+    assert result.exit_code == 2 and "not in the range 2<=x<=1025" in result.output
+    assert_user_error(invoke("interpolate", "--ckpt", checkpoint, "--points", 1025, "--steps",
+                             3), "--points 1025 --steps 3 asks for 3072 images in one figure")
 
 
 @pytest.mark.parametrize(("z", "message"), [
@@ -225,3 +234,23 @@ def test_a_stop_signal_saves_the_step_and_resume_continues_exactly(
     for part in ("G", "D"):
         for key, value in whole[part].items():
             assert torch.equal(value, split[part][key]), (part, key)
+
+
+def test_resume_names_a_default_given_explicitly_that_the_checkpoint_keeps(
+        training_shards, tmp_path: Path) -> None:
+    """The checkpoint trained with --batch-size 8 and --lr 0.001; the resumed command gives the
+    defaults 128 and 0.0002 explicitly, which are not used: said in one line."""
+    shards = training_shards(shards=1, per_shard=16)
+    run = tmp_path / "run"
+    train(shards, run, **{**TINY, "lr": 1e-3}, steps=1, sample_every=100)
+    tiny = ["--image-size", 32, "--nz", 16, "--width", 32, "--arch", "compact", "--workers", 0,
+            "--device", "cpu", "--no-progress", "--sample-every", 100]
+    result = invoke("train", "--data", shards, "--out", run, *tiny, "--steps", 2, "--resume",
+                    "--batch-size", 128, "--lr", 2e-4, "--seed", 0)
+    assert result.exit_code == 0, result.output
+    assert ("note: --resume continues the checkpoint's run as it began: --batch-size 128, --lr "
+            "0.0002 not used (it keeps 8, 0.001); start a new run (another --out) to change "
+            "them") in result.output.splitlines()
+    result = invoke("train", "--data", shards, "--out", run, *tiny, "--steps", 3, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "note:" not in result.output  # the defaults left unsaid are not named

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -125,3 +126,78 @@ def test_a_suspicious_labelling_is_a_warning_and_in_the_summary(tmp_path, label_
     assert any(line.startswith("shards: ") and f"; warning: {warning}" in line for line in lines)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["label_warning"].startswith(warning)
+
+
+# Class names that the tar-safe key (core.samples.safe_key) would merge or rename: `a.b` and
+# `a_b` both give `a_b`, a backslash splits `a\b` into folders `a/b`, `ünïcødé` gives `_n_c_d_`.
+AWKWARD = ["a.b", "a_b", "ünïcødé", "a\\b"]
+
+
+def labelled(out: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
+    """labels.json of `out`, and (source key, .cls index, .json class) of every sample."""
+    got = [(json.loads(s["json"])["source_key"], int(s["cls"]), json.loads(s["json"])["class"])
+           for s in samples(out)]
+    return json.loads((out / "labels.json").read_text(encoding="utf-8")), got
+
+
+def shards_cli(*args) -> None:
+    result = CliRunner().invoke(cli, ["shards", *map(str, args), "--size", "16", "--workers",
+                                      "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+
+
+@pytest.mark.parametrize("label_from", ["folder", "parent"])
+def test_class_names_are_kept_exactly_through_resharding(tmp_path, label_from):
+    """Labels are data: folder names the key sanitizer would merge or rename stay four exact,
+    distinct classes in the shards, in shards re-made from them, and for `analysis classify`."""
+    from analysis.classify import read_labels
+
+    src = nested(tmp_path / "src", [f"{name}/{i}.png" for name in AWKWARD for i in range(2)])
+    shards_cli(src, "--out", tmp_path / "first", "--label-from", "folder")
+    classes, first = labelled(tmp_path / "first")
+    assert classes == sorted(AWKWARD)
+    assert [(c, name) for _, c, name in first] == [
+        (classes.index(key.split("/")[0]), key.split("/")[0]) for key, _, _ in first]
+    # re-sharded: the shards' keys are sanitized (`a_b/0_png`, `a/b/0_png`, `_n_c_d_/0_png`)
+    shards_cli(tmp_path / "first", "--out", tmp_path / "again", "--label-from", label_from)
+    again_classes, again = labelled(tmp_path / "again")
+    assert again_classes == classes
+    written = {key: (c, name) for key, c, name in
+               ((s["__key__"], int(s["cls"]), json.loads(s["json"])["class"])
+                for s in samples(tmp_path / "first"))}
+    assert all(written[key] == (c, name) for key, c, name in again)
+    _, indices, names = read_labels(tmp_path / "again")
+    assert names == dict(enumerate(classes))
+    assert sorted(indices.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_a_cls_index_is_named_by_the_labels_json_beside_the_shards(tmp_path):
+    """Shards holding only a .cls index per sample (no class in the .json), with the class
+    names in labels.json beside them: re-sharded, the samples keep those classes."""
+    shards = tmp_path / "cls_only"
+    shards.mkdir()
+    photo = demo.encode(demo.photo("coffee.png")[:100, :100], "PNG")
+    with tarfile.open(shards / "data-000000.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+        for i, label in enumerate([1, 0, 1]):
+            for ext, data in (("cls", str(label).encode()), ("png", photo)):
+                info = tarfile.TarInfo(f"k{i}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (shards / "labels.json").write_text(json.dumps(["x.y", "ü"]), encoding="utf-8")
+    shards_cli(shards, "--out", tmp_path / "out", "--label-from", "folder")
+    classes, got = labelled(tmp_path / "out")
+    assert classes == ["x.y", "ü"]
+    assert [(c, name) for _, c, name in got] == [(1, "ü"), (0, "x.y"), (1, "ü")]
+
+
+def test_resharding_labelled_shards_without_label_from_warns(class_folders, tmp_path):
+    """Labelled shards re-made without --label-from lose their classes: said, not silent."""
+    shards_cli(class_folders, "--out", tmp_path / "first", "--label-from", "parent")
+    result = CliRunner().invoke(cli, ["shards", str(tmp_path / "first"), "--out",
+                                      str(tmp_path / "again"), "--size", "16", "--workers", "1",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "holds labelled shards (labels.json) but the output is unlabelled" in result.output
+    assert "--label-from folder" in result.output
+    assert not (tmp_path / "again" / "labels.json").exists()
