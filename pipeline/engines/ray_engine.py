@@ -140,8 +140,10 @@ class RayEngine:
 
         What a lane holds dies with its process, so nothing it held (connections, slots) can
         outlive it: a lane that dies is restarted by Ray with the same params, and the chunks
-        it had are run again (`MAX_RETRIES` times each) from their records. Ray never runs two
-        copies of one lane at once, so the lanes' shares never add up to more than the whole."""
+        it had are run again (`MAX_RETRIES` times each) from their records. Ray restarts a lane
+        only once it has seen the old one end, so the lanes' shares never add up to more than
+        the whole (but for a node cut off from the cluster whose lane still runs: Ray cannot
+        tell it from a dead one)."""
         import ray
 
         with self:
