@@ -118,32 +118,36 @@ def main() -> None:
               help="Fetch images whose X-Robots-Tag says noai/noimageai (otherwise recorded "
                    "as opted_out and not read); recorded in the summary.")
 @maxcount_option
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="With --engine ray: download worker processes, each holding an equal share "
+                   "of --per-host and --concurrency, so the whole cluster holds them; at most "
+                   "--per-host, --concurrency and the cluster's CPUs (default: the least of "
+                   "the three). The local engine fetches from one process. Output is "
+                   "identical for any value.")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
-              help="Only 'local': the fetches run on one event loop on this machine, which "
-                   "holds --per-host for the whole run; 'ray' is refused (split the list and "
-                   "run one download per machine).")
+              help="Where the fetches run: 'local' (one event loop on this machine) or 'ray' "
+                   "(--workers download workers on a Ray cluster, see --ray-address). Output "
+                   "is identical for either.")
+@click.option("--ray-address", metavar="ADDR", default=None, help=RAY_ADDRESS_HELP)
 @restart_options
 @progress_option
 @user_errors
 def download(lists, out, url_col, concurrency, per_host, retries, retry_wait, connect_timeout,
              read_timeout, total_timeout, max_bytes, max_redirects, ignore_opt_out, maxcount,
-             engine, resume, overwrite, progress):
+             workers, engine, ray_address, resume, overwrite, progress):
     """Download the images of URL lists (.txt: a URL a line; .csv, .tsv, .jsonl, .parquet
     with --url-col) into WebDataset shards of the original bytes in --out, every row
     accounted for in OUT/manifest.jsonl. `pipeline faces OUT` (or shards, dedup) reads it."""
     from pipeline.download import FetchSettings
     from pipeline.download import download as run_download
 
-    if engine != "local":
-        raise click.ClickException("pipeline download runs on this machine only (--engine ray "
-                                   "is not supported): split the list and run one download "
-                                   "per machine")
     settings = FetchSettings(concurrency=concurrency, per_host=per_host, retries=retries,
                              retry_wait=retry_wait, connect_timeout=connect_timeout,
                              read_timeout=read_timeout, total_timeout=total_timeout,
                              max_bytes=max_bytes, max_redirects=max_redirects,
                              ignore_opt_out=ignore_opt_out)
     summary = run_download(list(lists), out, url_col=url_col, settings=settings,
+                           engine=engine, workers=workers, ray_address=ray_address,
                            maxcount=maxcount, resume=resume, overwrite=overwrite,
                            progress=progress)
     click.echo(summary["line"])

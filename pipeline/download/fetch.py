@@ -7,7 +7,8 @@ would split the per-host limit between them). Measured in benchmarks/bench_downl
 
 What a site owner sees:
 - at most `per_host` requests in flight to one host (scheme, name, port) and `concurrency` in
-  all, held by this one process, so the limits hold however the rows are chunked; connections
+  all, held by this one Fetcher, so the limits hold however the rows are chunked (on Ray, each
+  download worker's Fetcher holds its share of them: pipeline.download.engines); connections
   are kept alive and reused;
 - a User-Agent naming the tool and its version;
 - 429 and 5xx answers, resets and bodies cut short are retried `retries` times, after an

@@ -42,7 +42,11 @@ def open_engine(name: str, *, workers: int, address: str | None = None) -> Engin
 
 
 def engine_line(info: dict) -> str:
-    """How the summary line names where the run ran: "local, 8 CPUs" / "ray, 3 nodes, 96 CPUs"."""
+    """How the summary line names where the run ran: "local, 8 CPUs" / "ray, 3 nodes, 96 CPUs"
+    (plus ", 16 download workers" where a stage runs its own number of them)."""
     nodes = "" if info["name"] == "local" else f", {info['nodes']} node" + \
         ("s" if info["nodes"] != 1 else "")
-    return f"{info['name']}{nodes}, {info['cpus']} CPU" + ("s" if info["cpus"] != 1 else "")
+    workers = f", {info['workers']} download worker" + ("s" if info["workers"] != 1 else "") \
+        if "workers" in info else ""
+    return f"{info['name']}{nodes}, {info['cpus']} CPU" + ("s" if info["cpus"] != 1 else "") + \
+        workers

@@ -9,15 +9,21 @@ once, so a large exclude set or the dedup hash crosses the network once per node
 A task whose worker process dies (killed, out of memory, node lost) is retried by Ray
 (`MAX_RETRIES`); the chunk is recomputed from its records, so the output is the same as an
 undisturbed run. Errors raised by a stage's function are bugs and are not retried.
+
+`map_lanes` is for work that is waiting, not computing (pipeline download): a fixed set of
+long-lived actors, each running many chunks at once on its event loop and keeping its
+connections between chunks, each with its own share of a limit that must hold in total.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any, TypeVar
 
 from pipeline.engines.errors import ChunkLost, EngineError
@@ -123,6 +129,40 @@ class RayEngine:
                 for _index, _chunk, ref in pending:  # the run stopped early: leave nothing running
                     ray.cancel(ref)
 
+    def map_lanes(self, fn: Callable[[list, Any], Awaitable[T]],
+                  opener: Callable[[Any], AbstractAsyncContextManager],
+                  lane_params: list, chunks: Iterable[list], window: int) -> Iterator[T]:
+        """`await fn(chunk, state)` for every chunk, on one long-lived Ray actor (a "lane") per
+        entry of `lane_params`: lane i opens its state once, `opener(lane_params[i])` (e.g. a
+        connection pool with lane i's share of a limit), and runs many chunks at once on its
+        event loop. Chunks go to the lanes in turn, at most `window` in flight; results come
+        back in chunk order.
+
+        What a lane holds dies with its process, so nothing it held (connections, slots) can
+        outlive it: a lane that dies is restarted by Ray with the same params, and the chunks
+        it had are run again (`MAX_RETRIES` times each) from their records. Ray restarts a lane
+        only once it has seen the old one end, so the lanes' shares never add up to more than
+        the whole (but for a node cut off from the cluster whose lane still runs: Ray cannot
+        tell it from a dead one)."""
+        import ray
+
+        with self:
+            lane = ray.remote(_Lane).options(num_cpus=1, max_restarts=-1,
+                                             max_task_retries=MAX_RETRIES,
+                                             scheduling_strategy="SPREAD")
+            lanes = [lane.remote(fn, opener, params) for params in lane_params]
+            pending: deque = deque()  # (chunk number, chunk, task)
+            try:
+                for index, chunk in enumerate(chunks):
+                    pending.append((index, chunk, lanes[index % len(lanes)].run.remote(chunk)))
+                    if len(pending) >= window:
+                        yield _result(pending.popleft())
+                while pending:
+                    yield _result(pending.popleft())
+            finally:  # finished or stopped early: the lanes, and all they hold, end here
+                for handle in lanes:
+                    ray.kill(handle, no_restart=True)
+
     def describe(self) -> dict:
         return dict(self._info)
 
@@ -131,12 +171,12 @@ def _result(task: tuple[int, list, Any]) -> Any:
     """A task's result; a chunk whose worker died on every retry is ChunkLost, not Ray's
     traceback."""
     import ray
-    from ray.exceptions import NodeDiedError, OutOfMemoryError, WorkerCrashedError
+    from ray.exceptions import NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
 
     index, chunk, ref = task
     try:
         return ray.get(ref)
-    except (WorkerCrashedError, OutOfMemoryError, NodeDiedError):
+    except (WorkerCrashedError, OutOfMemoryError, NodeDiedError, RayActorError):
         raise ChunkLost(index, chunk, MAX_RETRIES + 1) from None
 
 
@@ -180,3 +220,17 @@ def _run_chunk(job: list, chunk: list) -> Any:
     return fn(chunk, params)
 
 
+class _Lane:
+    """One lane of `RayEngine.map_lanes`: a worker process that keeps its state (opened on the
+    first chunk, inside the event loop) for every chunk it runs, many at once."""
+
+    def __init__(self, fn: Callable, opener: Callable, params: Any):
+        self._fn, self._opener, self._params = fn, opener, params
+        self._stack = AsyncExitStack()  # closed by the process's end (the lane is killed)
+        self._state: asyncio.Future | None = None
+
+    async def run(self, chunk: list) -> Any:
+        if self._state is None:  # the first chunk opens it; the others wait for it
+            self._state = asyncio.ensure_future(
+                self._stack.enter_async_context(self._opener(self._params)))
+        return await self._fn(chunk, await asyncio.shield(self._state))

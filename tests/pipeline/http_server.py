@@ -38,6 +38,7 @@ class FaultServer(ThreadingHTTPServer):
         self.max_connections = 0
         self.hits: Counter = Counter()  # path -> requests
         self.log: list[tuple[str, float, str]] = []  # (path, monotonic time, User-Agent)
+        self.held: list[int] = []  # client ports of the requests /hold/ keeps unanswered
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
@@ -200,6 +201,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def serve_noai(self, name: str, _hit: int) -> None:
         self.send(200, self.image(name), X_Robots_Tag="noai")
+
+    def serve_hold(self, name: str, hit: int) -> None:
+        """The first request is never answered (until the client hangs up or the server
+        stops; its client port is in `server.held`, to find the process asking); later ones
+        get the image."""
+        if hit > 1:
+            return self.send(200, self.image(name))
+        with self.server.lock:
+            self.server.held.append(self.client_address[1])
+        while not self.server.stopping.wait(0.05) and not _hung_up(self.connection):
+            pass
+        self.close_connection = True
 
 
 @contextmanager

@@ -40,12 +40,17 @@ def jpeg(rgb: np.ndarray, side: int = 384) -> bytes:
                        quality=85)
 
 
+def photos() -> dict[str, bytes]:
+    """The test server's images, by name."""
+    found = {name.split(".")[0]: jpeg(demo.photo(name))
+             for name in ("astronaut.png", "grace_hopper.jpg", "coffee.png", "chelsea.png")}
+    found["grace.png"] = found["grace_hopper"]  # a JPEG behind a .png name
+    return found
+
+
 @pytest.fixture(scope="module")
 def images() -> dict[str, bytes]:
-    photos = {name.split(".")[0]: jpeg(demo.photo(name))
-              for name in ("astronaut.png", "grace_hopper.jpg", "coffee.png", "chelsea.png")}
-    photos["grace.png"] = photos["grace_hopper"]  # a JPEG behind a .png name
-    return photos
+    return photos()
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +301,12 @@ def test_every_list_format_gives_rows_with_their_columns(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--url-col", "link"], "no column 'link' (columns: url, name)"),
-    (["--engine", "ray"], "--engine ray is not supported"),
+    (["--workers", "2"], "--workers 2 is for --engine ray: the local engine fetches from one"),
+    (["--engine", "ray", "--workers", "5", "--per-host", "4"],
+     "--workers 5 is more than --per-host 4 or --concurrency 64 allow"),
+    (["--ray-address", "127.0.0.1:6379"], "--ray-address 127.0.0.1:6379 is for --engine ray"),
+    (["--engine", "ray", "--ray-address", "127.0.0.1:9"],  # nothing listens on port 9
+     "cannot join the Ray cluster at 127.0.0.1:9: Connection refused"),
 ])
 def test_user_errors_end_in_one_line(tmp_path, args, message):
     (tmp_path / "list.csv").write_text("url,name\nhttp://127.0.0.1:9/x.jpg,x\n")
@@ -304,6 +314,8 @@ def test_user_errors_end_in_one_line(tmp_path, args, message):
                                       str(tmp_path / "out"), "--no-progress", *args])
     assert result.exit_code == 1 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+    if "--url-col" not in args:  # engine options are refused before anything is written
+        assert not (tmp_path / "out").exists()
 
 
 def test_a_list_of_another_kind_is_refused(tmp_path):
