@@ -28,7 +28,7 @@ from pipeline.sinks import read_index
 from tests.pipeline.http_server import SERVER_THREAD, serving
 from tests.processes import ROOT, run, script, started, wait_for
 
-FAST = dict(retries=2, retry_wait=0.05, connect_timeout=2.0, read_timeout=0.2,
+FAST = dict(retries=2, retry_wait=0.05, connect_timeout=2.0, read_timeout=0.5,
             total_timeout=5.0, max_bytes=300_000)
 
 
