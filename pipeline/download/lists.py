@@ -117,6 +117,16 @@ def _json_able(value: object) -> bool:
     return True
 
 
+def _check_header(path: Path, url_col: str) -> None:
+    """Read a list's first row, so that a missing URL column is refused before the run
+    creates its output folder, not when the first chunk is read."""
+    rows = read_rows(path, url_col)
+    try:
+        next(rows, None)
+    finally:
+        rows.close()
+
+
 class UrlListSource:
     """The rows of one or more URL lists as records (the runner's source contract: `count`,
     `fingerprint`, stable iteration). Iteration marks rows with no URL (`bad_url`) and URLs seen
@@ -131,6 +141,7 @@ class UrlListSource:
                                 f"{', '.join(LIST_SUFFIXES)})")
             if not path.is_file():
                 raise ListError(f"{path}: no such file")
+            _check_header(path, url_col)
         self.paths = paths
         self.url_col = url_col
 

@@ -314,8 +314,7 @@ def test_user_errors_end_in_one_line(tmp_path, args, message):
                                       str(tmp_path / "out"), "--no-progress", *args])
     assert result.exit_code == 1 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
-    if "--url-col" not in args:  # engine options are refused before anything is written
-        assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_a_list_of_another_kind_is_refused(tmp_path):
