@@ -162,11 +162,14 @@ def candidate_pairs(neighbours: CodeNeighbours, owners: np.ndarray | None = None
     standing-for images is produced from both sides; it is kept from the lower row only.
 
     With `owners`, the codes are not one per image: code k belongs to image owners[k] (dedup
-    adds a second code for pictures with uniform borders). Pairs are then of owners, without an
-    image paired with itself, and a pair reached through both codes of an image may come twice.
+    adds codes of the picture inside a frame and of the zoomed-in crop). Pairs are then of
+    owners, without an image paired with itself. A pair reached through several codes of its
+    images is listed once per chunk, sorted (so verification judges it once and reads the
+    thumbnails in order); only one reached from two chunks may come twice.
     """
     nb = neighbours
     is_rep = nb.is_rep
+    span = len(nb.code_of)  # more than any row: the pair (a, b) is the number a * span + b
     for start in range(0, len(nb.code_of), chunk):
         rows = np.arange(start, min(start + chunk, len(nb.code_of)))
         codes = nb.code_of[rows]
@@ -179,7 +182,8 @@ def candidate_pairs(neighbours: CodeNeighbours, owners: np.ndarray | None = None
             left, right = owners[left], owners[right]
             keep = left != right
             left, right = left[keep], right[keep]
-        yield np.minimum(left, right), np.maximum(left, right)
+        pairs = np.unique(np.minimum(left, right) * span + np.maximum(left, right))
+        yield pairs // span, pairs % span
 
 
 def _expand(owners: np.ndarray, starts: np.ndarray, stops: np.ndarray,

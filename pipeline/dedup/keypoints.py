@@ -20,6 +20,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pipeline.dedup.resizing import shrink
+
 KEYPOINT_SIDE = 128  # the longer side of the grey frame the keypoints are found on
 KEYPOINTS = 64  # at most this many per image (the strongest FAST corners)
 RATIO = 0.8  # Lowe's ratio test on the two nearest descriptors
@@ -44,13 +46,20 @@ def _orb() -> cv2.ORB:
     return _ORB
 
 
-def keypoints(grey: np.ndarray) -> np.ndarray:
-    """One RECORD: the keypoints of the grey frame shrunk to KEYPOINT_SIDE (never enlarged)."""
+def shrunk(grey: np.ndarray) -> np.ndarray:
+    """The grey frame shrunk to KEYPOINT_SIDE on its longer side (area averaging; never
+    enlarged). The crops pass makes it once per image: the keypoints are found on it, and the
+    whole-frame thumbnail of verification is made from it (much cheaper than from the full
+    frame)."""
     scale = min(1.0, KEYPOINT_SIDE / max(grey.shape))
-    if scale < 1:
-        grey = cv2.resize(grey, (max(1, round(grey.shape[1] * scale)),
-                                 max(1, round(grey.shape[0] * scale))),
-                          interpolation=cv2.INTER_AREA)
+    if scale == 1:
+        return grey
+    return shrink(grey, max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
+
+
+def keypoints(grey: np.ndarray) -> np.ndarray:
+    """One RECORD: the keypoints of the grey frame shrunk to KEYPOINT_SIDE (`shrunk`)."""
+    grey = shrunk(grey)
     record = np.zeros((), RECORD)
     record["height"], record["width"] = grey.shape
     found, descriptors = _orb().detectAndCompute(grey, None)

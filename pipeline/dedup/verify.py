@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from pipeline.dedup.keypoints import BORDERLINE, geometric_verdicts
+from pipeline.dedup.keypoints import BORDERLINE, geometric_verdicts, shrunk
 
 SIDE = 32  # the thumbnail of the whole frame, grey, SIDE x SIDE
 LOW = 8  # the LOW x LOW lowest DCT frequencies are compared (as in pHash)
@@ -62,7 +62,14 @@ def frame_views(rgb: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice] | None
     trimmed (the same twice when there is no border); where the picture inside the borders is
     (`inner_box`, for dedup's inner crop); and whether those borders are a frame (`is_frame`)."""
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    whole = _thumb(grey)
+    return grey_views(grey, shrunk(grey))
+
+
+def grey_views(grey: np.ndarray,
+               small: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice] | None, bool]:
+    """`frame_views` of a grey frame, given it also shrunk (keypoints.shrunk, which the crops
+    pass has anyway): the whole frame's thumbnail is made from the shrunk one."""
+    whole = _thumb(small)
     box = inner_box(grey)
     views = np.stack([whole, whole if box is None else _thumb(grey[box])])
     return views, box, is_frame(grey, box)
