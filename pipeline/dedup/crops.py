@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.decode import DEFAULT_MAX_PIXELS, decode_image, image_size
-from pipeline.dedup.keypoints import KEYPOINT_SIDE, RECORD, keypoints, shrunk
+from pipeline.dedup.keypoints import KEYPOINT_SIDE, RECORD, keypoint_frame, keypoints
 from pipeline.dedup.resizing import shrink
 from pipeline.dedup.reuploads import KINDS, SINGLE, reuploaded
 from pipeline.dedup.verify import SIDE as VIEW_SIDE
@@ -121,7 +121,7 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
             reuploads.append(copy)
             reuploads_framed.append(copy_framed)
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        small = shrunk(grey)
+        small = keypoint_frame(grey)
         frame, box, is_framed = grey_views(grey, small)
         if box is not None:
             inner_rows.append(len(crops))
