@@ -140,22 +140,24 @@ def main(n: int, sizes: str, workers: int, rounds: int) -> None:
         print(f"pipeline dedup, training included      : {trained['images_per_s']:8.0f} images/s"
               f"   (training {TRAIN_STEPS} steps: {trained['timings_s']['train_s']:.1f} s)")
         print("\nper-image time, synthetic 64 px WebP, hashing run with the saved model "
-              "(marginal: per image added since the previous N, fixed costs cancelled):")
+              "(marginal: per image added since the previous N, fixed costs cancelled; wall "
+              "time, and CPU time of the driver and workers, less moved by other jobs):")
         previous = None
         for size in (int(s) for s in sizes.split(",")):
             folder = root / f"syn{size}"
             write_lsun(folder, synthetic(size, seed=size))
-            summary = dedup([folder], root / f"out{size}", model=model, workers=workers,
-                            progress=False)
-            per = summary["seconds"] / size * 1e6
-            marginal = ("" if previous is None else "  marginal "
-                        f"{(summary['seconds'] - previous[1]) / (size - previous[0]) * 1e6:.1f}")
-            previous = (size, summary["seconds"])
-            print(f"N = {size:>7}: {per:8.1f} us/image{marginal}  "
+            summary, per_cpu = timed_dedup(size, [folder], root / f"out{size}", model=model,
+                                           workers=workers, progress=False)
+            wall, cpu = summary["seconds"], per_cpu * size
+            marginal = ("" if previous is None else
+                        f"  marginal {(wall - previous[1]) / (size - previous[0]) * 1e6:.1f}"
+                        f" wall, {(cpu - previous[2]) / (size - previous[0]) * 1e6:.1f} CPU")
+            previous = (size, wall, cpu)
+            print(f"N = {size:>7}: {wall / size * 1e6:8.1f} us/image wall, "
+                  f"{per_cpu * 1e6:.1f} CPU{marginal}  "
                   f"({summary['images_per_s']:.0f} images/s;"
                   f" {summary['verification']['candidate_pairs']} candidate pairs;"
                   f" {summary['timings_s']})")
-
 
 if __name__ == "__main__":
     main()
