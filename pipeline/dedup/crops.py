@@ -55,7 +55,7 @@ LOG_NAME = "records.jsonl"  # scratch: one line per input, in input order
 SIDE = 32  # the paper's 32x32 downsampled center crops
 ZOOM = 0.9  # the zoomed crop: this central fraction of the center crop's side (docs/dedup.md)
 MID_SIDE = 4 * SIDE  # the center crop is first shrunk to this side; the crop and its zoomed-in
-# version are made from that (two area resizes of a full-size square cost 3x more)
+# version are made from that (two area resizes of the full square cost about 4x more)
 REUPLOAD_SIDE = 128  # a sampled image is shrunk to this longer side before its re-upload is made
 CALIBRATION_KINDS = (*SINGLE, KINDS[-1])  # every change but the trivial exact/lossless copies
 VIEW_SHAPE = (VIEWS, VIEW_SIDE, VIEW_SIDE)
