@@ -207,7 +207,8 @@ def group_pairs(n: int, left: np.ndarray, right: np.ndarray, pixels: np.ndarray)
     one wrong pair ties to it, even when the look-alike matches the members of its own group.
     So second, every image but the anchors is placed again by vote (`settle`): into the group
     holding most of its verified partners, and only when that is more than half of them. A
-    wrong pair then moves nobody, and two groups never merge through one pair. Last, the images
+    wrong pair then moves nobody whose own group outvotes it, and two groups never merge
+    through one pair (an image with one link into each is ambiguous: alone). Last, the images
     left alone form groups among themselves the same way (two copies that a wrong link pulled
     apart). Group ids follow first appearance in the input.
     """
