@@ -12,6 +12,10 @@
    linear-cost claim (the average at 1k still carries the fixed costs: worker start-up, the
    calibration's random pairs, the plots).
 
+Both parts also report CPU time per image (this process and its finished worker processes,
+from getrusage): on a machine shared with other jobs, wall-time ratios swing by tens of per
+cent between rounds, CPU time much less.
+
     python benchmarks/bench_dedup.py [--n 3000] [--sizes 1000,10000,100000] [--workers N]
                                      [--rounds 3]
 """
