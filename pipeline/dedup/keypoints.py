@@ -5,13 +5,12 @@ The thumbnail distance (pipeline.dedup.verify) compares whole frames, so a crop,
 letterbox or a large overlay moves a true copy past its threshold. Local features survive
 those: each image keeps the ORB keypoints (position and 256-bit descriptor) of its grey frame
 brought to `KEYPOINT_SIDE` (`keypoint_frame`), at most `KEYPOINTS` of them, in a fixed-size
-record (`RECORD`)
-computed in the crops pass while the image is decoded anyway. A borderline candidate (a
-thumbnail distance above the threshold but below `BORDERLINE`) is then accepted when its
-ratio-tested descriptor matches fit one similarity transform (rotation, uniform scale,
-translation; RANSAC, cv2.estimateAffinePartial2D) with at least `MIN_INLIERS` inliers that spread
-over at least `MIN_COVER` of the smaller image (so a shared logo or a patch of text is not
-enough). In a trial on 3,000 random pairs of different photographs of the reduced quality set
+record (`RECORD`) computed in the crops pass while the image is decoded anyway. A borderline
+candidate (a thumbnail distance above the threshold but below `BORDERLINE`) is then accepted
+when its ratio-tested descriptor matches fit one similarity transform (rotation, uniform
+scale, translation; RANSAC, cv2.estimateAffinePartial2D) with at least `MIN_INLIERS` inliers
+that spread over at least `MIN_COVER` of the smaller image (so a shared logo or a patch of text
+is not enough). In a trial on 3,000 random pairs of different photographs of the reduced quality set
 (with 96 keypoints on 3 levels, more than kept here) none reached more than 6 inliers; the
 acceptance asks for 10, on candidates the hash already found close.
 """
