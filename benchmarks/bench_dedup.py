@@ -12,6 +12,10 @@
    linear-cost claim (the average at 1k still carries the fixed costs: worker start-up, the
    calibration's random pairs, the plots).
 
+Both parts also report CPU time per image (this process and its finished worker processes,
+from getrusage): on a machine shared with other jobs, wall-time ratios swing by tens of per
+cent between rounds, CPU time much less.
+
     python benchmarks/bench_dedup.py [--n 3000] [--sizes 1000,10000,100000] [--workers N]
                                      [--rounds 3]
 """
@@ -19,6 +23,7 @@
 from __future__ import annotations
 
 import hashlib
+import resource
 import statistics
 import tempfile
 import time
@@ -72,11 +77,27 @@ def bare_decode(records: list, _params: None) -> int:
     return len(records)
 
 
-def decode_rate(folder: Path, workers: int) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the pool's workers, reaped when
+    a map ends): unlike wall time, barely moved by other jobs on a shared machine."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), \
+        resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def decode_rate(folder: Path, workers: int) -> tuple[float, float]:
+    """Images per second of the bare decode loop, and its CPU seconds per image."""
     source = open_source(folder)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     done = sum(map_ordered(bare_decode, None, chunked(iter(source), 64), workers))
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), (cpu_seconds() - cpu) / done
+
+
+def timed_dedup(n: int, *args, **kwargs) -> tuple[dict, float]:
+    """dedup's summary and its CPU seconds per image (workers included)."""
+    cpu = cpu_seconds()
+    summary = dedup(*args, **kwargs)
+    return summary, (cpu_seconds() - cpu) / n
 
 
 @click.command()
@@ -93,44 +114,54 @@ def main(n: int, sizes: str, workers: int, rounds: int) -> None:
         trained = dedup([root / "lsun"], root / "train", epochs=1, min_steps=TRAIN_STEPS,
                         workers=workers, progress=False)
         model = root / "train" / "autoencoder.pt"
-        bares, rates = [], []
+        bares, rates, bare_cpu, cpu = [], [], [], []
         for _ in range(rounds):  # alternating, so load from other processes hits both
-            bares.append(decode_rate(root / "lsun", workers))
-            hashed = dedup([root / "lsun"], root / "hash", model=model, workers=workers,
-                           overwrite=True, progress=False)
+            rate, per_image = decode_rate(root / "lsun", workers)
+            bares.append(rate)
+            bare_cpu.append(per_image)
+            hashed, per_image = timed_dedup(n, [root / "lsun"], root / "hash", model=model,
+                                            workers=workers, overwrite=True, progress=False)
             rates.append(hashed["images_per_s"])
+            cpu.append(per_image)
         bare, rate = statistics.median(bares), statistics.median(rates)
+        bare_ms, cpu_ms = 1e3 * min(bare_cpu), 1e3 * min(cpu)
         print(f"{n} LSUN-like WebP images (~256 px), {workers} workers, {rounds} round(s)")
         print(f"bare decode loop (decode_image)        : {bare:8.0f} images/s   (rounds "
-              + ", ".join(f"{r:.0f}" for r in bares) + ")")
-        paper = dedup([root / "lsun"], root / "paper", model=model, radius=0, verify=False,
-                      workers=workers, progress=False)
+              + ", ".join(f"{r:.0f}" for r in bares) + f"); CPU {bare_ms:.2f} ms/image")
+        paper, paper_cpu = timed_dedup(n, [root / "lsun"], root / "paper", model=model,
+                                       radius=0, verify=False, workers=workers, progress=False)
         print(f"pipeline dedup --model (hash + verify) : {rate:8.0f} images/s"
               f"   ratio {rate / bare:.2f} (target >= 0.7; rounds "
               + ", ".join(f"{r:.0f}" for r in rates) + "); "
               f"{hashed['verification']['candidate_pairs']} candidate pairs, "
               f"{hashed['timings_s']}")
+        print(f"  CPU time per image (best round)       : {cpu_ms:.2f} ms against the bare "
+              f"loop's {bare_ms:.2f}: ratio {bare_ms / cpu_ms:.2f} (workers and driver; barely "
+              "moved by other jobs, unlike wall time)")
         print(f"  paper's mode (--radius 0 --no-verify) : {paper['images_per_s']:8.0f} images/s"
-              f"   ratio {paper['images_per_s'] / bare:.2f}")
+              f"   ratio {paper['images_per_s'] / bare:.2f}; CPU ratio "
+              f"{bare_ms / (1e3 * paper_cpu):.2f}")
         print(f"pipeline dedup, training included      : {trained['images_per_s']:8.0f} images/s"
               f"   (training {TRAIN_STEPS} steps: {trained['timings_s']['train_s']:.1f} s)")
         print("\nper-image time, synthetic 64 px WebP, hashing run with the saved model "
-              "(marginal: per image added since the previous N, fixed costs cancelled):")
+              "(marginal: per image added since the previous N, fixed costs cancelled; wall "
+              "time, and CPU time of the driver and workers, less moved by other jobs):")
         previous = None
         for size in (int(s) for s in sizes.split(",")):
             folder = root / f"syn{size}"
             write_lsun(folder, synthetic(size, seed=size))
-            summary = dedup([folder], root / f"out{size}", model=model, workers=workers,
-                            progress=False)
-            per = summary["seconds"] / size * 1e6
-            marginal = ("" if previous is None else "  marginal "
-                        f"{(summary['seconds'] - previous[1]) / (size - previous[0]) * 1e6:.1f}")
-            previous = (size, summary["seconds"])
-            print(f"N = {size:>7}: {per:8.1f} us/image{marginal}  "
+            summary, per_cpu = timed_dedup(size, [folder], root / f"out{size}", model=model,
+                                           workers=workers, progress=False)
+            wall, cpu = summary["seconds"], per_cpu * size
+            marginal = ("" if previous is None else
+                        f"  marginal {(wall - previous[1]) / (size - previous[0]) * 1e6:.1f}"
+                        f" wall, {(cpu - previous[2]) / (size - previous[0]) * 1e6:.1f} CPU")
+            previous = (size, wall, cpu)
+            print(f"N = {size:>7}: {wall / size * 1e6:8.1f} us/image wall, "
+                  f"{per_cpu * 1e6:.1f} CPU{marginal}  "
                   f"({summary['images_per_s']:.0f} images/s;"
                   f" {summary['verification']['candidate_pairs']} candidate pairs;"
                   f" {summary['timings_s']})")
-
 
 if __name__ == "__main__":
     main()

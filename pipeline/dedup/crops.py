@@ -35,10 +35,11 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.decode import DEFAULT_MAX_PIXELS, decode_image, image_size
-from pipeline.dedup.keypoints import KEYPOINT_SIDE, RECORD, keypoints
+from pipeline.dedup.keypoints import KEYPOINT_SIDE, RECORD, keypoint_frame, keypoints
+from pipeline.dedup.resizing import shrink
 from pipeline.dedup.reuploads import KINDS, SINGLE, reuploaded
 from pipeline.dedup.verify import SIDE as VIEW_SIDE
-from pipeline.dedup.verify import VIEWS, frame_views, sampled
+from pipeline.dedup.verify import VIEWS, frame_views, grey_views, sampled
 from pipeline.engines import Engine, LocalEngine
 from pipeline.engines.local import chunked
 from pipeline.geometry import center_crop, resize_area
@@ -53,6 +54,8 @@ ZOOM_NAME = "zoomed.u8"  # scratch: every record's center crop zoomed to its cen
 LOG_NAME = "records.jsonl"  # scratch: one line per input, in input order
 SIDE = 32  # the paper's 32x32 downsampled center crops
 ZOOM = 0.9  # the zoomed crop: this central fraction of the center crop's side (docs/dedup.md)
+MID_SIDE = 4 * SIDE  # the center crop is first shrunk to this side; the crop and its zoomed-in
+# version are made from that (two area resizes of the full square cost about 4x more)
 REUPLOAD_SIDE = 128  # a sampled image is shrunk to this longer side before its re-upload is made
 CALIBRATION_KINDS = (*SINGLE, KINDS[-1])  # every change but the trivial exact/lossless copies
 VIEW_SHAPE = (VIEWS, VIEW_SIDE, VIEW_SIDE)
@@ -117,15 +120,18 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
             copy, copy_framed = reupload_views(rgb, rec.key, params.seed)
             reuploads.append(copy)
             reuploads_framed.append(copy_framed)
-        frame, box, is_framed = frame_views(rgb)
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        small = keypoint_frame(grey)
+        frame, box, is_framed = grey_views(grey, small)
         if box is not None:
             inner_rows.append(len(crops))
             inner.append(resize_area(center_crop(rgb[box]), params.side))
-        square = center_crop(rgb)
+        side = min(MID_SIDE, *rgb.shape[:2])
+        square = shrink(center_crop(rgb), side, side)
         crops.append(resize_area(square, params.side))
         if params.verify:
             zoomed.append(resize_area(center_crop_fraction(square, ZOOM), params.side))
-            points.append(keypoints(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)))
+            points.append(keypoints(small))
         views.append(frame)
         framed.append(is_framed)
         pixels.append(width * height)

@@ -162,11 +162,14 @@ def candidate_pairs(neighbours: CodeNeighbours, owners: np.ndarray | None = None
     standing-for images is produced from both sides; it is kept from the lower row only.
 
     With `owners`, the codes are not one per image: code k belongs to image owners[k] (dedup
-    adds a second code for pictures with uniform borders). Pairs are then of owners, without an
-    image paired with itself, and a pair reached through both codes of an image may come twice.
+    adds codes of the picture inside a frame and of the zoomed-in crop). Pairs are then of
+    owners, without an image paired with itself. A pair reached through several codes of its
+    images is listed once per chunk, sorted (so verification judges it once and reads the
+    thumbnails in order); only one reached from two chunks may come twice.
     """
     nb = neighbours
     is_rep = nb.is_rep
+    span = len(nb.code_of)  # more than any row: the pair (a, b) is the number a * span + b
     for start in range(0, len(nb.code_of), chunk):
         rows = np.arange(start, min(start + chunk, len(nb.code_of)))
         codes = nb.code_of[rows]
@@ -179,7 +182,8 @@ def candidate_pairs(neighbours: CodeNeighbours, owners: np.ndarray | None = None
             left, right = owners[left], owners[right]
             keep = left != right
             left, right = left[keep], right[keep]
-        yield np.minimum(left, right), np.maximum(left, right)
+        pairs = np.unique(np.minimum(left, right) * span + np.maximum(left, right))
+        yield pairs // span, pairs % span
 
 
 def _expand(owners: np.ndarray, starts: np.ndarray, stops: np.ndarray,
@@ -192,21 +196,24 @@ def _expand(owners: np.ndarray, starts: np.ndarray, stops: np.ndarray,
 
 
 def group_pairs(n: int, left: np.ndarray, right: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    """A group id per image (-1 alone) from verified pairs, without chaining.
+    """A group id per image (-1 alone) from verified pairs, without chaining and robust to a
+    single wrong link.
 
-    Images with a verified partner are visited from the most partners down (ties: the copy
-    `keep_order` ranks first); each one not yet placed becomes an *anchor* and takes every
-    unplaced image verified against **it**. Every member of a group has thus been verified
-    against one image, the anchor: a path of pairwise matches (A~B, B~C, ...) cannot chain
-    unrelated pictures into one group. An anchor can be an outlier of its group (a cropped
-    copy that matched one more image than the original did), so an image still alone after
-    that then joins the group it was verified against most often, if that is at least half of
-    the group's members (`join_majority`): still never through a single link. Group ids follow
-    first appearance in the input.
+    First, groups form around anchors (`take_around_anchors`): images with a verified partner
+    are visited from the most partners down (ties: the copy `keep_order` ranks first); each one
+    not yet placed becomes an *anchor* and takes every unplaced image verified against **it**,
+    so a path of pairwise matches (A~B, B~C, ...) cannot chain unrelated pictures into one
+    group. That step alone trusts single links: an anchor visited first takes a look-alike that
+    one wrong pair ties to it, even when the look-alike matches the members of its own group.
+    So second, every image but the anchors is placed again by vote (`settle`): into the group
+    holding most of its verified partners, and only when that is more than half of them. A
+    wrong pair then moves nobody whose own group outvotes it, and two groups never merge
+    through one pair (an image with one link into each is ambiguous: alone). Last, the images
+    left alone form groups among themselves the same way (two copies that a wrong link pulled
+    apart). Group ids follow first appearance in the input.
     """
-    group = np.full(n, -1, np.int64)
     if len(left) == 0:
-        return group
+        return np.full(n, -1, np.int64)
     ends = np.concatenate([left, right])
     partners = np.concatenate([right, left])
     order = np.argsort(ends, kind="stable")
@@ -214,7 +221,20 @@ def group_pairs(n: int, left: np.ndarray, right: np.ndarray, pixels: np.ndarray)
     degree = np.bincount(ends, minlength=n)
     lims = np.concatenate([[0], np.cumsum(degree)])
     linked = np.flatnonzero(degree)
-    for anchor in linked[np.lexsort((keep_order(pixels)[linked], -degree[linked]))]:
+    visits = linked[np.lexsort((keep_order(pixels)[linked], -degree[linked]))]
+    formed = np.full(n, -1, np.int64)
+    take_around_anchors(formed, visits, partners, lims)
+    group = settle(formed, ends, partners)
+    take_around_anchors(group, visits, partners, lims)
+    return _renumber(group)
+
+
+def take_around_anchors(group: np.ndarray, visits: np.ndarray, partners: np.ndarray,
+                        lims: np.ndarray) -> None:
+    """In `visits` order, each image still unplaced in `group` (-1) that has unplaced partners
+    (`partners[lims[i]:lims[i + 1]]`) becomes an anchor and takes them; a group's id is its
+    anchor's row. In place."""
+    for anchor in visits:
         if group[anchor] >= 0:
             continue
         members = partners[lims[anchor] : lims[anchor + 1]]
@@ -222,29 +242,44 @@ def group_pairs(n: int, left: np.ndarray, right: np.ndarray, pixels: np.ndarray)
         if len(members):
             group[members] = anchor
             group[anchor] = anchor
-    join_majority(group, partners, lims, linked)
+
+
+def settle(formed: np.ndarray, ends: np.ndarray, partners: np.ndarray) -> np.ndarray:
+    """Place every image again but the anchors, by vote: `formed` holds each image's anchor row
+    (-1 unplaced), (`ends`, `partners`) the verified pairs both ways round. An image goes to the
+    group holding more than half of its verified partners (a partner elsewhere, or alone, is a
+    vote against), when it was also verified against that group's anchor or at least half of
+    its other members; else it stays alone, as does an anchor left without members. Votes count
+    the groups as formed, so the result does not depend on the order images are settled in."""
+    n = len(formed)
+    is_anchor = formed == np.arange(n)
+    settled = np.where(is_anchor, formed, -1)
+    partner_group = formed[partners]
+    keep = (partner_group >= 0) & ~is_anchor[ends]
+    partner, partner_group = partners[keep], partner_group[keep]
+    key, inverse, votes = np.unique(ends[keep] * n + partner_group, return_inverse=True,
+                                    return_counts=True)
+    image, group = key // n, key % n
+    via_anchor = np.bincount(inverse.reshape(-1), weights=partner == partner_group,
+                             minlength=len(key)) > 0
+    size = np.bincount(formed[formed >= 0], minlength=n)[group] - (formed[image] == group)
+    majority = 2 * votes > np.bincount(ends, minlength=n)[image]
+    chosen = majority & (via_anchor | (2 * votes >= size))
+    settled[image[chosen]] = group[chosen]
+    alone = np.bincount(settled[settled >= 0], minlength=n) == 1
+    settled[is_anchor & alone[np.maximum(settled, 0)]] = -1
+    return settled
+
+
+def _renumber(group: np.ndarray) -> np.ndarray:
+    """Group ids 0, 1, ... in order of first appearance in the input (deterministic and
+    readable); a group left with one image is no group (-1)."""
     placed = group >= 0
+    placed[placed] = np.bincount(group[placed], minlength=len(group))[group[placed]] > 1
     ids, first_row = np.unique(group[placed], return_index=True)
-    renumber = np.full(n, -1, np.int64)
+    renumber = np.full(len(group), -1, np.int64)
     renumber[ids[np.argsort(first_row)]] = np.arange(len(ids))
     return np.where(placed, renumber[np.maximum(group, 0)], -1)
-
-
-def join_majority(group: np.ndarray, partners: np.ndarray, lims: np.ndarray,
-                  linked: np.ndarray) -> None:
-    """Place each image of `linked` that no anchor took into the group (ids are anchors'
-    rows) holding most of its verified partners, when they are at least half of that group as
-    the anchors formed it; in place. Images placed here do not count for each other."""
-    formed = group.copy()
-    size = np.bincount(formed[formed >= 0], minlength=len(group))
-    for image in linked[formed[linked] < 0]:
-        near = formed[partners[lims[image] : lims[image + 1]]]
-        near = near[near >= 0]
-        if len(near):
-            votes = np.bincount(near)
-            best = int(np.argmax(votes))
-            if 2 * votes[best] >= size[best]:
-                group[image] = best
 
 
 def keep_order(pixels: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from pipeline.dedup.keypoints import BORDERLINE, geometric_verdicts
+from pipeline.dedup.keypoints import BORDERLINE, geometric_verdicts, keypoint_frame
 
 SIDE = 32  # the thumbnail of the whole frame, grey, SIDE x SIDE
 LOW = 8  # the LOW x LOW lowest DCT frequencies are compared (as in pHash)
@@ -62,9 +62,18 @@ def frame_views(rgb: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice] | None
     trimmed (the same twice when there is no border); where the picture inside the borders is
     (`inner_box`, for dedup's inner crop); and whether those borders are a frame (`is_frame`)."""
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    whole = _thumb(grey)
+    return grey_views(grey, keypoint_frame(grey))
+
+
+def grey_views(grey: np.ndarray,
+               small: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice] | None, bool]:
+    """`frame_views` of a grey frame, given it also at KEYPOINT_SIDE (`small`,
+    keypoints.keypoint_frame, which the crops pass has anyway): the whole frame's thumbnail is
+    made from that, and the trimmed one the same way (a photo and its letterboxed copy then
+    give the same thumbnail)."""
+    whole = _thumb(small)
     box = inner_box(grey)
-    views = np.stack([whole, whole if box is None else _thumb(grey[box])])
+    views = np.stack([whole, whole if box is None else _thumb(keypoint_frame(grey[box]))])
     return views, box, is_frame(grey, box)
 
 

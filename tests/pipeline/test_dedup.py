@@ -251,12 +251,15 @@ def test_the_largest_copy_is_kept():
 
 def test_verified_pairs_group_around_anchors_without_chaining():
     """A path of matches 0~1~2~3~4 (each image like the next, the ends unlike) does not become
-    one group: every member was verified against its group's anchor."""
+    one group: every member was verified against its group's anchor. Image 2 matches one
+    member of each group (1, the first anchor, and 3, which anchors 4): ambiguous, it stays
+    alone rather than join either through a single link."""
     left, right = np.array([0, 1, 2, 3]), np.array([1, 2, 3, 4])
     groups = group_pairs(6, left, right, pixels=np.full(6, 100))
     assert groups[5] == -1  # no verified partner
-    assert groups[0] == groups[1] == groups[2]  # 1 is the first anchor (two partners)
-    assert groups[3] == groups[4] != groups[0]  # 3's partner 2 is taken: 3 anchors 4
+    assert groups[0] == groups[1] != -1
+    assert groups[3] == groups[4] != groups[0]
+    assert groups[2] == -1
     members = {g: set(np.flatnonzero(groups == g)) for g in set(groups.tolist()) - {-1}}
     pairs = set(zip(left.tolist(), right.tolist(), strict=True))
     for rows in members.values():  # each member is verified against one member: the anchor
@@ -265,13 +268,27 @@ def test_verified_pairs_group_around_anchors_without_chaining():
 
 def test_an_image_an_outlier_anchor_left_out_joins_the_group_it_matches_mostly():
     """Anchor 4 (a cropped copy, say) matched more images than the original 0 did; image 6
-    matches 0, 1, 2 and 3 but not the anchor, so it joins by majority (4 of the 7 members);
-    image 7 matches one member only and stays alone (a single link never chains)."""
+    matches 0, 1, 2 and 3 but not the anchor, so it joins by majority (4 of the 7 members).
+    Image 5 matches the anchor and image 7, which matches nothing else: half of its partners
+    are outside the group, so it does not join through its single link to the anchor; 5 and 7,
+    left alone, are a pair of their own (a single link never chains 7 into the group)."""
     pairs = [(0, 1), (0, 2), (0, 3), (0, 4), (1, 4), (2, 4), (3, 4), (4, 5), (4, 8),
              (0, 6), (1, 6), (2, 6), (3, 6), (5, 7)]
     left, right = (np.array(x) for x in zip(*pairs, strict=True))
     groups = group_pairs(9, left, right, pixels=np.full(9, 100))
-    assert groups.tolist() == [0, 0, 0, 0, 0, 0, 0, -1, 0]
+    assert groups.tolist() == [0, 0, 0, 0, 0, 1, 0, 1, 0]
+
+
+@pytest.mark.parametrize("wrong", [(0, 5), (1, 6), (4, 9)])
+def test_one_wrong_pair_neither_merges_two_groups_nor_moves_a_member(wrong):
+    """Two sets of copies (0-4 and 5-9, every pair within each verified) and one wrong pair
+    between them (two look-alike pictures): union-find merges them into one group (25 false
+    pairs); anchors alone let the first anchor take the look-alike (5 false pairs). The
+    look-alike matches four members of its own group against one of the other: it stays."""
+    pairs = [(a, b) for rows in (range(5), range(5, 10)) for a in rows for b in rows if a < b]
+    left, right = (np.array(x) for x in zip(*pairs, wrong, strict=True))
+    groups = group_pairs(10, left, right, pixels=np.full(10, 100))
+    assert groups.tolist() == [0] * 5 + [1] * 5
 
 
 def test_a_second_code_per_image_proposes_pairs_of_images_never_with_itself():
