@@ -452,8 +452,9 @@ def test_a_stop_signal_leaves_one_line_and_no_scratch(tmp_path, tiles):
             "--no-progress", "--device", "cpu"]
     with started(script("pipeline", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                  text=True) as process:
+        records = out / "records.jsonl"  # made just after crops.u8: wait for both
         wait_for(lambda: (out / "autoencoder.pt").exists() or (out / "crops.u8").exists()
-                 and (out / "records.jsonl").stat().st_size > 0, timeout=120,
+                 and records.exists() and records.stat().st_size > 0, timeout=120,
                  what="the crops pass done")
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
