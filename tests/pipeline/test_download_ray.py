@@ -22,7 +22,7 @@ from pipeline.engines import EngineError
 from pipeline.runner import Stage, StageError, run_stage
 from tests.pipeline.http_server import serving
 from tests.pipeline.test_download import FAST, manifest, photos, shard_bytes
-from tests.pipeline.test_engines import RAY_ENV
+from tests.pipeline.test_engines import ray_in_this_process
 from tests.processes import script, started, wait_for
 
 pytestmark = pytest.mark.slow
@@ -45,10 +45,8 @@ def images() -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def four_cpu_ray():
     """A Ray of 4 CPUs in this process, which the download's Ray engine joins."""
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": RAY_ENV["PYTHONPATH"]}})
-    yield
-    ray.shutdown()
+    with ray_in_this_process(cpus=4):
+        yield
 
 
 def write_list(server, folder, paths) -> os.PathLike:

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,12 +187,21 @@ def test_a_chunk_that_always_kills_its_local_worker_is_one_line(corpus, tmp_path
 
 # ---- one Ray started in this process -------------------------------------------------------------
 
+@contextlib.contextmanager
+def ray_in_this_process(cpus: int) -> Iterator[None]:
+    """A Ray of `cpus` CPUs on 127.0.0.1, started in this process, that the engines join."""
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": RAY_ENV["PYTHONPATH"]}})
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 @pytest.fixture(scope="class")
 def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": RAY_ENV["PYTHONPATH"]}})
-    yield
-    ray.shutdown()
+    with ray_in_this_process(cpus=2):
+        yield
 
 
 @pytest.mark.usefixtures("local_ray")
