@@ -80,18 +80,26 @@ def keypoints(grey: np.ndarray) -> np.ndarray:
     return record
 
 
+def ratio_matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into a, into b) of the descriptor matches that pass Lowe's ratio test: b's
+    nearest descriptor to each of a's (Hamming distance) is closer than RATIO times the second
+    nearest. cv2.batchDistance is what OpenCV's brute-force matcher runs; called directly it
+    gives arrays, the same matches without a Python object per match (~35 -> ~20 us a pair)."""
+    distance, nearest = cv2.batchDistance(a, b, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2)
+    keep = distance[:, 0] < RATIO * distance[:, 1]
+    return np.flatnonzero(keep), nearest[keep, 0]
+
+
 def match(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
     """(inliers, cover) of the similarity fit between two RECORDs; (0, 0.0) when there is none."""
     na, nb = int(a["count"]), int(b["count"])
     if na < 2 or nb < 2:
         return 0, 0.0
-    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a["descriptors"][:na],
-                                                     b["descriptors"][:nb], k=2)
-    good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
-    if len(good) < 3:
+    query, train = ratio_matches(a["descriptors"][:na], b["descriptors"][:nb])
+    if len(query) < 3:
         return 0, 0.0
-    src = a["xy"][[m.queryIdx for m in good]].astype(np.float32)
-    dst = b["xy"][[m.trainIdx for m in good]].astype(np.float32)
+    src = a["xy"][query].astype(np.float32)
+    dst = b["xy"][train].astype(np.float32)
     fit, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
                                             ransacReprojThreshold=REPROJECTION_PX,
                                             maxIters=500, confidence=0.99)
