@@ -75,7 +75,7 @@ def keypoints(grey: np.ndarray) -> np.ndarray:
     if descriptors is not None:
         count = min(len(found), KEYPOINTS)
         record["count"] = count
-        record["xy"][:count] = [point.pt for point in found[:count]]
+        record["xy"][:count] = cv2.KeyPoint_convert(found[:count])
         record["descriptors"][:count] = descriptors[:count]
     return record
 
