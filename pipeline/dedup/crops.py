@@ -131,7 +131,7 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
         square = shrink(center_crop(rgb), side, side)
         crops.append(resize_area(square, params.side))
         if params.verify:
-            zoomed.append(resize_area(center_crop_fraction(square, ZOOM), params.side))
+            zoomed.append(shrink(center_crop_fraction(square, ZOOM), params.side, params.side))
             points.append(keypoints(small))
         views.append(frame)
         framed.append(is_framed)
