@@ -41,11 +41,16 @@ _ORB = None
 
 
 def _orb() -> cv2.ORB:
-    """One detector per process (workers make their own): small patches for small frames."""
+    """One detector per process (workers make their own): small patches for small frames.
+    Keypoints are ranked by their FAST score, not the Harris response (~7 % cheaper: ~175
+    against ~190 us an image; on 24 photos it fit as many or more copies of each kind, on
+    the reduced quality set the same recall, and no random pair of different photographs
+    came above 5 inliers)."""
     global _ORB
     if _ORB is None:
         _ORB = cv2.ORB_create(nfeatures=KEYPOINTS, scaleFactor=1.3, nlevels=2,
-                              edgeThreshold=15, patchSize=15, fastThreshold=10)
+                              edgeThreshold=15, patchSize=15, fastThreshold=10,
+                              scoreType=cv2.ORB_FAST_SCORE)
     return _ORB
 
 
