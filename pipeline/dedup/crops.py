@@ -59,6 +59,7 @@ MID_SIDE = 4 * SIDE  # the center crop is first shrunk to this side; the crop an
 REUPLOAD_SIDE = 128  # a sampled image is shrunk to this longer side before its re-upload is made
 CALIBRATION_KINDS = (*SINGLE, KINDS[-1])  # every change but the trivial exact/lossless copies
 VIEW_SHAPE = (VIEWS, VIEW_SIDE, VIEW_SIDE)
+JPEG_START = b"\xff\xd8"  # the only format decode_image may decode at a reduced scale
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
             rgb = decode_image(data, max_pixels=params.max_pixels,
                                draft_side=max(params.side, KEYPOINT_SIDE) if params.verify
                                else params.side)
-            width, height = image_size(data)
+            header = header_pixels(data, rgb)
         except RecordError as err:  # too_large, unreadable, or a decoder reason
             entries.append(CropEntry(rec.key, err.status, err.reason))
             continue
@@ -130,17 +131,28 @@ def crop_chunk(records: list[Record], params: CropParams) -> CropChunk:
         square = shrink(center_crop(rgb), side, side)
         crops.append(resize_area(square, params.side))
         if params.verify:
-            zoomed.append(resize_area(center_crop_fraction(square, ZOOM), params.side))
+            zoomed.append(shrink(center_crop_fraction(square, ZOOM), params.side, params.side))
             points.append(keypoints(small))
         views.append(frame)
         framed.append(is_framed)
-        pixels.append(width * height)
+        pixels.append(header)
     crop_shape = (params.side, params.side, 3)
     return CropChunk(entries, _stack(crops, crop_shape), _stack(zoomed, crop_shape),
                      _stack(views, VIEW_SHAPE),
                      np.array(points, RECORD).reshape(-1), pixels,
                      framed, inner_rows, _stack(inner, crop_shape), chosen,
                      _stack(reuploads, VIEW_SHAPE), reuploads_framed)
+
+
+def header_pixels(data: bytes, rgb: np.ndarray) -> int:
+    """Width x height as the file's header states them (what the keep rule compares): the
+    decoded frame's, but for a JPEG, which decode_image may have decoded at a reduced scale
+    (its draft), so its header is read again (~20-60 us, spared for the other formats). An
+    EXIF rotation swaps the sides, not their product."""
+    if data[:2] == JPEG_START:
+        width, height = image_size(data)
+        return width * height
+    return rgb.shape[0] * rgb.shape[1]
 
 
 def center_crop_fraction(square: np.ndarray, fraction: float) -> np.ndarray:
@@ -156,8 +168,7 @@ def reupload_views(rgb: np.ndarray, key: str, seed: int) -> tuple[np.ndarray, bo
     rng = np.random.default_rng([zlib.crc32(key.encode("utf-8")), seed])
     scale = REUPLOAD_SIDE / max(rgb.shape[:2])
     if scale < 1:
-        rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)),
-                               max(1, round(rgb.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+        rgb = shrink(rgb, max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
     views, _, framed = frame_views(reuploaded(rgb, str(rng.choice(CALIBRATION_KINDS)), rng))
     return views, framed
 

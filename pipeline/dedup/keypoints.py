@@ -41,11 +41,16 @@ _ORB = None
 
 
 def _orb() -> cv2.ORB:
-    """One detector per process (workers make their own): small patches for small frames."""
+    """One detector per process (workers make their own): small patches for small frames.
+    Keypoints are ranked by their FAST score, not the Harris response (~7 % cheaper: ~175
+    against ~190 us an image; on 24 photos it fit as many or more copies of each kind, on
+    the reduced quality set the same recall, and no random pair of different photographs
+    came above 5 inliers)."""
     global _ORB
     if _ORB is None:
         _ORB = cv2.ORB_create(nfeatures=KEYPOINTS, scaleFactor=1.3, nlevels=2,
-                              edgeThreshold=15, patchSize=15, fastThreshold=10)
+                              edgeThreshold=15, patchSize=15, fastThreshold=10,
+                              scoreType=cv2.ORB_FAST_SCORE)
     return _ORB
 
 
@@ -75,9 +80,19 @@ def keypoints(grey: np.ndarray) -> np.ndarray:
     if descriptors is not None:
         count = min(len(found), KEYPOINTS)
         record["count"] = count
-        record["xy"][:count] = [point.pt for point in found[:count]]
+        record["xy"][:count] = cv2.KeyPoint_convert(found[:count])
         record["descriptors"][:count] = descriptors[:count]
     return record
+
+
+def ratio_matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into a, into b) of the descriptor matches that pass Lowe's ratio test: b's
+    nearest descriptor to each of a's (Hamming distance) is closer than RATIO times the second
+    nearest. cv2.batchDistance is what OpenCV's brute-force matcher runs; called directly it
+    gives arrays, the same matches without a Python object per match (~35 -> ~20 us a pair)."""
+    distance, nearest = cv2.batchDistance(a, b, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2)
+    keep = distance[:, 0] < RATIO * distance[:, 1]
+    return np.flatnonzero(keep), nearest[keep, 0]
 
 
 def match(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
@@ -85,13 +100,11 @@ def match(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
     na, nb = int(a["count"]), int(b["count"])
     if na < 2 or nb < 2:
         return 0, 0.0
-    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a["descriptors"][:na],
-                                                     b["descriptors"][:nb], k=2)
-    good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
-    if len(good) < 3:
+    query, train = ratio_matches(a["descriptors"][:na], b["descriptors"][:nb])
+    if len(query) < 3:
         return 0, 0.0
-    src = a["xy"][[m.queryIdx for m in good]].astype(np.float32)
-    dst = b["xy"][[m.trainIdx for m in good]].astype(np.float32)
+    src = a["xy"][query].astype(np.float32)
+    dst = b["xy"][train].astype(np.float32)
     fit, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
                                             ransacReprojThreshold=REPROJECTION_PX,
                                             maxIters=500, confidence=0.99)

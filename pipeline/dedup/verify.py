@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from pipeline.dedup.keypoints import BORDERLINE, geometric_verdicts, keypoint_frame
+from pipeline.dedup.resizing import shrink
 
 SIDE = 32  # the thumbnail of the whole frame, grey, SIDE x SIDE
 LOW = 8  # the LOW x LOW lowest DCT frequencies are compared (as in pHash)
@@ -117,7 +118,7 @@ def _border(grey: np.ndarray) -> int:
 
 
 def _thumb(grey: np.ndarray) -> np.ndarray:
-    return cv2.resize(grey, (SIDE, SIDE), interpolation=cv2.INTER_AREA)
+    return shrink(grey, SIDE, SIDE)
 
 
 # ---- comparing ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import tracemalloc
 
+import cv2
 import faiss
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from pipeline.cli import main
 from pipeline.dedup import DEFAULT_RADIUS
 from pipeline.dedup import dedup as run_dedup
 from pipeline.dedup.autoencoder import hash_encoder, load_model
-from pipeline.dedup.crops import CropParams, extract_crops
+from pipeline.dedup.crops import CropParams, crop_chunk, extract_crops
 from pipeline.dedup.grouping import (
     IMAGES_PER_CODE,
     NEAREST_CODES,
@@ -34,7 +35,7 @@ from pipeline.dedup.hashing import hash_crops
 from pipeline.dedup.reuploads import reupload
 from pipeline.dedup.verify import DEFAULT_THRESHOLD
 from pipeline.shards import make_shards
-from pipeline.sources import open_source
+from pipeline.sources import Record, open_source
 from tests.conftest import natural_tiles
 from tests.processes import script, started, wait_for
 
@@ -463,3 +464,16 @@ def test_a_stop_signal_leaves_one_line_and_no_scratch(tmp_path, tiles):
     assert not list(out.glob("*.u8")) and not (out / "summary.json").exists()
     summary = run_dedup([folder], out, **FAST)  # unfinished: started over without --overwrite
     assert summary["inputs"] == len(tiles)
+
+
+def test_the_keep_rule_counts_the_pixels_the_header_states():
+    """A large JPEG is decoded at a reduced scale (its draft); the keep rule must still see its
+    full size, as it sees a PNG's or a WebP's (whose header the crops pass does not reread)."""
+    rng = np.random.default_rng(0)
+    img = cv2.resize(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), (1600, 1200),
+                     interpolation=cv2.INTER_CUBIC)
+    records = [Record(f"{fmt}", data=demo.encode(img, fmt, quality=90))
+               for fmt in ("JPEG", "PNG", "WEBP")]
+    chunk = crop_chunk(records, CropParams())
+    assert [entry.status for entry in chunk.entries] == [None, None, None]
+    assert chunk.pixels == [1600 * 1200] * 3
