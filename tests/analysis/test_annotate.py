@@ -520,10 +520,10 @@ def _loaded(pid: int, library: str) -> bool:
 def test_a_stop_signal_while_starting_is_one_line(ckpt, tmp_path, library):
     """Sent while numpy, torch, scikit-learn or scipy load (an exception raised half-way
     through a library's import can leave it broken): one line, never a traceback. (On a
-    loaded machine it may arrive while the samples are drawn: the progress bar is then
-    cleared, and only the line is left on the terminal.)"""
+    loaded machine it may arrive while the samples are drawn; without a progress bar, whose
+    first frame a signal can cut before the bar can clear itself, only the line is left.)"""
     with started(script("analysis", "annotate", "--ckpt", str(ckpt), "--out",
-                        str(tmp_path / "ann"), "--device", "cpu"),
+                        str(tmp_path / "ann"), "--device", "cpu", "--no-progress"),
                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
         wait_for(lambda: _loaded(process.pid, library) or process.poll() is not None,
                  timeout=120, what=f"{library} loading")
