@@ -38,6 +38,7 @@ from core.outputs import check_output, own_output
 from core.pixels import to_uint8
 from core.sheets import contact_sheet
 from gan.models import Generator
+from gan.sample import generate
 
 WindowBox = tuple[float, float, float, float]  # x0, y0, x1, y1 in output-image pixels
 
@@ -188,9 +189,9 @@ def generate_pair(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples from the same z (as one batch) without and with the masked feature maps
     zeroed."""
-    original = generate_all(G, z, bn)
+    original = generate(G, z, bn=bn)
     with zeroed_channels(module, mask):
-        dropped = generate_all(G, z, bn)
+        dropped = generate(G, z, bn=bn)
     return original, dropped
 
 
