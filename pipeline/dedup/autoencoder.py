@@ -120,8 +120,11 @@ def to_input(crops: np.ndarray | torch.Tensor, device: torch.device | str = "cpu
 def corrupt(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
     """What re-uploading does to a 32x32 crop, at `strength` 1.0:
 
-    - rescale by up to +-6% and shift by up to 1.5 px (a few % crop, a shifted or resized copy:
-      the center crop of the copy covers a slightly different window);
+    - rescale by up to +-10% and shift by up to 2 px (a crop of a few %, a shifted or resized
+      copy: the center crop of the copy covers a slightly different window). Narrower ranges
+      (+-6%, 1.5 px) left most crop + resize copies too far from their originals to be proposed;
+      wider ones (+-12%, 2.5 px) made the code blind to text overlays (docs/dedup.md, "What each
+      part buys");
     - brightness offset up to +-20 grey levels and contrast up to +-10%;
     - pixel noise up to 3 grey levels (what JPEG/WebP re-encoding leaves after area downscaling).
     `strength` 0 returns `x` unchanged (the plain autoencoder without input corruption).
@@ -134,8 +137,8 @@ def corrupt(x: torch.Tensor, strength: float, generator: torch.Generator) -> tor
         r = torch.rand(n, *shape, generator=generator, device=generator.device)
         return (low + (high - low) * r).to(x.device)
 
-    scale = 1.0 + strength * uniform(-0.06, 0.06, 1)
-    shift = strength * uniform(-1.5, 1.5, 2) * (2.0 / x.shape[-1])
+    scale = 1.0 + strength * uniform(-0.10, 0.10, 1)
+    shift = strength * uniform(-2.0, 2.0, 2) * (2.0 / x.shape[-1])
     theta = torch.zeros(n, 2, 3, device=x.device)
     theta[:, 0, 0] = theta[:, 1, 1] = scale[:, 0]
     theta[:, :, 2] = shift
