@@ -337,5 +337,5 @@ def histogram(calibration: Calibration, candidate_counts: np.ndarray | None = No
     ax.set_ylabel("fraction of pairs")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.11, right=0.98, bottom=0.14, top=0.97)  # tight_layout: ~0.25 s
     return fig
