@@ -33,6 +33,7 @@ SCALES = (0.5, 2.0)  # a fitted scale outside this is not a re-upload
 # set, 0.9 left out crop + resize copies that the check accepts at distances 0.92-1.11; 1.1 took
 # them for ~50 % more checks on the speed benchmark's set (docs/dedup.md).
 BORDERLINE = 1.1
+GEOMETRIC_BATCH = 4096  # borderline pairs whose records are unpacked together (bounded memory)
 
 RECORD = np.dtype([("count", "<u2"), ("height", "<u2"), ("width", "<u2"),
                    ("xy", "<f2", (KEYPOINTS, 2)), ("descriptors", "u1", (KEYPOINTS, 32))])
@@ -98,37 +99,56 @@ def ratio_matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def match(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
     """(inliers, cover) of the similarity fit between two RECORDs; (0, 0.0) when there is none."""
-    na, nb = int(a["count"]), int(b["count"])
-    if na < 2 or nb < 2:
+    return fit(*unpacked(a), *unpacked(b))
+
+
+def unpacked(record: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """A RECORD's descriptors, its positions as float32 (what OpenCV fits), its frame's area."""
+    count = int(record["count"])
+    return (record["descriptors"][:count], record["xy"][:count].astype(np.float32),
+            float(record["height"]) * float(record["width"]))
+
+
+def fit(descriptors_a: np.ndarray, xy_a: np.ndarray, area_a: float, descriptors_b: np.ndarray,
+        xy_b: np.ndarray, area_b: float) -> tuple[int, float]:
+    """`match` on unpacked records (`unpacked`)."""
+    if len(xy_a) < 2 or len(xy_b) < 2:
         return 0, 0.0
-    query, train = ratio_matches(a["descriptors"][:na], b["descriptors"][:nb])
+    query, train = ratio_matches(descriptors_a, descriptors_b)
     if len(query) < 3:
         return 0, 0.0
-    src = a["xy"][query].astype(np.float32)
-    dst = b["xy"][train].astype(np.float32)
-    fit, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
-                                            ransacReprojThreshold=REPROJECTION_PX,
-                                            maxIters=500, confidence=0.99)
-    if fit is None or not SCALES[0] < float(np.hypot(fit[0, 0], fit[0, 1])) < SCALES[1]:
+    src, dst = xy_a[query], xy_b[train]
+    transform, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
+                                                  ransacReprojThreshold=REPROJECTION_PX,
+                                                  maxIters=500, confidence=0.99)
+    if transform is None or \
+            not SCALES[0] < float(np.hypot(transform[0, 0], transform[0, 1])) < SCALES[1]:
         return 0, 0.0
     inliers = mask.ravel().astype(bool)
     if inliers.sum() < 3:
         return int(inliers.sum()), 0.0
-    area = min(float(a["height"]) * float(a["width"]), float(b["height"]) * float(b["width"]))
     hulls = (cv2.contourArea(cv2.convexHull(points[inliers])) for points in (src, dst))
-    return int(inliers.sum()), min(hulls) / max(area, 1.0)
+    return int(inliers.sum()), min(hulls) / max(min(area_a, area_b), 1.0)
 
 
 def accepted(inliers: int, cover: float) -> bool:
     return inliers >= MIN_INLIERS and cover >= MIN_COVER
 
 
-def geometric_verdicts(records: np.ndarray, left: np.ndarray,
-                       right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per pair (rows of `records`, e.g. the memory map): accepted flags and inlier counts."""
+def geometric_verdicts(records: np.ndarray, left: np.ndarray, right: np.ndarray, *,
+                       batch: int = GEOMETRIC_BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair (rows of `records`, e.g. the memory map): accepted flags and inlier counts.
+
+    `batch` pairs at a time, each record among them read once from the memory map (in row
+    order) and unpacked once, not once per pair it is in: ~60 -> ~50 us a pair on the speed
+    benchmark, where an image is in a few borderline pairs."""
     ok = np.zeros(len(left), bool)
     inliers = np.zeros(len(left), np.int32)
-    for k, (i, j) in enumerate(zip(left, right, strict=True)):
-        count, cover = match(records[i], records[j])
-        inliers[k], ok[k] = count, accepted(count, cover)
+    for start in range(0, len(left), batch):
+        i, j = left[start : start + batch], right[start : start + batch]
+        rows, inverse = np.unique(np.concatenate([i, j]), return_inverse=True)
+        points = [unpacked(record) for record in np.asarray(records[rows])]
+        for k, (a, b) in enumerate(zip(inverse[: len(i)], inverse[len(i) :], strict=True)):
+            count, cover = fit(*points[a], *points[b])
+            inliers[start + k], ok[start + k] = count, accepted(count, cover)
     return ok, inliers
