@@ -68,6 +68,19 @@ def test_corruption_is_realistic_and_off_at_zero(crops):
     assert 1 < change < 40  # grey levels: a re-upload, not a different picture
 
 
+def test_a_quarter_of_the_training_crops_carry_a_caption():
+    """The caption corruption: on a flat grey crop (no other change shows as a sharp stroke),
+    about a quarter get a thin band of white or black, 1-3 px high, across part of a row."""
+    x = torch.zeros(4000, 3, 32, 32)
+    marked = corrupt(x, 1.0, torch.Generator().manual_seed(0)).abs() > 0.3
+    with_band = marked.any(dim=(1, 2, 3))
+    assert 0.18 < with_band.float().mean().item() < 0.32
+    rows = marked[with_band].any(dim=(1, 3)).sum(dim=1)  # rows the band covers
+    assert rows.min() >= 1 and rows.max() <= 3
+    cols = marked[with_band].any(dim=(1, 2)).sum(dim=1)
+    assert cols.max() <= 32 and cols.float().mean() > 8
+
+
 def test_saved_model_reloads_safely_with_identical_codes(tmp_path, crops):
     torch.manual_seed(1)
     model = SemanticHashAutoencoder(CONFIG).eval()
