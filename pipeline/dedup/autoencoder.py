@@ -162,8 +162,9 @@ def with_caption(x: torch.Tensor, uniform: Callable[..., torch.Tensor],
     """`corrupt`'s caption: on CAPTION_RATE of the crops (n x 3 x side x side), a band of white
     or black 1-3 px high, centred anywhere, over 30-100% of the width, blended at 35-100% (times
     `strength`, at most 1). `uniform(low, high, *shape)` draws n x shape from corrupt's
-    generator. More often (half of the crops) made look-alike pictures' codes close enough to be
-    proposed, and one such pair passed verification (docs/dedup.md, "What each part buys")."""
+    generator. The rate is a trade: captions make look-alike pictures' codes closer too, and a
+    pair of look-alike tiles then passed verification for both seeds tried at half the crops,
+    for one seed of three at a quarter (docs/dedup.md, "What each part buys")."""
     side = x.shape[-1]
     pos = torch.arange(side, device=x.device, dtype=x.dtype)
     top, height = uniform(0, side, 1).floor(), uniform(1, 4, 1).floor()
