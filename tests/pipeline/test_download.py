@@ -30,6 +30,9 @@ from tests.processes import ROOT, run, script, started, wait_for
 
 FAST = dict(retries=2, retry_wait=0.05, connect_timeout=2.0, read_timeout=0.5,
             total_timeout=5.0, max_bytes=300_000)
+# For lists without a slow answer: a long read timeout, so that a busy machine cannot turn an
+# ordinary answer into a timeout in one run and not in the run it is compared with.
+PATIENT = {**FAST, "read_timeout": 10.0, "total_timeout": 30.0}
 
 
 def jpeg(rgb: np.ndarray, side: int = 384) -> bytes:
@@ -184,7 +187,7 @@ def test_ignore_opt_out_fetches_and_is_recorded(images, tmp_path):
     with serving(images) as server:
         (tmp_path / "list.txt").write_text(f"# one row\n{server.url('/noai/astronaut')}\n")
         summary = download([tmp_path / "list.txt"], tmp_path / "out", progress=False,
-                           settings=FetchSettings(ignore_opt_out=True, **FAST))
+                           settings=FetchSettings(ignore_opt_out=True, **PATIENT))
     assert summary["counts"] == {"ok": 1}
     assert summary["settings"]["ignore_opt_out"] is True and summary["opt_out_ignored"] == 1
     meta = json.loads(samples(tmp_path / "out")["000000000"]["json"])
@@ -205,7 +208,7 @@ def test_shards_are_identical_for_any_concurrency(images, tmp_path):
             server.max_connections = 0
             out = tmp_path / f"c{concurrency}"
             download([tmp_path / "list.txt"], out, maxcount=3, progress=False,
-                     settings=FetchSettings(concurrency=concurrency, per_host=per_host, **FAST))
+                     settings=FetchSettings(concurrency=concurrency, per_host=per_host, **PATIENT))
             assert 1 <= server.max_connections <= per_host
             runs[concurrency] = out
     one, many = runs[1], runs[8]
@@ -329,7 +332,7 @@ def test_jsonl_columns_survive_in_the_sample(images, tmp_path):
         row = {"url": server.url("/img/coffee"), "caption": "a cup", "person": "nobody"}
         (tmp_path / "l.jsonl").write_text(json.dumps(row) + "\n")
         download([tmp_path / "l.jsonl"], tmp_path / "out", progress=False,
-                 settings=FetchSettings(**FAST))
+                 settings=FetchSettings(**PATIENT))
     meta = json.loads(samples(tmp_path / "out")["000000000"]["json"])
     assert meta["columns"] == {"caption": "a cup", "person": "nobody"}
     assert meta["list"] == "l.jsonl" and meta["row"] == 1
