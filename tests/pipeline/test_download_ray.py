@@ -21,7 +21,7 @@ from pipeline.download.stage import download_chunk, open_fetch_engine
 from pipeline.engines import EngineError
 from pipeline.runner import Stage, StageError, run_stage
 from tests.pipeline.http_server import serving
-from tests.pipeline.test_download import FAST, manifest, photos, shard_bytes
+from tests.pipeline.test_download import PATIENT, manifest, photos, shard_bytes
 from tests.pipeline.test_engines import ray_in_this_process
 from tests.processes import script, started, wait_for
 
@@ -33,8 +33,6 @@ ray = pytest.importorskip("ray")
 PATHS = ["/img/astronaut", "/missing/a", "/redirect/2/coffee", "/flaky/chelsea",
          "/mislabelled/grace.png", "/gzip/grace_hopper", "/html/b", "/noai/coffee"]
 ROWS = 160  # five chunks of 32: every one of four workers gets one
-# FAST's quick retries, with timeouts no busy machine reaches (no row here is slow on purpose)
-QUICK = {**FAST, "read_timeout": 10.0, "total_timeout": 30.0}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +68,7 @@ def assert_same_download(local, other) -> None:
 
 @pytest.mark.usefixtures("four_cpu_ray")
 def test_ray_workers_give_the_local_shards_and_hold_per_host_together(images, tmp_path):
-    settings = FetchSettings(concurrency=8, per_host=4, **QUICK)
+    settings = FetchSettings(concurrency=8, per_host=4, **PATIENT)
     paths = [PATHS[i % len(PATHS)] for i in range(ROWS)]
     with serving(images, delay=0.02) as server:
         listed = write_list(server, tmp_path, paths)
@@ -113,7 +111,7 @@ def client_process(port: int) -> int:
 
 @pytest.mark.usefixtures("four_cpu_ray")
 def test_a_killed_download_worker_is_retried_and_the_shards_are_unchanged(images, tmp_path):
-    settings = FetchSettings(concurrency=4, per_host=4, **QUICK)
+    settings = FetchSettings(concurrency=4, per_host=4, **PATIENT)
     paths = ["/hold/astronaut"] + [PATHS[i % len(PATHS)] for i in range(1, 64)]
     with serving(images) as server:
         listed = write_list(server, tmp_path, paths)
@@ -175,7 +173,7 @@ async def deadly_download_chunk(records: list, fetcher, *, key: str) -> list:
 
 @pytest.mark.usefixtures("four_cpu_ray")
 def test_a_chunk_that_always_kills_its_download_worker_is_one_line(images, tmp_path):
-    settings = FetchSettings(concurrency=2, per_host=2, **QUICK)
+    settings = FetchSettings(concurrency=2, per_host=2, **PATIENT)
     with serving(images) as server:
         listed = write_list(server, tmp_path, ["/img/coffee"] * 64)
         stage = Stage("download", partial(deadly_download_chunk, key="000000040"), settings,
