@@ -292,6 +292,22 @@ def test_one_wrong_pair_neither_merges_two_groups_nor_moves_a_member(wrong):
     assert groups.tolist() == [0] * 5 + [1] * 5
 
 
+def test_a_look_alike_left_alone_is_not_taken_by_a_leftover_pair():
+    """Copies 0-3 of one picture and 4-7 of another (every pair within each verified).
+    Image 8, a crop of the first, matches member 1 and its own crop 9; image 10, a rotated copy
+    of the second, matches member 5, its own near copy 11 - and, wrongly, the look-alike 8.
+    The vote leaves 8 and 10 alone (one partner of three each in any group). Among the images
+    left alone, 8 anchors a group and would take 10 through its one wrong link; 10 votes too,
+    and one of its three partners is not a majority."""
+    pairs = [(a, b) for rows in (range(4), range(4, 8)) for a in rows for b in rows if a < b]
+    pairs += [(1, 8), (8, 9), (8, 10), (5, 10), (10, 11)]
+    left, right = (np.array(x) for x in zip(*pairs, strict=True))
+    pixels = np.full(12, 100)
+    pixels[8] = 200  # visited before 10 among the images of three partners
+    groups = group_pairs(12, left, right, pixels)
+    assert groups.tolist() == [0] * 4 + [1] * 4 + [2, 2, -1, -1]
+
+
 def test_a_second_code_per_image_proposes_pairs_of_images_never_with_itself():
     """dedup gives a framed picture a second code (of the picture inside the frame); pairs
     are then of images, and an image's two codes never pair it with itself."""
