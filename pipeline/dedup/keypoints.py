@@ -17,10 +17,16 @@ acceptance asks for 10, on candidates the hash already found close.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 
 from pipeline.dedup.resizing import shrink
+
+if TYPE_CHECKING:
+    from pipeline.engines import Engine
 
 KEYPOINT_SIDE = 128  # the longer side of the grey frame the keypoints are found on
 KEYPOINTS = 64  # at most this many per image (the strongest FAST corners)
@@ -34,6 +40,7 @@ SCALES = (0.5, 2.0)  # a fitted scale outside this is not a re-upload
 # them for ~50 % more checks on the speed benchmark's set (docs/dedup.md).
 BORDERLINE = 1.1
 GEOMETRIC_BATCH = 4096  # borderline pairs whose records are unpacked together (bounded memory)
+GEOMETRIC_CHUNK = 512  # borderline pairs per task on the engine's workers (~30 ms of work)
 
 RECORD = np.dtype([("count", "<u2"), ("height", "<u2"), ("width", "<u2"),
                    ("xy", "<f2", (KEYPOINTS, 2)), ("descriptors", "u1", (KEYPOINTS, 32))])
@@ -152,3 +159,33 @@ def geometric_verdicts(records: np.ndarray, left: np.ndarray, right: np.ndarray,
             count, cover = fit(*points[a], *points[b])
             inliers[start + k], ok[start + k] = count, accepted(count, cover)
     return ok, inliers
+
+
+@dataclass(frozen=True)
+class GeometricJob:
+    """Where a worker finds the keypoint records: OUT/keypoints.u8, which every worker sees (as
+    it sees OUT/crops.u8 for hashing on a cluster)."""
+
+    records: str
+    count: int
+
+
+def geometric_chunk(chunk: list[np.ndarray], job: GeometricJob) -> tuple[np.ndarray, np.ndarray]:
+    """`geometric_verdicts` of one chunk [left, right] of pairs, on a worker."""
+    records = np.memmap(job.records, RECORD, "r", shape=(job.count,))
+    return geometric_verdicts(records, *chunk)
+
+
+def geometric_verdicts_on(engine: Engine | None, records: np.ndarray, left: np.ndarray,
+                          right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`geometric_verdicts` as GEOMETRIC_CHUNK-pair tasks on `engine`, or here without one (or
+    when the records are not in a file). The checks are the driver's largest serial step
+    otherwise (~50 us a pair, thousands of pairs where many images overlap), while the workers
+    that made the records wait; each pair's verdict does not depend on its chunk."""
+    if engine is None or not isinstance(records, np.memmap) or len(left) == 0:
+        return geometric_verdicts(records, left, right)
+    job = GeometricJob(str(records.filename), len(records))
+    chunks = ([left[start : start + GEOMETRIC_CHUNK], right[start : start + GEOMETRIC_CHUNK]]
+              for start in range(0, len(left), GEOMETRIC_CHUNK))
+    ok, inliers = zip(*engine.map(geometric_chunk, job, chunks), strict=True)
+    return np.concatenate(ok), np.concatenate(inliers)

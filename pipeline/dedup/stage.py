@@ -89,7 +89,7 @@ from pipeline.dedup.verify import (
     histogram,
     verify_pairs,
 )
-from pipeline.engines import engine_line, open_engine
+from pipeline.engines import Engine, engine_line, open_engine
 from pipeline.engines.local import default_workers
 from pipeline.manifest import MANIFEST_NAME, SUMMARY_NAME, stage_summary, summary_line
 from pipeline.runner import StageError
@@ -203,7 +203,7 @@ def dedup(
         if verify:
             with _timed(timings, "verify_s"):
                 group, verification = verified_groups(out, crops, codes, extra_codes, radius,
-                                                      seed, mirrors == "same")
+                                                      seed, mirrors == "same", mapper)
         else:
             group = group_codes(codes, radius)
         with _timed(timings, "group_s"):
@@ -319,7 +319,8 @@ def calibration_rate(total: int, verify: bool) -> float:
 
 
 def verified_groups(out: Path, crops: Crops, codes: np.ndarray, extra_codes: np.ndarray,
-                    radius: int, seed: int, mirrors: bool) -> tuple[np.ndarray, dict]:
+                    radius: int, seed: int, mirrors: bool,
+                    engine: Engine) -> tuple[np.ndarray, dict]:
     """Calibrate the threshold, judge every candidate pair, group from the pairs that pass;
     writes the histogram and the sheet of rejected candidates. Returns the group ids and the
     summary's `verification` entry.
@@ -327,7 +328,8 @@ def verified_groups(out: Path, crops: Crops, codes: np.ndarray, extra_codes: np.
     Candidates come from every image's code and from `extra_codes`: for bordered pictures the
     code of the picture inside the borders (rows `crops.inner_rows`), then every image's
     zoomed center crop's code (pipeline.dedup.crops.ZOOM), and with `mirrors` every image's
-    mirrored crop's code (pairs are then also judged against the mirrored thumbnail)."""
+    mirrored crop's code (pairs are then also judged against the mirrored thumbnail). The
+    geometric checks of borderline pairs run on `engine`'s workers."""
     calibration = calibration_distances(crops.views, crops.framed, codes, radius, crops.sampled,
                                         crops.reuploads, crops.reuploads_framed, seed=seed,
                                         mirrors=mirrors)
@@ -335,7 +337,7 @@ def verified_groups(out: Path, crops: Crops, codes: np.ndarray, extra_codes: np.
     rows = np.arange(len(codes))
     owners = np.concatenate([rows, crops.inner_rows, rows, *([rows] if mirrors else [])])
     verdicts = verify_pairs(crops.views, crops.framed, candidate_pairs(neighbours, owners),
-                            calibration.threshold, crops.keypoints, mirrors)
+                            calibration.threshold, crops.keypoints, mirrors, engine)
     write_figure_atomic(out / HISTOGRAM_NAME, histogram(calibration, verdicts.counts))
     write_rejected_sheet(out, crops, verdicts)
     group = group_pairs(len(codes), verdicts.left, verdicts.right, crops.pixels)

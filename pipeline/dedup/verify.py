@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from pipeline.dedup.keypoints import BORDERLINE, geometric_verdicts, keypoint_frame
+from pipeline.dedup.keypoints import BORDERLINE, geometric_verdicts_on, keypoint_frame
 from pipeline.dedup.resizing import shrink
+
+if TYPE_CHECKING:
+    from pipeline.engines import Engine
 
 SIDE = 32  # the thumbnail of the whole frame, grey, SIDE x SIDE
 LOW = 8  # the LOW x LOW lowest DCT frequencies are compared (as in pHash)
@@ -280,13 +284,15 @@ class Verdicts:
 
 
 def verify_pairs(views: np.ndarray, framed: np.ndarray, pairs, threshold: float,
-                 points: np.ndarray | None = None, mirrors: bool = False) -> Verdicts:
+                 points: np.ndarray | None = None, mirrors: bool = False,
+                 engine: Engine | None = None) -> Verdicts:
     """Judge every candidate pair from `pairs` (an iterator of (left, right) chunks) on the
     thumbnails `views` (`framed`: which are framed); a pair above `threshold` but within
     keypoints.BORDERLINE passes when its keypoints (`points`, keypoints.RECORD per row) fit
     one similarity transform (pipeline.dedup.keypoints). `mirrors`: a left-right mirror image
-    counts as the same picture (thumbnails only; keypoints are not mirror-invariant). Memory
-    holds one chunk, the passing pairs and a histogram. A pair proposed twice passes once."""
+    counts as the same picture (thumbnails only; keypoints are not mirror-invariant). The
+    geometric checks run on `engine`'s workers when one is given. Memory holds one chunk, the
+    passing pairs and a histogram. A pair proposed twice passes once."""
     kept = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
     counts, candidates, checked = np.zeros(len(BINS) - 1, np.int64), 0, 0
     rejected, accepted_near = np.zeros((0, 4)), np.zeros((0, 4))
@@ -299,7 +305,8 @@ def verify_pairs(views: np.ndarray, framed: np.ndarray, pairs, threshold: float,
         if points is not None:
             border = np.flatnonzero(~ok & (d <= BORDERLINE))
             checked += len(border)
-            ok[border], inliers[border] = geometric_verdicts(points, left[border], right[border])
+            ok[border], inliers[border] = geometric_verdicts_on(engine, points, left[border],
+                                                                right[border])
             geo = np.flatnonzero(ok & (inliers >= 0))
             accepted_near = np.unique(np.concatenate([accepted_near, np.column_stack(
                 [inliers[geo], left[geo], right[geo], d[geo]])]), axis=0)[:NEAREST_GEOMETRIC]

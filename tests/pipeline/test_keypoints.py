@@ -14,11 +14,13 @@ from pipeline.dedup.keypoints import (
     RECORD,
     accepted,
     geometric_verdicts,
+    geometric_verdicts_on,
     keypoints,
     match,
 )
 from pipeline.dedup.reuploads import reuploaded
 from pipeline.dedup.verify import frame_views, pair_distances, verify_pairs
+from pipeline.engines import LocalEngine
 from tests.conftest import natural_tiles
 
 
@@ -51,6 +53,23 @@ def test_crops_and_rotations_fit_one_transform_and_other_photos_do_not(photos):
               for j in range(i + 1, len(photos))]
     assert max(inliers for inliers, _ in others) < MIN_INLIERS
     assert not any(accepted(*m) for m in others)
+
+
+def test_the_checks_on_the_workers_give_the_verdicts_made_here(photos, tmp_path):
+    """Borderline pairs go to the engine's workers in chunks, which read the records from
+    their file: every pair gets the verdict and inlier count it gets in this process."""
+    rng = np.random.default_rng(1)
+    copies = [reuploaded(p, kind, rng) for p in photos[:8] for kind in ("crop", "rotate")]
+    records = np.array([record(img) for img in photos + copies], RECORD)
+    records.tofile(tmp_path / "keypoints.u8")
+    on_disk = np.memmap(tmp_path / "keypoints.u8", RECORD, "r", shape=(len(records),))
+    left, right = np.triu_indices(len(records), 1)  # 780 pairs: two chunks
+    with LocalEngine(2) as engine:
+        ok, inliers = geometric_verdicts_on(engine, on_disk, left, right)
+    here_ok, here_inliers = geometric_verdicts(records, left, right)
+    assert np.array_equal(ok, here_ok) and np.array_equal(inliers, here_inliers)
+    source = np.concatenate([np.arange(len(photos)), np.repeat(np.arange(8), 2)])
+    assert ok.sum() >= 12 and (source[left[ok]] == source[right[ok]]).all()  # copies only
 
 
 def test_a_half_size_copy_fits_the_original(photos):
