@@ -209,11 +209,12 @@ def group_pairs(n: int, left: np.ndarray, right: np.ndarray, pixels: np.ndarray)
     holding most of its verified partners, and only when that is more than half of them. A
     wrong pair then moves nobody whose own group outvotes it, and two groups never merge
     through one pair (an image with one link into each is ambiguous: alone). Last, the images
-    left alone form groups among themselves the same way, anchors then vote (two copies that a
-    wrong link pulled apart find each other again, but a look-alike left alone is not taken by
-    the first leftover anchor it matches once: on the quality set, a rotated copy whose other
-    partners were in its own group joined a leftover pair of another tile that way). Group ids
-    follow first appearance in the input.
+    left alone form groups among themselves the same way, anchors then vote, in rounds until
+    one places nobody (`regroup_leftovers`): two copies that a wrong link pulled apart find
+    each other again, but a look-alike left alone is not taken by the first leftover anchor it
+    matches once (on the quality set, a rotated copy whose other partners were in its own
+    group joined a leftover pair of another tile that way). Group ids follow first appearance
+    in the input.
     """
     if len(left) == 0:
         return np.full(n, -1, np.int64)
@@ -228,11 +229,22 @@ def group_pairs(n: int, left: np.ndarray, right: np.ndarray, pixels: np.ndarray)
     formed = np.full(n, -1, np.int64)
     take_around_anchors(formed, visits, partners, lims)
     group = settle(formed, ends, partners)
+    while regroup_leftovers(group, visits, ends, partners, lims):
+        pass
+    return _renumber(group)
+
+
+def regroup_leftovers(group: np.ndarray, visits: np.ndarray, ends: np.ndarray,
+                      partners: np.ndarray, lims: np.ndarray) -> bool:
+    """One round for the images still alone in `group`: anchors take their partners among
+    them (`take_around_anchors`), then the new members vote (`settle`) against the groups
+    already settled. In place; whether any image found a group (a member voted out may pair
+    with another image left alone in the next round)."""
     alone = group < 0
     take_around_anchors(group, visits, partners, lims)
     regrouped = alone & (group >= 0)
     group[regrouped] = settle(np.where(regrouped, group, -1), ends, partners)[regrouped]
-    return _renumber(group)
+    return bool((alone & (group >= 0)).any())
 
 
 def take_around_anchors(group: np.ndarray, visits: np.ndarray, partners: np.ndarray,
