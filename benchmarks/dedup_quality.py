@@ -72,10 +72,10 @@ THUMB = 16
 TARGET_PRECISION = 0.99
 SPREAD_SEEDS = (0, 1, 2)  # --spread: training seeds ...
 SPREAD_THREADS = (1, 2)  # ... each trained in this many torch threads
-# (label, radius, verify): the default, wider and narrower candidate radii, the paper's mode
-# and the previous default (radius 1, no verification).
-MODES = (("verified, radius 6", 6, True), (f"verified, radius {DEFAULT_RADIUS} (default)",
-         DEFAULT_RADIUS, True), ("verified, radius 14", 14, True),
+# (label, radius, verify): two narrower candidate radii, the default (the widest allowed), the
+# paper's mode and the previous default (radius 1, no verification).
+DEFAULT_MODE = (f"verified, radius {DEFAULT_RADIUS} (default)", DEFAULT_RADIUS, True)
+MODES = (("verified, radius 6", 6, True), ("verified, radius 12", 12, True), DEFAULT_MODE,
          ("paper's mode (radius 0, no verification)", 0, False),
          ("hash only, radius 1 (the old default)", 1, False))
 
@@ -366,7 +366,7 @@ def main(tile: int, seed: int, workdir: Path | None, max_bases: int | None,
         truth = build_set(folder, tile, seed, max_bases)
         n_bases = len({b for b, _ in truth.values()})
         rows, model, lines = [], saved, []
-        modes = [MODES[1]] if default_only else MODES
+        modes = [DEFAULT_MODE] if default_only else MODES
         for label, radius, verify in modes:
             out = root / f"dedup_r{radius}_{'v' if verify else 'h'}"
             summary = dedup([folder], out, model=model, radius=radius, verify=verify, seed=seed,
@@ -417,7 +417,7 @@ def main(tile: int, seed: int, workdir: Path | None, max_bases: int | None,
               f"{SPREAD_THREADS}:\n")
         print(spread_table(runs))
         print()
-    default = rows[0 if default_only else 1]
+    default = rows[modes.index(DEFAULT_MODE)]
     for name, (label, metrics) in baselines.items():
         print(f"{name} at its best threshold with whole-set precision >= {TARGET_PRECISION}: "
               f"{label}")
