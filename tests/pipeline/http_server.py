@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-TRICKLE_GAP = 1.0  # seconds between the bytes of /trickle (tests use a shorter read timeout)
+TRICKLE_GAP = 6.0  # seconds between the bytes of /trickle (tests use a shorter read timeout)
 BLOCK = b"\xff" * 65536
 SERVER_THREAD = "fault-server"  # the accepting thread; each connection's is "...request_thread"
 

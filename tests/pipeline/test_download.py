@@ -28,7 +28,10 @@ from pipeline.sinks import read_index
 from tests.pipeline.http_server import SERVER_THREAD, serving
 from tests.processes import ROOT, run, script, started, wait_for
 
-FAST = dict(retries=2, retry_wait=0.05, connect_timeout=2.0, read_timeout=0.5,
+# The fault list's one slow answer (/trickle) sends a byte every TRICKLE_GAP (6 s): a read
+# timeout of 2 s ends it, and leaves a busy machine room between two reads of an ordinary answer
+# (at 0.5 s, a loaded CI machine once timed out the endless body before it reached max_bytes).
+FAST = dict(retries=2, retry_wait=0.05, connect_timeout=2.0, read_timeout=2.0,
             total_timeout=5.0, max_bytes=300_000)
 # For lists without a slow answer: a long read timeout, so that a busy machine cannot turn an
 # ordinary answer into a timeout in one run and not in the run it is compared with.
