@@ -10,8 +10,10 @@ the same functions as Ray tasks on a cluster.
 Used as a context manager, the engine keeps one pool of worker processes across its `map`
 calls, as the Ray engine keeps one session: dedup's later passes then start on warm workers
 instead of paying a fresh pool's start (each spawned worker imports numpy, OpenCV and the
-stage's modules: ~0.3 s). A map's `params` are pickled once; each worker unpickles them once per
-map, the first time a chunk of that map reaches it.
+stage's modules: ~0.3 s). A map's `params` are pickled once and travel with each chunk; each
+worker unpickles them once per map, the first time a chunk of that map reaches it. Params larger
+than PARAMS_WITH_EACH_CHUNK (`pipeline shards --exclude` with many keys) would cost that many
+bytes per chunk, so such a map runs on a pool of its own that receives them once per worker.
 
 A worker process that dies (killed, out of memory) breaks the whole pool and every chunk in
 flight with it. As Ray does, those chunks are run again, on a fresh pool and one at a time, so a
@@ -38,6 +40,7 @@ T = TypeVar("T")
 
 IN_FLIGHT_PER_WORKER = 3  # chunks submitted ahead per worker: busy workers, bounded memory
 MAX_RETRIES = 3  # re-runs of a chunk whose worker process died (local and Ray alike)
+PARAMS_WITH_EACH_CHUNK = 1 << 16  # pickled params up to this size may travel with each chunk
 
 _job: tuple[int, Any] = (-1, None)  # in a worker: the map it last ran a chunk of, and its params
 
@@ -55,16 +58,19 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-def _init_worker() -> None:
-    """Runs once per worker. Stop signals are the driver's to handle: it stops the pool
-    (core.signals)."""
+def _init_worker(job: int, params: bytes | None) -> None:
+    """Runs once per worker; a pool of one map's own gets that map's `params` here. Stop
+    signals are the driver's to handle: it stops the pool (core.signals)."""
+    global _job
     import cv2
 
     ignore_in_worker()
     cv2.setNumThreads(1)  # the pool already uses every core
+    if params is not None:
+        _job = (job, pickle.loads(params))
 
 
-def _run_chunk(job: int, fn: Callable, params: bytes, chunk: list) -> Any:
+def _run_chunk(job: int, fn: Callable, params: bytes | None, chunk: list) -> Any:
     """`fn(chunk, params)`, the params of map number `job` unpickled only when this worker has
     not seen that map yet (they travel as bytes pickled once by the driver)."""
     global _job
@@ -75,17 +81,20 @@ def _run_chunk(job: int, fn: Callable, params: bytes, chunk: list) -> Any:
 
 class Pool:
     """The worker processes maps run on: started on first use, kept until `close`, replaced
-    when a worker's death breaks them."""
+    when a worker's death breaks them. A pool of one map's own gets that map's number and
+    pickled `params` in each worker's initializer."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, job: int = -1, params: bytes | None = None):
         self.workers = workers
+        self._initargs = (job, params)
         self._executor: ProcessPoolExecutor | None = None
 
     def executor(self) -> ProcessPoolExecutor:
         if self._executor is None:
             context = mp.get_context("spawn")  # safe with threads and torch in the parent
             self._executor = ProcessPoolExecutor(self.workers, mp_context=context,
-                                                 initializer=_init_worker)
+                                                 initializer=_init_worker,
+                                                 initargs=self._initargs)
         return self._executor
 
     def broken(self) -> None:
@@ -113,7 +122,8 @@ def map_ordered(
     pool: Pool | None = None,
 ) -> Iterator[T]:
     """Yield `fn(chunk, params)` for each chunk, in order; `workers <= 1` runs in-process.
-    On `pool` (kept open by the caller), else on a pool of its own, closed when the map ends.
+    On `pool` (kept open by the caller), else, or when the pickled params are larger than
+    PARAMS_WITH_EACH_CHUNK, on a pool of its own, closed when the map ends.
     When the caller stops early (an error, Ctrl-C), chunks not started are dropped, only those
     running are waited for, and the pool is closed. Chunks lost with a dead worker are retried
     (module doc)."""
@@ -121,9 +131,11 @@ def map_ordered(
         for chunk in chunks:
             yield fn(chunk, params)
         return
-    own = pool is None
-    pool = pool or Pool(workers)
     job, blob = next(_maps), pickle.dumps(params)
+    own = pool is None or len(blob) > PARAMS_WITH_EACH_CHUNK
+    sent = None if own else blob  # a pool of its own has them from its initializer
+    if own:
+        pool = Pool(workers, job, blob)
     numbered = enumerate(chunks)
     suspects: deque[tuple[int, list]] = deque()  # in flight when a worker died: rerun alone
     deaths: dict[int, int] = {}
@@ -134,12 +146,12 @@ def map_ordered(
             try:
                 while suspects:
                     index, chunk = suspects[0]
-                    result = executor.submit(_run_chunk, job, fn, blob, chunk).result()
+                    result = executor.submit(_run_chunk, job, fn, sent, chunk).result()
                     suspects.popleft()
                     yield result
                 for index, chunk in numbered:
                     pending.append((index, chunk,
-                                    executor.submit(_run_chunk, job, fn, blob, chunk)))
+                                    executor.submit(_run_chunk, job, fn, sent, chunk)))
                     if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
                         yield _oldest(pending)
                 while pending:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.engines.local import LocalEngine, map_ordered
+from pipeline.engines.local import PARAMS_WITH_EACH_CHUNK, LocalEngine, map_ordered
 
 
 def pid_and_params(chunk: list[int], params: str) -> list[tuple[int, str, int]]:
@@ -34,6 +34,17 @@ def test_an_open_engine_runs_its_maps_on_the_same_workers_each_with_its_params()
     assert {params for _, params, _ in second} == {"second"}  # not the warm worker's old ones
     assert {pid for pid, _, _ in second} <= {pid for pid, _, _ in first}  # no new processes
     assert os.getpid() not in {pid for pid, _, _ in first}
+
+
+def test_large_params_go_once_to_each_worker_of_a_pool_of_their_own():
+    """Params too large to travel with every chunk (an exclude set of many keys) are installed
+    in each worker as the pool starts, so that map does not run on the open engine's pool."""
+    large = "k" * (2 * PARAMS_WITH_EACH_CHUNK)
+    with LocalEngine(2) as engine:
+        small, big = run(engine, "small"), run(engine, large)
+    assert {params for _, params, _ in big} == {large}
+    assert [item for _, _, item in big] == list(range(40))
+    assert not {pid for pid, _, _ in small} & {pid for pid, _, _ in big}
 
 
 def test_a_map_outside_an_open_engine_has_a_pool_of_its_own():
