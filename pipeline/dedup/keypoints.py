@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 KEYPOINT_SIDE = 128  # the longer side of the grey frame the keypoints are found on
 KEYPOINTS = 64  # at most this many per image (the strongest FAST corners)
+FAST_THRESHOLD = 10  # grey levels a FAST corner must stand out by ...
+SPARSE = 32  # ... but a frame with fewer corners than this is searched again ...
+SPARSE_FAST_THRESHOLD = 3  # ... at this threshold (smooth pictures: skin, sky, a retina)
 RATIO = 0.8  # Lowe's ratio test on the two nearest descriptors
 REPROJECTION_PX = 3.0  # RANSAC inlier distance, pixels of the KEYPOINT_SIDE frame
 MIN_INLIERS = 10
@@ -45,22 +48,22 @@ GEOMETRIC_CHUNK = 512  # borderline pairs per task on the engine's workers (~30 
 RECORD = np.dtype([("count", "<u2"), ("height", "<u2"), ("width", "<u2"),
                    ("xy", "<f2", (KEYPOINTS, 2)), ("descriptors", "u1", (KEYPOINTS, 32))])
 
-_ORB = None
+_DETECTORS: dict[int, cv2.ORB] = {}
 
 
-def _orb() -> cv2.ORB:
-    """One detector per process (workers make their own): small patches for small frames, and
-    a single scale. The frame is already brought to KEYPOINT_SIDE (`keypoint_frame`), so a
-    downscaled copy is found at the original's scale; a second pyramid level (1.3x) cost ~90 us
-    an image (~230 against ~145) and bought no recall on the reduced quality set (0.964-0.967
-    over three trained hashes either way). Keypoints are ranked by their FAST score, not the
-    Harris response (~7 % cheaper, the same recall; no random pair of different photographs
-    came above 5 inliers)."""
-    global _ORB
-    if _ORB is None:
-        _ORB = cv2.ORB_create(nfeatures=KEYPOINTS, nlevels=1, edgeThreshold=15, patchSize=15,
-                              fastThreshold=10, scoreType=cv2.ORB_FAST_SCORE)
-    return _ORB
+def _orb(threshold: int = FAST_THRESHOLD) -> cv2.ORB:
+    """One detector per FAST threshold and process (workers make their own): small patches for
+    small frames, and a single scale. The frame is already brought to KEYPOINT_SIDE
+    (`keypoint_frame`), so a downscaled copy is found at the original's scale; a second pyramid
+    level (1.3x) cost ~90 us an image (~230 against ~145) and bought no recall on the reduced
+    quality set (0.964-0.967 over three trained hashes either way). Keypoints are ranked by
+    their FAST score, not the Harris response (~7 % cheaper, the same recall; no random pair of
+    different photographs came above 5 inliers)."""
+    if threshold not in _DETECTORS:
+        _DETECTORS[threshold] = cv2.ORB_create(
+            nfeatures=KEYPOINTS, nlevels=1, edgeThreshold=15, patchSize=15,
+            fastThreshold=threshold, scoreType=cv2.ORB_FAST_SCORE)
+    return _DETECTORS[threshold]
 
 
 def keypoint_frame(grey: np.ndarray) -> np.ndarray:
@@ -86,6 +89,8 @@ def keypoints(grey: np.ndarray) -> np.ndarray:
     record = np.zeros((), RECORD)
     record["height"], record["width"] = grey.shape
     found, descriptors = _orb().detectAndCompute(grey, None)
+    if len(found) < SPARSE:  # a smooth picture: its faint corners are all it has to match on
+        found, descriptors = _orb(SPARSE_FAST_THRESHOLD).detectAndCompute(grey, None)
     if descriptors is not None:
         count = min(len(found), KEYPOINTS)
         record["count"] = count
