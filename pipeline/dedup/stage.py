@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -87,7 +88,8 @@ from pipeline.dedup.verify import (
     Verdicts,
     calibration_distances,
     histogram,
-    verify_pairs,
+    screen_pairs,
+    second_opinion,
 )
 from pipeline.engines import Engine, engine_line, open_engine
 from pipeline.engines.local import default_workers
@@ -340,13 +342,22 @@ def verified_groups(out: Path, crops: Crops, codes: np.ndarray, extra_codes: np.
     neighbours = code_neighbours(np.concatenate([codes, extra_codes]), radius)
     rows = np.arange(len(codes))
     owners = np.concatenate([rows, crops.inner_rows, rows, *([rows] if mirrors else [])])
-    verdicts = verify_pairs(crops.views, crops.framed, candidate_pairs(neighbours, owners),
-                            calibration.threshold, crops.keypoints, mirrors, engine)
-    write_figure_atomic(out / HISTOGRAM_NAME, histogram(calibration, verdicts.counts))
+    screened = screen_pairs(crops.views, crops.framed, candidate_pairs(neighbours, owners),
+                            calibration.threshold, mirrors)
+    # The histogram is drawn here while the workers run the geometric checks (~0.1 s of
+    # matplotlib that would otherwise wait for them, or they for it).
+    with ThreadPoolExecutor(1) as drawing:
+        drawn = drawing.submit(write_histogram, out, calibration, screened.counts)
+        verdicts = second_opinion(screened, calibration.threshold, crops.keypoints, engine)
+        drawn.result()
     write_rejected_sheet(out, crops, verdicts)
     group = group_pairs(len(codes), verdicts.left, verdicts.right, crops.pixels)
     return group, verification_summary(radius, len(codes), int(crops.framed.sum()),
                                        len(crops.inner_rows), calibration, verdicts)
+
+
+def write_histogram(out: Path, calibration: Calibration, counts: np.ndarray) -> None:
+    write_figure_atomic(out / HISTOGRAM_NAME, histogram(calibration, counts))
 
 
 def verification_summary(radius: int, n: int, framed: int, bordered: int,

@@ -283,6 +283,19 @@ class Verdicts:
         default_factory=lambda: np.zeros((0, 4)))
 
 
+@dataclass
+class Screened:
+    """The thumbnail pass over all candidates (`screen_pairs`): the pairs it passed, the
+    borderline ones left for the geometric check, a histogram of all candidates' distances
+    and the refused pairs closest to the threshold."""
+
+    passed: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (left, right, distance) chunks
+    borderline: tuple[np.ndarray, np.ndarray, np.ndarray]  # left, right, distance
+    candidates: int
+    counts: np.ndarray  # per BINS interval
+    rejected: np.ndarray  # k x 4 (distance, left, right, -1), nearest the threshold first
+
+
 def verify_pairs(views: np.ndarray, framed: np.ndarray, pairs, threshold: float,
                  points: np.ndarray | None = None, mirrors: bool = False,
                  engine: Engine | None = None) -> Verdicts:
@@ -291,33 +304,55 @@ def verify_pairs(views: np.ndarray, framed: np.ndarray, pairs, threshold: float,
     keypoints.BORDERLINE passes when its keypoints (`points`, keypoints.RECORD per row) fit
     one similarity transform (pipeline.dedup.keypoints). `mirrors`: a left-right mirror image
     counts as the same picture (thumbnails only; keypoints are not mirror-invariant). The
-    geometric checks run on `engine`'s workers when one is given. Memory holds one chunk, the
-    passing pairs and a histogram. A pair proposed twice passes once."""
-    kept = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
-    counts, candidates, checked = np.zeros(len(BINS) - 1, np.int64), 0, 0
-    rejected, accepted_near = np.zeros((0, 4)), np.zeros((0, 4))
+    geometric checks run on `engine`'s workers when one is given. A pair proposed twice passes
+    once. The two steps, `screen_pairs` and `second_opinion`, are also called apart: dedup
+    draws the histogram between them, while the workers check."""
+    screened = screen_pairs(views, framed, pairs, threshold, mirrors)
+    return second_opinion(screened, threshold, points, engine)
+
+
+def screen_pairs(views: np.ndarray, framed: np.ndarray, pairs, threshold: float,
+                 mirrors: bool = False) -> Screened:
+    """The thumbnail distance of every candidate pair: those within `threshold` pass, those
+    within keypoints.BORDERLINE are kept for the geometric check. Memory holds one chunk, the
+    passing and borderline pairs, and a histogram."""
+    passed, borderline = [], []
+    counts, candidates = np.zeros(len(BINS) - 1, np.int64), 0
+    rejected = np.zeros((0, 4))
     for left, right in pairs:
         d = pair_distances(views, framed, left, right, mirrors)
         candidates += len(d)
         counts += np.histogram(np.clip(d, 0, 2), BINS)[0]
-        ok = d <= threshold
-        inliers = np.full(len(d), -1)  # -1: not checked
-        if points is not None:
-            border = np.flatnonzero(~ok & (d <= BORDERLINE))
-            checked += len(border)
-            ok[border], inliers[border] = geometric_verdicts_on(engine, points, left[border],
-                                                                right[border])
-            geo = np.flatnonzero(ok & (inliers >= 0))
-            accepted_near = np.unique(np.concatenate([accepted_near, np.column_stack(
-                [inliers[geo], left[geo], right[geo], d[geo]])]), axis=0)[:NEAREST_GEOMETRIC]
-        kept.append((left[ok], right[ok], d[ok]))
-        near = np.column_stack([d[~ok], left[~ok], right[~ok], inliers[~ok]])
+        ok, border = d <= threshold, (d > threshold) & (d <= BORDERLINE)
+        passed.append((left[ok], right[ok], d[ok]))
+        borderline.append((left[border], right[border], d[border]))
+        out = ~ok & ~border
+        near = np.column_stack([d[out], left[out], right[out], np.full(out.sum(), -1)])
         rejected = np.unique(np.concatenate([rejected, near]), axis=0)[:NEAREST_REJECTED]
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    left, right, d = (np.concatenate(x) for x in zip(empty, *borderline, strict=True))
+    return Screened(passed, (left, right, d), candidates, counts, rejected)
+
+
+def second_opinion(screened: Screened, threshold: float, points: np.ndarray | None = None,
+                   engine: Engine | None = None) -> Verdicts:
+    """The verdicts: the pairs the thumbnails passed, and the borderline ones whose keypoints
+    (`points`) fit one transform, checked on `engine`'s workers (refused without `points`)."""
+    left, right, d = screened.borderline
+    ok, inliers = np.zeros(len(d), bool), np.full(len(d), -1)  # -1: not checked
+    if points is not None:
+        ok, inliers = geometric_verdicts_on(engine, points, left, right)
+    near = np.column_stack([d[~ok], left[~ok], right[~ok], inliers[~ok]])
+    rejected = np.unique(np.concatenate([screened.rejected, near]), axis=0)[:NEAREST_REJECTED]
+    accepted_near = np.unique(np.column_stack([inliers[ok], left[ok], right[ok], d[ok]]),
+                              axis=0)[:NEAREST_GEOMETRIC]
+    kept = [*screened.passed, (left[ok], right[ok], d[ok])]
     left, right, distance = (np.concatenate(x) for x in zip(*kept, strict=True))
     _, once = np.unique(np.column_stack([left, right]), axis=0, return_index=True)
     geometric = int(np.sum(distance[once] > threshold))
-    return Verdicts(left[once], right[once], distance[once], candidates, counts, rejected,
-                    checked, geometric, accepted_near)
+    return Verdicts(left[once], right[once], distance[once], screened.candidates,
+                    screened.counts, rejected, len(d) if points is not None else 0, geometric,
+                    accepted_near)
 
 
 def histogram(calibration: Calibration, candidate_counts: np.ndarray | None = None):
