@@ -9,7 +9,7 @@ handler waits on the server's stop event rather than sleeping, so stopping is im
 from __future__ import annotations
 
 import gzip
-import select
+import os
 import socket
 import struct
 import threading
@@ -66,12 +66,17 @@ class FaultServer(ThreadingHTTPServer):
 
 
 def _hung_up(connection: socket.socket) -> bool:
-    """Whether the client closed (or reset) this connection: it is readable (polled without
-    waiting) and a peek finds its end or an error."""
+    """Whether the client closed (or reset) this connection: a peek without waiting finds its
+    end or an error. The peek goes through a duplicate of the socket: the handler's own socket
+    has a timeout, and Python then waits for data before any recv, whatever its flags; a
+    connection whose handler had just read its request made that wait last until the client
+    gave up, with the server's lock held (every other request stalled behind it)."""
     try:
-        readable, _, _ = select.select([connection], [], [], 0)
-        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
-    except (OSError, ValueError):  # reset, or closed here (a closed socket has no descriptor)
+        with socket.socket(fileno=os.dup(connection.fileno())) as probe:
+            return probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:  # nothing to read now: still open
+        return False
+    except OSError:  # reset, or closed here (a closed socket has no descriptor)
         return True
 
 
