@@ -50,10 +50,11 @@ from pipeline import demo
 from pipeline.dedup import DEFAULT_RADIUS, dedup
 from pipeline.dedup.autoencoder import hash_encoder, load_model
 from pipeline.dedup.crops import LOG_NAME, CropParams, extract_crops
-from pipeline.dedup.grouping import candidate_pairs, code_neighbours
+from pipeline.dedup.grouping import candidate_pairs
 from pipeline.dedup.hashing import hash_crops
 from pipeline.dedup.keypoints import BORDERLINE, geometric_verdicts
 from pipeline.dedup.reuploads import KINDS, reupload
+from pipeline.dedup.stage import proposers
 from pipeline.dedup.verify import pair_distances
 from pipeline.geometry import resize_area
 from pipeline.sources import open_source
@@ -199,7 +200,8 @@ def losses(folder: Path, out: Path, model: Path, truth: dict[str, tuple[int, str
            found: set[tuple[str, str]], threshold: float, radius: int,
            seed: int) -> dict[str, dict[str, int]]:
     """Per kind, where the missed base-copy pairs were lost: `never_proposed` (no candidate
-    pair: the codes, and the framed picture's inner code, too far apart), of which
+    pair: neither the hash codes, with the inner and zoomed crops', nor the palette codes
+    proposed it), of which
     `would_pass` verification would accept; `rejected` (proposed, refused by the thumbnail
     threshold and the geometric check); `grouping` (verified, but not grouped together). The
     crops and codes are those of the run in `out` (same seed, same model)."""
@@ -212,9 +214,8 @@ def losses(folder: Path, out: Path, model: Path, truth: dict[str, tuple[int, str
     codes = np.concatenate([hash_crops(encoder, part, progress=False)
                             for part in (crops.images, crops.inner, crops.zoomed)])
     n = len(crops.images)
-    owners = np.concatenate([np.arange(n), crops.inner_rows, np.arange(n)])
     proposed = {(int(a), int(b)) for left, right in
-                candidate_pairs(code_neighbours(codes, radius), owners)
+                candidate_pairs(proposers(crops, codes[:n], codes[n:], radius))
                 for a, b in zip(left, right, strict=True)}
     base_of = {b: name for name, (b, kind) in truth.items() if kind == "base"}
     missed = [(base_of[b], name, kind) for name, (b, kind) in truth.items()

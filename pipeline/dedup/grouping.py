@@ -11,8 +11,9 @@ Two ways to group, both linear in the number of images (never all pairs):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -105,7 +106,7 @@ class CodeNeighbours:
     reps: np.ndarray  # the first IMAGES_PER_CODE images of each code, CSR by rep_lims
     rep_lims: np.ndarray
 
-    @property
+    @cached_property
     def is_rep(self) -> np.ndarray:
         flags = np.zeros(len(self.code_of), bool)
         flags[self.reps] = True
@@ -151,39 +152,53 @@ def code_neighbours(codes: np.ndarray, radius: int, nearest: int = NEAREST_CODES
     return CodeNeighbours(code_of, lims, near, reps, rep_lims)
 
 
-def candidate_pairs(neighbours: CodeNeighbours, owners: np.ndarray | None = None,
+def candidate_pairs(proposers: Sequence[tuple[CodeNeighbours, np.ndarray | None]],
                     chunk: int = PAIR_CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Every candidate pair, as (left, right) row arrays with left < right, `chunk` codes at a
-    time.
+    """Every candidate pair, as (left, right) image-row arrays with left < right, for `chunk`
+    images at a time.
 
-    An image's candidates are the images that stand for its own code and for its candidate
-    codes (`code_neighbours`): at most IMAGES_PER_CODE * (NEAREST_CODES + 1) per code, so the
-    number of pairs grows with N. The relation between codes is symmetric, so a pair of two
-    standing-for images is produced from both sides; it is kept from the lower row only.
-
-    With `owners`, the codes are not one per image: code k belongs to image owners[k] (dedup
-    adds codes of the picture inside a frame and of the zoomed-in crop). Pairs are then of
-    owners, without an image paired with itself. A pair reached through several codes of its
-    images is listed once per chunk, sorted (so verification judges it once and reads the
-    thumbnails in order); only one reached from two chunks may come twice.
+    Each proposer is a candidate structure (`code_neighbours`) and the image each of its codes
+    belongs to (None: code k is image k's). dedup has two: the hash codes, with more than one
+    code per image (the picture inside a frame, the zoomed-in crop), and the palette codes
+    (pipeline.dedup.palette). A code's candidates are the images that stand for its own code
+    and for its candidate codes: at most `per_code * (nearest + 1)` per code, so the number of
+    pairs grows with N. Pairs never pair an image with itself, and a pair reached through
+    several codes or proposers is listed once per chunk, sorted (so verification judges it
+    once and reads the thumbnails in order); only one reached from two chunks may come twice.
     """
-    nb = neighbours
-    is_rep = nb.is_rep
-    span = len(nb.code_of)  # more than any row: the pair (a, b) is the number a * span + b
-    for start in range(0, len(nb.code_of), chunk):
-        rows = np.arange(start, min(start + chunk, len(nb.code_of)))
-        codes = nb.code_of[rows]
-        row_of_code, partner_code = _expand(rows, nb.lims[codes], nb.lims[codes + 1], nb.near)
-        left, right = _expand(row_of_code, nb.rep_lims[partner_code],
-                              nb.rep_lims[partner_code + 1], nb.reps)
-        keep = (left != right) & (~is_rep[left] | (left < right))
-        left, right = left[keep], right[keep]
-        if owners is not None:
+    located = [_by_owner(nb, owners) for nb, owners in proposers]
+    images = max((int(ranked[-1]) + 1 for _, _, _, ranked in located if len(ranked)), default=0)
+    span = max(images, 1)  # more than any row: the pair (a, b) is the number a * span + b
+    for start in range(0, images, chunk):
+        keys = [np.zeros(0, np.int64)]
+        for nb, owners, order, ranked in located:
+            rows = order[np.searchsorted(ranked, start) : np.searchsorted(ranked, start + chunk)]
+            left, right = _code_pairs(nb, rows)
             left, right = owners[left], owners[right]
             keep = left != right
-            left, right = left[keep], right[keep]
-        pairs = np.unique(np.minimum(left, right) * span + np.maximum(left, right))
+            keys.append(np.minimum(left, right)[keep] * span + np.maximum(left, right)[keep])
+        pairs = np.unique(np.concatenate(keys))
         yield pairs // span, pairs % span
+
+
+def _by_owner(nb: CodeNeighbours, owners: np.ndarray | None,
+              ) -> tuple[CodeNeighbours, np.ndarray, np.ndarray, np.ndarray]:
+    """The structure, each code's image, the codes in image order, and their images in it."""
+    owners = np.arange(len(nb.code_of)) if owners is None else np.asarray(owners, np.int64)
+    order = np.argsort(owners, kind="stable")
+    return nb, owners, order, owners[order]
+
+
+def _code_pairs(nb: CodeNeighbours, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate pairs of codes `rows` as pairs of code rows. The relation between codes is
+    symmetric, so a pair of two standing-for codes is produced from both sides; it is kept from
+    the lower row only."""
+    row_of_code, partner_code = _expand(rows, nb.lims[nb.code_of[rows]],
+                                        nb.lims[nb.code_of[rows] + 1], nb.near)
+    left, right = _expand(row_of_code, nb.rep_lims[partner_code],
+                          nb.rep_lims[partner_code + 1], nb.reps)
+    keep = (left != right) & (~nb.is_rep[left] | (left < right))
+    return left[keep], right[keep]
 
 
 def _expand(owners: np.ndarray, starts: np.ndarray, stops: np.ndarray,

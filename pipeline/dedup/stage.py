@@ -18,7 +18,8 @@ Passes, each linear in the number of images and none holding the images in RAM:
    against a threshold calibrated on the data itself (pipeline.dedup.verify); a borderline pair
    gets a second opinion from its keypoints (pipeline.dedup.keypoints), and groups form around
    anchor images from the pairs that pass. Codes of zoomed (and, with `mirrors="same"`,
-   mirrored) crops propose candidates too.
+   mirrored) crops propose candidates too, and so do the crops' palette codes
+   (pipeline.dedup.palette), for fine textures that a small zoom gives a far hash code.
    **Paper's mode** (`verify=False`, `radius=0`): equal codes are the groups (one sort of the
    codes); with `radius > 0`, codes within that Hamming distance of a group's anchor join it.
 
@@ -63,6 +64,7 @@ from pipeline.dedup.crops import (
 from pipeline.dedup.grouping import (
     IMAGES_PER_CODE,
     NEAREST_CODES,
+    CodeNeighbours,
     candidate_pairs,
     code_neighbours,
     group_codes,
@@ -70,6 +72,7 @@ from pipeline.dedup.grouping import (
     resolve_groups,
 )
 from pipeline.dedup.hashing import BITS, bit_usage, hash_all
+from pipeline.dedup.palette import palette_neighbours
 from pipeline.dedup.results import (
     DUPLICATES_NAME,
     GEOMETRIC_NAME,
@@ -334,15 +337,14 @@ def verified_groups(out: Path, crops: Crops, codes: np.ndarray, extra_codes: np.
     Candidates come from every image's code and from `extra_codes`: for bordered pictures the
     code of the picture inside the borders (rows `crops.inner_rows`), then every image's
     zoomed center crop's code (pipeline.dedup.crops.ZOOM), and with `mirrors` every image's
-    mirrored crop's code (pairs are then also judged against the mirrored thumbnail). The
-    geometric checks of borderline pairs run on `engine`'s workers."""
+    mirrored crop's code (pairs are then also judged against the mirrored thumbnail); the
+    palette codes propose too (`proposers`). The geometric checks of borderline pairs run on
+    `engine`'s workers."""
     calibration = calibration_distances(crops.views, crops.framed, codes, radius, crops.sampled,
                                         crops.reuploads, crops.reuploads_framed, seed=seed,
                                         mirrors=mirrors)
-    neighbours = code_neighbours(np.concatenate([codes, extra_codes]), radius)
-    rows = np.arange(len(codes))
-    owners = np.concatenate([rows, crops.inner_rows, rows, *([rows] if mirrors else [])])
-    screened = screen_pairs(crops.views, crops.framed, candidate_pairs(neighbours, owners),
+    screened = screen_pairs(crops.views, crops.framed,
+                            candidate_pairs(proposers(crops, codes, extra_codes, radius, mirrors)),
                             calibration.threshold, mirrors)
     # The histogram is drawn here while the workers run the geometric checks (~0.1 s of
     # matplotlib that would otherwise wait for them, or they for it).
@@ -354,6 +356,17 @@ def verified_groups(out: Path, crops: Crops, codes: np.ndarray, extra_codes: np.
     group = group_pairs(len(codes), verdicts.left, verdicts.right, crops.pixels)
     return group, verification_summary(radius, len(codes), int(crops.framed.sum()),
                                        len(crops.inner_rows), calibration, verdicts)
+
+
+def proposers(crops: Crops, codes: np.ndarray, extra_codes: np.ndarray, radius: int,
+              mirrors: bool = False) -> list[tuple[CodeNeighbours, np.ndarray | None]]:
+    """What proposes candidate pairs (pipeline.dedup.grouping.candidate_pairs): the hash codes
+    with `extra_codes` (`verified_groups` lists them), and the crops' palette codes
+    (pipeline.dedup.palette), for the fine textures whose hash codes a zoom scatters."""
+    rows = np.arange(len(codes))
+    owners = np.concatenate([rows, crops.inner_rows, rows, *([rows] if mirrors else [])])
+    return [(code_neighbours(np.concatenate([codes, extra_codes]), radius), owners),
+            (palette_neighbours(crops.images, radius), None)]
 
 
 def write_histogram(out: Path, calibration: Calibration, counts: np.ndarray) -> None:

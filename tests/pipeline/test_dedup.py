@@ -318,7 +318,7 @@ def test_a_second_code_per_image_proposes_pairs_of_images_never_with_itself():
     inner = codes[[7, 20, 9]] ^ one_bit  # second codes near 7's and 20's own (image 20's two),
     owners = np.concatenate([np.arange(50), [20, 20, 30]])  # and near 9's (image 30's)
     neighbours = code_neighbours(np.concatenate([codes, inner]), radius=4)
-    pairs = [(int(a), int(b)) for left, right in candidate_pairs(neighbours, owners)
+    pairs = [(int(a), int(b)) for left, right in candidate_pairs([(neighbours, owners)])
              for a, b in zip(left, right, strict=True)]
     assert set(pairs) == {(7, 20), (9, 30)}
 
@@ -329,7 +329,7 @@ def test_candidates_are_bounded_per_image_and_listed_once():
     codes[:200] = codes[0]  # a crowd of 200 equal codes (a flat picture, say)
     codes[200:400] = codes[0] ^ np.eye(16, dtype=np.uint8)[rng.integers(0, 16, 200)]  # 1 bit
     neighbours = code_neighbours(codes, radius=3)
-    left, right = (np.concatenate(x) for x in zip(*candidate_pairs(neighbours, chunk=500),
+    left, right = (np.concatenate(x) for x in zip(*candidate_pairs([(neighbours, None)], chunk=500),
                                                  strict=True))
     assert (left < right).all()
     assert len(set(zip(left.tolist(), right.tolist(), strict=True))) == len(left)  # once each
