@@ -275,9 +275,10 @@ def faces(src, out, min_size, margin, size, detector, cascade, yunet_onnx, scale
               show_default=True, help="Dropout on the 128 code units during training.")
 @click.option("--radius", type=click.IntRange(0, MAX_RADIUS), default=DEFAULT_RADIUS,
               show_default=True,
-              help="Codes within this many bits propose candidate pairs for verification; "
-                   "with --no-verify, codes this close to a group's anchor code join it. "
-                   "The paper's mode: --radius 0 --no-verify (equal codes only).")
+              help="Hash codes within this many bits propose candidate pairs for "
+                   "verification (the colour-palette codes that also propose keep their own "
+                   "7 bits); with --no-verify, codes this close to a group's anchor code join "
+                   "it. The paper's mode: --radius 0 --no-verify (equal codes only).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Confirm each candidate pair on whole-frame thumbnails, against a distance "
                    "threshold calibrated on the data (OUT/distances.png, OUT/rejected.png).")

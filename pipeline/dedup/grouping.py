@@ -23,6 +23,7 @@ NEAREST_CODES = 16  # a code's candidate codes: at most this many, nearest first
 IMAGES_PER_CODE = 4  # images of one code that stand for it as candidates (the first ones)
 PAIR_CHUNK = 1 << 16  # images whose candidate pairs are produced at a time (bounded memory)
 SUBSTRING_BITS = 16  # shortest exact-match substring of the code search (see hamming_neighbours)
+QUERY_CHUNK = 1024  # codes whose neighbourhoods are searched at a time (nearest_neighbours)
 
 
 def group_codes(codes: np.ndarray, radius: int = 0) -> np.ndarray:
@@ -82,18 +83,54 @@ def hamming_neighbours(codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.n
     stays linear up to millions of codes, at the price of missing some codes near the radius.
     Always faiss' CPU multi-index hash, whatever faiss build is installed: a GPU build's
     brute-force search would compare all pairs (N^2) and give other neighbours when capped.
-    faiss' binary range search counts distances strictly below its argument, hence radius + 1.
     """
+    lims, _, labels = _range_search(_multi_hash(codes, radius), codes, radius)
+    owner = np.repeat(np.arange(len(codes)), np.diff(lims))
+    return lims, labels[np.lexsort((labels, owner))].astype(np.int64)
+
+
+def nearest_neighbours(codes: np.ndarray, radius: int,
+                       nearest: int) -> tuple[np.ndarray, np.ndarray]:
+    """(owner, other) pairs: for each code, its `nearest` closest other codes within `radius`
+    bits (ties: lower index), sorted by owner then distance. The same search as
+    `hamming_neighbours`, run QUERY_CHUNK codes at a time and capped at once, so memory holds
+    one chunk's full neighbourhoods, however many codes crowd within the radius (grey
+    pictures' palette codes do)."""
+    index = _multi_hash(codes, radius)
+    owners, others = [], []
+    for start in range(0, len(codes), QUERY_CHUNK):
+        lims, bits, labels = _range_search(index, codes[start : start + QUERY_CHUNK], radius)
+        owner = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims))
+        other = labels.astype(np.int64)
+        keep = owner != other
+        owner, other, bits = owner[keep], other[keep], bits[keep]
+        order = np.lexsort((other, bits, owner))
+        owner, other = owner[order], other[order]
+        first = np.searchsorted(owner, np.arange(start, start + len(lims) - 1))
+        ranked = np.arange(len(owner)) - first[owner - start] < nearest
+        owners.append(owner[ranked])
+        others.append(other[ranked])
+    empty = [np.zeros(0, np.int64)]
+    return np.concatenate(empty + owners), np.concatenate(empty + others)
+
+
+def _multi_hash(codes: np.ndarray, radius: int):
+    """faiss' CPU multi-index hash over `codes` for searches within `radius` bits."""
     faiss = import_faiss()
 
     bits = codes.shape[1] * 8
     nhash = min(radius + 1, bits // SUBSTRING_BITS)
     index = faiss.IndexBinaryMultiHash(bits, nhash, bits // nhash if nhash > 1 else 64)
     index.add(np.ascontiguousarray(codes))
-    lims, _, labels = index.range_search(np.ascontiguousarray(codes), radius + 1)
-    lims = lims.astype(np.int64)
-    owner = np.repeat(np.arange(len(codes)), np.diff(lims))
-    return lims, labels[np.lexsort((labels, owner))].astype(np.int64)
+    return index
+
+
+def _range_search(index, queries: np.ndarray,
+                  radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lims, distances, labels) of the codes within `radius` bits of each query. faiss'
+    binary range search counts distances strictly below its argument, hence radius + 1."""
+    lims, distances, labels = index.range_search(np.ascontiguousarray(queries), radius + 1)
+    return lims.astype(np.int64), distances, labels
 
 
 @dataclass
@@ -122,17 +159,7 @@ def code_neighbours(codes: np.ndarray, radius: int, nearest: int = NEAREST_CODES
     code_of = code_of.reshape(-1)
     d = len(distinct)
     if radius > 0 and d > 1:
-        lims, labels = hamming_neighbours(distinct, radius)
-        owner = np.repeat(np.arange(d), np.diff(lims))
-        other = labels.astype(np.int64)
-        keep = owner != other
-        owner, other = owner[keep], other[keep]
-        bits = np.bitwise_count(distinct[owner] ^ distinct[other]).sum(axis=1)
-        order = np.lexsort((other, bits, owner))
-        owner, other = owner[order], other[order]
-        starts = np.searchsorted(owner, np.arange(d))
-        ranked = np.arange(len(owner)) - starts[owner] < nearest
-        owner, other = owner[ranked], other[ranked]
+        owner, other = nearest_neighbours(distinct, radius, nearest)
         pair_key = owner * d + other
         mutual = np.isin(pair_key, other * d + owner)
         owner, other = owner[mutual], other[mutual]

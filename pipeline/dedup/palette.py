@@ -12,8 +12,9 @@ Hellinger distance) becomes a 128-bit code by the signs of fixed random projecti
 histogram minus the data's median histogram (sign random projection: codes agree on the more
 bits, the smaller the angle between the histograms). These codes go through the same bounded
 neighbour search as the hash codes (pipeline.dedup.grouping.code_neighbours), with their own
-caps: a palette is shared by many unrelated pictures, so it only proposes, and every pair it
-proposes is judged like any other (pipeline.dedup.verify, pipeline.dedup.keypoints).
+radius and tighter caps: a palette is shared by many unrelated pictures, so it only proposes,
+and every pair it proposes is judged like any other (pipeline.dedup.verify,
+pipeline.dedup.keypoints).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ BITS = 128
 PROJECTION_SEED = 0  # fixed: the codes do not depend on the run's seed
 MEDIAN_SAMPLE = 4096  # rows, evenly spaced, that the median histogram is taken over
 CHUNK = 8192  # crops turned into codes at a time (bounded memory)
+RADIUS = 7  # bits: palette codes this close propose (an exact search; copies are ~2 apart)
 NEAREST = 8  # a palette code's candidate codes (docs/dedup.md, "Palette codes")
 IMAGES_PER_CODE = 2  # images that stand for one palette code (copies of a texture share it)
 
@@ -35,7 +37,7 @@ IMAGES_PER_CODE = 2  # images that stand for one palette code (copies of a textu
 def histograms(crops: np.ndarray) -> np.ndarray:
     """float32 N x BINS: the square roots of each uint8 RGB crop's colour-bin fractions."""
     n = len(crops)
-    shift = 8 - LEVELS.bit_length() + 1  # grey level -> level, in uint8 arithmetic
+    shift = 8 - int(np.log2(LEVELS))  # grey level -> level in uint8 (LEVELS: a power of 2)
     level = np.asarray(crops, np.uint8).reshape(n, -1, 3) >> shift
     bins = (level[..., 0] * LEVELS + level[..., 1]) * LEVELS + level[..., 2]
     bins = bins + np.arange(n, dtype=np.int64)[:, None] * BINS
@@ -58,7 +60,7 @@ def palette_codes(crops: np.ndarray) -> np.ndarray:
         for start in range(0, n, CHUNK)])
 
 
-def palette_neighbours(crops: np.ndarray, radius: int) -> CodeNeighbours:
+def palette_neighbours(crops: np.ndarray) -> CodeNeighbours:
     """The candidate structure of the crops' palette codes (one code per image)."""
-    return code_neighbours(palette_codes(crops), radius, nearest=NEAREST,
+    return code_neighbours(palette_codes(crops), RADIUS, nearest=NEAREST,
                            per_code=IMAGES_PER_CODE)

@@ -366,7 +366,7 @@ def proposers(crops: Crops, codes: np.ndarray, extra_codes: np.ndarray, radius: 
     rows = np.arange(len(codes))
     owners = np.concatenate([rows, crops.inner_rows, rows, *([rows] if mirrors else [])])
     return [(code_neighbours(np.concatenate([codes, extra_codes]), radius), owners),
-            (palette_neighbours(crops.images, radius), None)]
+            (palette_neighbours(crops.images), None)]
 
 
 def write_histogram(out: Path, calibration: Calibration, counts: np.ndarray) -> None:

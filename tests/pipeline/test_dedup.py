@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from core.files import read_jsonl
 from pipeline import demo
 from pipeline.cli import main
-from pipeline.dedup import DEFAULT_RADIUS
+from pipeline.dedup import DEFAULT_RADIUS, grouping
 from pipeline.dedup import dedup as run_dedup
 from pipeline.dedup.autoencoder import hash_encoder, load_model
 from pipeline.dedup.crops import CropParams, crop_chunk, extract_crops
@@ -30,6 +30,7 @@ from pipeline.dedup.grouping import (
     group_pairs,
     hamming_neighbours,
     keep_order,
+    nearest_neighbours,
 )
 from pipeline.dedup.hashing import hash_crops
 from pipeline.dedup.reuploads import reupload
@@ -353,6 +354,23 @@ def test_code_search_ignores_a_gpu_faiss_and_matches_brute_force(monkeypatch):
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
     again = hamming_neighbours(codes, radius=3)
     assert np.array_equal(again[0], lims) and np.array_equal(again[1], labels)
+
+
+def test_nearest_codes_are_the_brute_force_ones_whatever_the_query_chunk(monkeypatch):
+    """Each code's nearest codes within the radius (ties: lower index), searched a chunk of
+    queries at a time so that a crowd of close codes never holds all its pairs in memory."""
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 256, (300, 16), dtype=np.uint8)
+    codes[100:200] = codes[0] ^ np.eye(16, dtype=np.uint8)[rng.integers(0, 16, 100)]  # a crowd
+    bits = np.bitwise_count(codes[:, None, :] ^ codes[None, :, :]).sum(axis=2)
+    np.fill_diagonal(bits, 99)
+    expected = [np.lexsort((np.arange(len(codes)), row))[: 5] for row in bits]
+    expected = [e[bits[i, e] <= 3] for i, e in enumerate(expected)]
+    for chunk in (7, 1024):
+        monkeypatch.setattr(grouping, "QUERY_CHUNK", chunk)
+        owner, other = nearest_neighbours(codes, radius=3, nearest=5)
+        assert [other[owner == i].tolist() for i in range(len(codes))] == \
+            [e.tolist() for e in expected]
 
 
 def near_copies(folder, tiles, kinds, seed=0):

@@ -50,19 +50,19 @@ def test_palette_candidates_are_bounded_and_find_crowded_copies():
     crops = rng.integers(0, 256, (300, 32, 32, 3), dtype=np.uint8) // 64 * 64  # 4 levels
     crops[:100] = crops[0]  # a crowd of 100 equal pictures
     left, right = (np.concatenate(x) for x in zip(*candidate_pairs([
-        (palette_neighbours(crops, 15), None)]), strict=True))
+        (palette_neighbours(crops), None)]), strict=True))
     assert len(left) <= len(crops) * IMAGES_PER_CODE * (NEAREST + 1)
     assert ((left < 100) & (right < 100)).sum() >= 1
-    assert palette_neighbours(crops[:0], 15).code_of.shape == (0,)
+    assert palette_neighbours(crops[:0]).code_of.shape == (0,)
     assert BITS == 128
 
 
 def test_a_zoomed_copy_of_a_fine_texture_is_found_through_its_palette(tmp_path):
     """A crop + resize of gravel, a brick wall or a star field moves every pixel of the 32x32
     center crop, so the hash codes of copy and original land far apart; the copy keeps its
-    colours. Candidates come from within 3 bits here (a small set stands in for a large one,
-    where the nearest codes are taken by others), so the hash codes cannot propose most of
-    these pairs; the palette codes do, and verification accepts them."""
+    colours. Hash codes propose within 3 bits here (a small set stands in for a large one,
+    where the nearest codes are taken by others), so they cannot propose most of these pairs;
+    the palette codes (their own radius, 7 bits) do, and verification accepts them."""
     tiles = texture_tiles(("gravel.png", "brick.png", "hubble_deep_field.jpg"), 6)
     tiles += natural_tiles(30, side=128)
     folder = tmp_path / "src"
@@ -93,7 +93,6 @@ def test_a_zoomed_copy_of_a_fine_texture_is_found_through_its_palette(tmp_path):
                   for x in (plain, zoomed) for y in (plain, zoomed)) > radius]
     assert len(far) >= 6  # the hash could not propose these ...
     found_far = [i for i in far if frozenset({f"t{i:03d}.png", f"t{i:03d}_copy"}) in found]
-    # ... the palette found most (9 of 16 when written: the star fields' palettes are 4-5 bits
-    # apart, beyond this radius, and the brick tiles share one grey palette, whose crowd only
-    # its first IMAGES_PER_CODE images stand for)
+    # ... the palette found most (9 of 16 when written: the brick tiles share one grey
+    # palette, whose crowd only its first IMAGES_PER_CODE images stand for)
     assert len(found_far) >= len(far) // 2, (far, found_far)
