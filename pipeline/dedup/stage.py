@@ -340,12 +340,15 @@ def verified_groups(out: Path, crops: Crops, codes: np.ndarray, extra_codes: np.
     mirrored crop's code (pairs are then also judged against the mirrored thumbnail); the
     palette codes propose too (`proposers`). The geometric checks of borderline pairs run on
     `engine`'s workers."""
-    calibration = calibration_distances(crops.views, crops.framed, codes, radius, crops.sampled,
-                                        crops.reuploads, crops.reuploads_framed, seed=seed,
-                                        mirrors=mirrors)
-    screened = screen_pairs(crops.views, crops.framed,
-                            candidate_pairs(proposers(crops, codes, extra_codes, radius, mirrors)),
-                            calibration.threshold, mirrors)
+    # The code searches run in a thread while this one calibrates: neither needs the other,
+    # and both spend most of their time in numpy and faiss, outside the GIL.
+    with ThreadPoolExecutor(1) as searching:
+        proposed = searching.submit(proposers, crops, codes, extra_codes, radius, mirrors)
+        calibration = calibration_distances(crops.views, crops.framed, codes, radius,
+                                            crops.sampled, crops.reuploads,
+                                            crops.reuploads_framed, seed=seed, mirrors=mirrors)
+        screened = screen_pairs(crops.views, crops.framed, candidate_pairs(proposed.result()),
+                                calibration.threshold, mirrors)
     # The histogram is drawn here while the workers run the geometric checks (~0.1 s of
     # matplotlib that would otherwise wait for them, or they for it).
     with ThreadPoolExecutor(1) as drawing:

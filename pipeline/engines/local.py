@@ -23,6 +23,7 @@ given up (`ChunkLost`, naming it) and the stage says what it kept.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import pickle
@@ -66,6 +67,10 @@ def _init_worker(job: int, params: bytes | None) -> None:
 
     ignore_in_worker()
     cv2.setNumThreads(1)  # the pool already uses every core
+    # Once the pool lets it go, a worker would tear its interpreter down (numpy, OpenCV, the
+    # stage's modules: 50-150 ms the driver waits for when it closes the pool). A worker
+    # writes nothing itself (its results travel back to the driver), so it ends at once.
+    atexit.register(os._exit, 0)
     if params is not None:
         _job = (job, pickle.loads(params))
 
