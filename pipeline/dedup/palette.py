@@ -30,7 +30,7 @@ PROJECTION_SEED = 0  # fixed: the codes do not depend on the run's seed
 MEDIAN_SAMPLE = 4096  # rows, evenly spaced, that the median histogram is taken over
 CHUNK = 8192  # crops turned into codes at a time (bounded memory)
 RADIUS = 7  # bits: palette codes this close propose (an exact search; copies are ~2 apart)
-NEAREST = 8  # a palette code's candidate codes (docs/dedup.md, "Palette codes")
+NEAREST = 12  # a palette code's candidate codes (docs/dedup.md, "Palette codes")
 IMAGES_PER_CODE = 2  # images that stand for one palette code (copies of a texture share it)
 
 
