@@ -93,6 +93,6 @@ def test_a_zoomed_copy_of_a_fine_texture_is_found_through_its_palette(tmp_path):
                   for x in (plain, zoomed) for y in (plain, zoomed)) > radius]
     assert len(far) >= 6  # the hash could not propose these ...
     found_far = [i for i in far if frozenset({f"t{i:03d}.png", f"t{i:03d}_copy"}) in found]
-    # ... the palette found most (9 of 16 when written: the brick tiles share one grey
+    # ... the palette found most (12 of 16 when written: the brick tiles share one grey
     # palette, whose crowd only its first IMAGES_PER_CODE images stand for)
     assert len(found_far) >= len(far) // 2, (far, found_far)
