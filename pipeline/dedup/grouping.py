@@ -99,14 +99,15 @@ def nearest_neighbours(codes: np.ndarray, radius: int,
     index = _multi_hash(codes, radius)
     owners, others = [], []
     for start in range(0, len(codes), QUERY_CHUNK):
-        lims, bits, labels = _range_search(index, codes[start : start + QUERY_CHUNK], radius)
-        owner = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims))
+        queries = np.arange(start, min(start + QUERY_CHUNK, len(codes)))
+        lims, bits, labels = _range_search(index, codes[queries], radius)
+        owner = np.repeat(queries, np.diff(lims))
         other = labels.astype(np.int64)
         keep = owner != other
         owner, other, bits = owner[keep], other[keep], bits[keep]
         order = np.lexsort((other, bits, owner))
         owner, other = owner[order], other[order]
-        first = np.searchsorted(owner, np.arange(start, start + len(lims) - 1))
+        first = np.searchsorted(owner, queries)
         ranked = np.arange(len(owner)) - first[owner - start] < nearest
         owners.append(owner[ranked])
         others.append(other[ranked])
@@ -220,8 +221,8 @@ def _code_pairs(nb: CodeNeighbours, rows: np.ndarray) -> tuple[np.ndarray, np.nd
     """The candidate pairs of codes `rows` as pairs of code rows. The relation between codes is
     symmetric, so a pair of two standing-for codes is produced from both sides; it is kept from
     the lower row only."""
-    row_of_code, partner_code = _expand(rows, nb.lims[nb.code_of[rows]],
-                                        nb.lims[nb.code_of[rows] + 1], nb.near)
+    codes = nb.code_of[rows]
+    row_of_code, partner_code = _expand(rows, nb.lims[codes], nb.lims[codes + 1], nb.near)
     left, right = _expand(row_of_code, nb.rep_lims[partner_code],
                           nb.rep_lims[partner_code + 1], nb.reps)
     keep = (left != right) & (~nb.is_rep[left] | (left < right))
